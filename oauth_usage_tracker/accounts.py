@@ -1,0 +1,101 @@
+"""Finding the accounts: the credential files in CLIProxyAPI's auth directory. Read-only."""
+import logging
+import os
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+from .credentials import read_json_object
+from .errors import ConfigurationError, CredentialError
+from .models import AuthAccount, Discovery, Provider, Skipped
+from .parsing import parse_timestamp
+
+logger = logging.getLogger(__name__)
+
+AUTH_DIR_ENV = "OAUTH_USAGE_TRACKER_AUTH_DIR"
+DEFAULT_AUTH_DIR = "~/.cli-proxy-api"
+
+
+def resolve_auth_dir(auth_dir: Union[str, "os.PathLike[str]", None] = None,
+                     environ: Optional[Mapping[str, str]] = None) -> str:
+    """Given an explicit directory (or None) and the environment, return the auth directory:
+    the argument, else $OAUTH_USAGE_TRACKER_AUTH_DIR, else ~/.cli-proxy-api, with ~ expanded."""
+    environ = os.environ if environ is None else environ
+    chosen = auth_dir if auth_dir else (environ.get(AUTH_DIR_ENV) or DEFAULT_AUTH_DIR)
+    return os.path.abspath(os.path.expanduser(os.fspath(chosen)))
+
+
+def discover_accounts(auth_dir: Union[str, "os.PathLike[str]", None] = None,
+                      environ: Optional[Mapping[str, str]] = None) -> Discovery:
+    """Given an auth directory (see resolve_auth_dir), return every Claude and Codex account in
+    its `*.json` files, disabled and expired ones included, and the files that are not usable
+    accounts with their reasons. Raise ConfigurationError if the directory does not exist."""
+    directory = resolve_auth_dir(auth_dir, environ)
+    if not os.path.isdir(directory):
+        raise ConfigurationError("Auth directory %s does not exist (set --auth-dir or %s)"
+                                 % (directory, AUTH_DIR_ENV))
+    real_directory = os.path.realpath(directory)
+    found: Dict[Provider, List[AuthAccount]] = {Provider.CLAUDE: [], Provider.CODEX: []}
+    skipped: List[Skipped] = []
+    try:
+        names = sorted(entry for entry in os.listdir(directory) if entry.endswith(".json"))
+    except OSError as error:
+        raise ConfigurationError("Cannot list auth directory %s (%s)"
+                                 % (directory, error.strerror)) from None
+    for name in names:
+        path = os.path.join(directory, name)
+        account = _read_account(name, path, real_directory)
+        if isinstance(account, Skipped):
+            logger.info("%s: skipped (%s)", name, account.reason)
+            skipped.append(account)
+        elif account is not None:
+            found[account.provider].append(account)
+    return Discovery(codex=tuple(found[Provider.CODEX]), claude=tuple(found[Provider.CLAUDE]),
+                     skipped=tuple(skipped), auth_dir=directory)
+
+
+def _read_account(name: str, path: str, real_directory: str) -> Union[AuthAccount, Skipped, None]:
+    """Return the account in one directory entry, a Skipped record, or None for a sub-folder."""
+    if os.path.islink(path):
+        target = os.path.realpath(path)
+        if os.path.commonpath([target, real_directory]) != real_directory:
+            return Skipped(name, "unreadable: symlink points outside the auth directory")
+    if os.path.isdir(path):
+        return None
+    if not os.path.exists(path):
+        return Skipped(name, "unreadable: broken symlink")
+    if not os.path.isfile(path):
+        return Skipped(name, "unreadable: not a regular file")
+    try:
+        data = read_json_object(path)
+    except CredentialError as error:
+        return Skipped(name, "unreadable: %s" % error)
+    return account_from_json(name, path, data)
+
+
+def account_from_json(name: str, path: str, data: Dict[str, Any]) -> Union[AuthAccount, Skipped]:
+    """Given a file name, its path and its JSON object, return the AuthAccount it describes, or
+    a Skipped record when its `type` is missing or not Claude/Codex. Pure."""
+    raw_type = data.get("type")
+    if not isinstance(raw_type, str) or not raw_type.strip():
+        return Skipped(name, "unreadable: no \"type\" field")
+    kind = raw_type.strip().lower()
+    try:
+        provider = Provider(kind)
+    except ValueError:
+        return Skipped(name, "unsupported type '%s'" % _printable(kind))
+    email = _text(data.get("email"))
+    display_name = email or _text(data.get("login")) or name
+    disabled = data.get("disabled")
+    if "disabled" in data and not isinstance(disabled, bool):
+        logger.debug("%s: ignoring non-boolean \"disabled\" value", name)
+    return AuthAccount(id=name, provider=provider, email=email, display_name=display_name,
+                       path=path, expired=parse_timestamp(data.get("expired")),
+                       is_disabled=disabled is True)
+
+
+def _text(value: Any) -> Optional[str]:
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def _printable(text: str, limit: int = 40) -> str:
+    cleaned = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return cleaned[:limit] + ("…" if len(cleaned) > limit else "")

@@ -1,0 +1,118 @@
+"""Settings: endpoints (with the https-or-loopback policy), user agents, timeout, workers. Pure."""
+import ipaddress
+import os
+from dataclasses import dataclass, fields, replace
+from typing import Mapping, Optional
+from urllib.parse import urlsplit
+
+from .errors import ConfigurationError
+
+CODEX_USAGE_URL = "https://chatgpt.com/backend-api/wham/usage"
+CLAUDE_USAGE_URL = "https://api.anthropic.com/api/oauth/usage"
+CLAUDE_TOKEN_URL = "https://platform.claude.com/v1/oauth/token"
+CLAUDE_CLIENT_ID = "9d1c250a-e61b-44d9-88ed-5944d1962f5e"
+
+# The token endpoint turns clients away by User-Agent (python-requests, curl and claude-code get
+# 429, claude-cli 404, none 403); CLIProxyAPI's axios agent is let through.
+CLAUDE_TOKEN_USER_AGENT = "axios/1.15.2"
+# The usage endpoint answers 429 far less often to the agent Claude Code's own /usage sends.
+CLAUDE_USER_AGENT = "claude-code/2.1.0"
+CODEX_USER_AGENT = "codex-cli"
+
+DEFAULT_TIMEOUT = 15.0
+MAX_BODY_BYTES = 1024 * 1024
+
+ENV_PREFIX = "OAUTH_USAGE_TRACKER_"
+_URL_ENV = {
+    "codex_usage_url": ENV_PREFIX + "CODEX_USAGE_URL",
+    "claude_usage_url": ENV_PREFIX + "CLAUDE_USAGE_URL",
+    "claude_token_url": ENV_PREFIX + "CLAUDE_TOKEN_URL",
+}
+_AGENT_ENV = {
+    "claude_user_agent": ENV_PREFIX + "CLAUDE_USER_AGENT",
+    "claude_token_user_agent": ENV_PREFIX + "CLAUDE_TOKEN_USER_AGENT",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a fetch needs to know besides the account itself."""
+
+    codex_usage_url: str = CODEX_USAGE_URL
+    claude_usage_url: str = CLAUDE_USAGE_URL
+    claude_token_url: str = CLAUDE_TOKEN_URL
+    timeout: float = DEFAULT_TIMEOUT
+    """Seconds each request may take, connect and body included."""
+    workers: Optional[int] = None
+    """Pool size; None means min(16, number of accounts)."""
+    allow_token_refresh: bool = True
+    include_expired: bool = False
+    codex_user_agent: str = CODEX_USER_AGENT
+    claude_user_agent: str = CLAUDE_USER_AGENT
+    claude_token_user_agent: str = CLAUDE_TOKEN_USER_AGENT
+    max_body_bytes: int = MAX_BODY_BYTES
+
+    def __post_init__(self) -> None:
+        for name in _URL_ENV:
+            check_url(getattr(self, name), name)
+        if not (0 < self.timeout <= 600):
+            raise ConfigurationError("The timeout must be between 0 and 600 seconds, not %s."
+                                     % self.timeout)
+        if self.workers is not None and not (1 <= self.workers <= 256):
+            raise ConfigurationError("Workers must be between 1 and 256, not %s." % self.workers)
+
+    @property
+    def lock_timeout(self) -> float:
+        """How long to wait for another process's token refresh: its request, its re-read poll."""
+        return 3 * self.timeout + 5
+
+    @classmethod
+    def from_environ(cls, environ: Optional[Mapping[str, str]] = None, **overrides) -> "Settings":
+        """Given the environment (default os.environ) and explicit values, return Settings.
+        Explicit values that are not None win over the environment. Raise ConfigurationError for a
+        refused URL or a bad number."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for name, variable in list(_URL_ENV.items()) + list(_AGENT_ENV.items()):
+            if environ.get(variable):
+                values[name] = environ[variable].strip()
+        known = {f.name for f in fields(cls)}
+        for name, value in overrides.items():
+            if name not in known:
+                raise TypeError("unknown setting %r" % name)
+            if value is not None:
+                values[name] = value
+        return cls(**values)
+
+    def with_(self, **changes) -> "Settings":
+        """Return a copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+
+def is_loopback_host(host: str) -> bool:
+    """Given a URL's host, return True for localhost, 127.0.0.0/8 and ::1."""
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_url(url: str, name: str = "endpoint") -> str:
+    """Given an endpoint URL, return it if it is https://, or http:// to a loopback address.
+    Raise ConfigurationError otherwise (before any token is read)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        parts, host = None, ""
+    if parts is not None and host:
+        if parts.scheme == "https":
+            return url
+        if parts.scheme == "http" and is_loopback_host(host):
+            return url
+    raise ConfigurationError(
+        "Refused %s URL %r: only https:// URLs, or http:// to a loopback address, are allowed."
+        % (name.replace("_", " "), url))

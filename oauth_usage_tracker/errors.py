@@ -1,0 +1,53 @@
+"""The one small error tree. Every message is a sentence for a person and never holds a token."""
+from typing import Optional
+
+
+class UsageTrackerError(Exception):
+    """Root of every error this package raises on purpose."""
+
+    #: True when the login itself is broken (the user must act), not a passing fault.
+    login_problem = False
+    #: True when the failing fetch had already rotated and written the account's tokens.
+    token_refreshed = False
+
+
+class ConfigurationError(UsageTrackerError, ValueError):
+    """A flag, environment variable or directory is unusable (the script exits 2)."""
+
+
+class CredentialError(UsageTrackerError):
+    """A credential file cannot be read, or lacks what the request needs."""
+
+
+class LockTimeout(CredentialError):
+    """Another process held a credential file's lock for longer than we wait."""
+
+
+class TokenRefreshError(UsageTrackerError):
+    """The token endpoint did not give new tokens; `invalid_grant` says the login is spent."""
+
+    def __init__(self, message: str, *, invalid_grant: bool = False, status: Optional[int] = None,
+                 retry_after: Optional[float] = None):
+        super().__init__(message)
+        self.invalid_grant = invalid_grant
+        self.login_problem = invalid_grant
+        self.status = status
+        self.retry_after = retry_after
+
+
+class ProviderError(UsageTrackerError):
+    """A usage endpoint failed: a status, a timeout, a dead connection or an unusable body."""
+
+    def __init__(self, message: str, *, status: Optional[int] = None,
+                 retry_after: Optional[float] = None, body: object = None,
+                 login_problem: bool = False):
+        super().__init__(message)
+        self.login_problem = login_problem
+        self.status = status
+        self.retry_after = retry_after
+        #: The decoded JSON error body, when there was one (never shown to people as is).
+        self.body = body
+
+
+class RefreshSuperseded(UsageTrackerError):
+    """A newer `refresh()` replaced this one before it finished."""

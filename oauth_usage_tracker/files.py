@@ -1,0 +1,71 @@
+"""Reading with a size cap, and atomic replacement of files that other programs read. No JSON, no locks."""
+import os
+import stat
+import tempfile
+from typing import Optional
+
+
+class FileTooLarge(OSError):
+    """A file is larger than the cap we read."""
+
+
+def read_capped(path: str, limit: int) -> bytes:
+    """Given a path and a byte limit, return the file's bytes. Raise FileTooLarge if it holds
+    more than `limit` bytes, OSError if it cannot be read."""
+    with open(path, "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise FileTooLarge("larger than %d KiB" % (limit // 1024))
+    return data
+
+
+def atomic_write(path: str, data: bytes, default_mode: int = 0o600) -> None:
+    """Given a path and bytes, replace the file atomically: write a temporary file in the same
+    directory, fsync it, then os.replace it over the path, so a reader sees the old file or the new
+    one, never a part. The file keeps its permission bits (`default_mode` for a new file).
+
+    The temporary name starts with a dot and ends in `.tmp`, so no reader's glob matches it:
+    CLIProxyAPI reloads every `*.json` and node_exporter reads every `*.prom` in the directory.
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    mode = _existing_mode(path)
+    fd, temp_path = tempfile.mkstemp(prefix="." + name + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), default_mode if mode is None else mode)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_path, path)
+    except BaseException:
+        _remove_quietly(temp_path)
+        raise
+    _fsync_directory(directory)
+
+
+def _existing_mode(path: str) -> Optional[int]:
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return None
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _fsync_directory(directory: str) -> None:
+    # The rename itself is durable only once the directory entry is on disk.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

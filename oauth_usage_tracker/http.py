@@ -1,0 +1,200 @@
+"""HTTP plumbing: one session factory, capped bodies, and requests' exceptions turned into sentences.
+
+Every call passes a timeout (a requests Session cannot hold one) and reads at most `max_body`
+bytes within that same timeout. Redirects are never followed: an API endpoint that redirects is
+an error, and the bearer token must not travel anywhere else.
+"""
+import email.utils
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from http.cookiejar import DefaultCookiePolicy
+from typing import Any, Mapping, Optional
+
+import requests
+from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
+
+from .errors import ProviderError
+
+logger = logging.getLogger(__name__)
+
+_CHUNK = 64 * 1024
+
+
+class BearerAuth(requests.auth.AuthBase):
+    """Sets `Authorization: Bearer …`. Passing it as `auth=` also keeps requests from applying a
+    ~/.netrc entry over our header. Its repr never shows the token."""
+
+    def __init__(self, token: str):
+        self._token = token
+
+    def __call__(self, request):
+        request.headers["Authorization"] = "Bearer " + self._token
+        return request
+
+    def __repr__(self) -> str:
+        return "BearerAuth(<hidden>)"
+
+
+def make_session(pool_size: int) -> requests.Session:
+    """Given the number of workers, return a Session whose connection pool holds that many
+    connections per host and never opens more (callers wait for a free one), with no retries and
+    no cookie jar shared between accounts."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(1, pool_size), max_retries=0,
+                          pool_block=True)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+    session.max_redirects = 0
+    return session
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    """A finished response with its (capped) body."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    @property
+    def is_html(self) -> bool:
+        """True when the body is an HTML page (a CDN challenge, a login page…)."""
+        kind = self.headers.get("Content-Type", "").lower()
+        start = self.body.lstrip()[:15].lower()
+        return "html" in kind or start.startswith(b"<!doctype html") or start.startswith(b"<html")
+
+
+def send(session: requests.Session, method: str, url: str, *, what: str, timeout: float,
+         max_body: int, headers: Optional[Mapping[str, str]] = None, auth=None,
+         data: Optional[Mapping[str, str]] = None) -> HttpResponse:
+    """Given a session and a request, return the HttpResponse, whatever its status. `what` names
+    the request in messages ("Codex usage"). Raise ProviderError for a timeout (the whole
+    exchange, body included, gets `timeout` seconds), a dead connection or a body over the cap."""
+    deadline = time.monotonic() + timeout
+    try:
+        with session.request(method, url, headers=dict(headers or {}), auth=auth, data=data,
+                             timeout=timeout, stream=True, allow_redirects=False) as response:
+            body = _read_body(response, what, max_body, deadline, timeout)
+            return HttpResponse(response.status_code, CaseInsensitiveDict(response.headers), body)
+    except ProviderError:
+        raise
+    except requests.exceptions.Timeout:
+        raise ProviderError("%s request timed out after %s" % (what, seconds(timeout))) from None
+    except requests.exceptions.ConnectionError as error:
+        raise ProviderError("%s request failed: %s" % (what, _connection_problem(error))) from None
+    except requests.exceptions.RequestException as error:
+        raise ProviderError("%s request failed (%s)" % (what, type(error).__name__)) from None
+
+
+def _read_body(response: requests.Response, what: str, max_body: int, deadline: float,
+               timeout: float) -> bytes:
+    chunks = []
+    size = 0
+    try:
+        for chunk in response.iter_content(_CHUNK):
+            size += len(chunk)
+            if size > max_body:
+                raise ProviderError("%s returned a body larger than %d KiB (HTTP %d)"
+                                    % (what, max_body // 1024, response.status_code),
+                                    status=response.status_code)
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                raise requests.exceptions.Timeout()
+    except (requests.exceptions.ChunkedEncodingError,
+            requests.exceptions.ContentDecodingError) as error:
+        raise ProviderError("%s request failed: the connection broke off mid-response (%s)"
+                            % (what, type(error).__name__), status=response.status_code) from None
+    return b"".join(chunks)
+
+
+def _connection_problem(error: BaseException) -> str:
+    text = repr(error).lower()
+    if "refused" in text:
+        return "connection refused"
+    if "reset" in text or "remotedisconnected" in text or "aborted" in text:
+        return "connection reset"
+    if "name or service" in text or "nodename" in text or "getaddrinfo" in text \
+            or "name resolution" in text:
+        return "host name not found"
+    if "ssl" in text or "certificate" in text:
+        return "TLS error"
+    return "connection error"
+
+
+def seconds(value: float) -> str:
+    """Given a duration, return e.g. `15 s` or `2.5 s`."""
+    return "%g s" % value
+
+
+def decode_json(response: HttpResponse, what: str) -> Any:
+    """Given a response, return its decoded JSON body. Raise ProviderError naming the status when
+    the body is empty, HTML (a Cloudflare challenge is a common case) or not JSON."""
+    if not response.body.strip():
+        raise ProviderError("%s returned an empty body (HTTP %d)" % (what, response.status),
+                            status=response.status)
+    if response.is_html:
+        hint = ""
+        if response.headers.get("cf-mitigated") or b"challenge" in response.body.lower() \
+                or "cloudflare" in response.headers.get("Server", "").lower():
+            hint = "; a Cloudflare challenge blocked the request, try again later"
+        raise ProviderError("%s returned an HTML page instead of JSON (HTTP %d%s)"
+                            % (what, response.status, hint), status=response.status)
+    try:
+        return json.loads(response.body.decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise ProviderError("%s returned a body that is not valid JSON (HTTP %d)"
+                            % (what, response.status), status=response.status) from None
+
+
+def try_json(response: HttpResponse) -> Any:
+    """Given a response, return its JSON body, or None when it has none."""
+    try:
+        return json.loads(response.body.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return None
+
+
+def retry_after(response: HttpResponse, now: Optional[datetime] = None) -> Optional[float]:
+    """Given a response, return its Retry-After in seconds (a number or an HTTP date), or None."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        number = float(value)
+        return number if number >= 0 and number == number and number != float("inf") else None
+    except ValueError:
+        pass
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    now = now or datetime.now(timezone.utc)
+    return max(0.0, (moment - now).total_seconds())
+
+
+def status_error(response: HttpResponse, what: str, detail: str = "") -> ProviderError:
+    """Given a failed response, return the ProviderError naming its status, e.g.
+    `Claude usage API returned 429 (rate limited; retry after 300 s)`."""
+    after = retry_after(response)
+    if response.status == 429:
+        detail = detail or ("rate limited; retry after %s" % seconds(after) if after
+                            else "rate limited")
+    elif 300 <= response.status < 400:
+        detail = detail or "unexpected redirect"
+    elif response.status >= 500:
+        detail = detail or "server error; try again later"
+    message = "%s API returned %d" % (what, response.status)
+    if detail:
+        message += " (%s)" % detail
+    return ProviderError(message, status=response.status, retry_after=after,
+                         body=try_json(response))

@@ -1,0 +1,250 @@
+"""Pure parsing helpers shared by the providers: numbers, timestamps, reset texts, generic windows.
+
+Nothing here does I/O or reads the clock: `now` is always passed in.
+"""
+import math
+import re
+from datetime import datetime, timedelta, timezone
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from .models import UsageWindow
+
+# Epoch numbers above this are milliseconds (10**10 s is the year 2286).
+_MILLISECONDS_ABOVE = 10 ** 10
+
+_ISO_RE = re.compile(
+    r"^\s*(\d{4})-(\d{2})-(\d{2})"
+    r"(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?)?"
+    r"\s*(Z|z|UTC|[+-]\d{2}(?::?\d{2})?)?\s*$"
+)
+_NUMBER_RE = re.compile(r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*%?\s*$")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def number_value(value: Any) -> Optional[float]:
+    """Given a JSON value, return it as a finite float: ints, floats and numeric strings (a
+    trailing `%` stripped) count; bools, NaN, infinities and anything else give None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        try:
+            number = float(value)
+        except OverflowError:
+            return None
+    elif isinstance(value, str) and _NUMBER_RE.match(value):
+        number = float(value.strip().rstrip("%"))
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def clamp_percent(value: Optional[float]) -> Optional[float]:
+    """Given a percentage or None, return it clamped to 0–100."""
+    if value is None:
+        return None
+    return min(100.0, max(0.0, value))
+
+
+def parse_timestamp(value: Any) -> Optional[datetime]:
+    """Given an ISO 8601 / RFC 3339 string (`Z` or offset, fractions optional; no zone means UTC)
+    or unix seconds / milliseconds (number or numeric string), return an aware UTC datetime.
+    Anything unparseable or out of range gives None."""
+    if isinstance(value, str):
+        match = _ISO_RE.match(value)
+        if match:
+            return _from_iso_match(match)
+    number = number_value(value)
+    if number is None or (isinstance(value, str) and value.strip().endswith("%")):
+        return None
+    if abs(number) > _MILLISECONDS_ABOVE:
+        number /= 1000.0
+    try:
+        return datetime.fromtimestamp(number, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _from_iso_match(match: "re.Match[str]") -> Optional[datetime]:
+    year, month, day, hour, minute, second, fraction, zone = match.groups()
+    micro = int((fraction or "0")[:6].ljust(6, "0"))
+    try:
+        tz = timezone.utc
+        if zone and zone not in ("Z", "z", "UTC"):
+            digits = zone[1:].replace(":", "")
+            offset = timedelta(hours=int(digits[:2]), minutes=int(digits[2:4] or 0))
+            tz = timezone(-offset if zone[0] == "-" else offset)
+        moment = datetime(int(year), int(month), int(day), int(hour or 0), int(minute or 0),
+                          int(second or 0), micro, tzinfo=tz)
+        return moment.astimezone(timezone.utc)
+    except (ValueError, OverflowError):
+        return None
+
+
+def format_timestamp(moment: datetime) -> str:
+    """Given an aware datetime, return RFC 3339 in UTC with `Z` and whole seconds."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def reset_text(date: datetime, now: datetime) -> str:
+    """Given a reset moment and now, return e.g. `in 3 hours (Nov 24, 2026, 5:00 PM)`, or
+    `3 minutes ago (…)` for a past moment. The absolute part is in the local time zone."""
+    seconds = (date - now).total_seconds()
+    relative = _relative(abs(seconds))
+    if relative is None:
+        phrase = "now"
+    elif seconds > 0:
+        phrase = "in " + relative
+    else:
+        phrase = relative + " ago"
+    return "%s (%s)" % (phrase, _absolute(date))
+
+
+def _relative(seconds: float) -> Optional[str]:
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        if seconds >= size:
+            count = int(math.floor(seconds / size + 0.5))
+            return "%d %s%s" % (count, unit, "" if count == 1 else "s")
+    return None
+
+
+def _absolute(date: datetime) -> str:
+    local = date.astimezone()
+    hour = local.hour % 12 or 12
+    return "%s %d, %d, %d:%02d %s" % (_MONTHS[local.month - 1], local.day, local.year, hour,
+                                      local.minute, "AM" if local.hour < 12 else "PM")
+
+
+def make_window(key: str, title: str, used_percent: Optional[float],
+                reset_date: Optional[datetime], now: datetime) -> Optional[UsageWindow]:
+    """Given a window's parts, return the UsageWindow (percentage clamped, reset text made), or
+    None when it has neither a usable percentage nor a reset moment."""
+    used = clamp_percent(used_percent)
+    if used is None and reset_date is None:
+        return None
+    text = reset_text(reset_date, now) if reset_date is not None else None
+    return UsageWindow(key=key, title=title, used_percent=used, reset_date=reset_date,
+                       reset_text=text)
+
+
+def roll_over(window: UsageWindow, now: datetime) -> UsageWindow:
+    """Given a stored window and now, return it as it stands now: a window whose reset moment
+    has passed since it was fetched has reset, so it reads 0 % used with a past-tense text."""
+    if window.reset_date is None or window.reset_date > now:
+        return window
+    return UsageWindow(key=window.key, title=window.title, used_percent=0.0,
+                       reset_date=window.reset_date,
+                       reset_text="reset " + reset_text(window.reset_date, now))
+
+
+# --- the generic parser (for bodies of a shape we do not know) ---------------------------------
+
+GENERIC_ORDER = ("5-hour", "Session", "Weekly", "Full")
+_GENERIC_KEYS = {"5-hour": "five_hour", "Session": "session", "Weekly": "weekly", "Full": "full"}
+_PERCENT_KEYS = ("used_percent", "usedpercent", "percent_used", "percentused", "utilization",
+                 "used_fraction", "usedfraction", "usage_ratio", "used_ratio", "percent", "usage",
+                 "used", "fraction", "ratio")
+_RESET_AT_KEYS = ("reset_at", "resets_at", "resetsat", "resetat", "reset_time", "reset_date",
+                  "resets", "reset", "next_reset")
+_RESET_IN_KEYS = ("reset_after_seconds", "resets_in_seconds", "resetsinseconds",
+                  "resetafterseconds", "reset_in_seconds", "reset_in", "resets_in")
+_LABEL_KEYS = ("name", "label", "title", "window", "type", "kind", "period", "id")
+_MAX_DEPTH = 12
+
+
+def _norm(key: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", key.lower())
+
+
+def _find(obj: Dict[str, Any], names: Tuple[str, ...]) -> Optional[Tuple[str, Any]]:
+    normalized = {_norm(k): (k, v) for k, v in obj.items() if isinstance(k, str)}
+    for name in names:
+        if _norm(name) in normalized:
+            return normalized[_norm(name)]
+    return None
+
+
+def _walk(obj: Any, path: Tuple[str, ...], depth: int) -> Iterator[Tuple[Tuple[str, ...], dict]]:
+    if depth > _MAX_DEPTH:
+        return
+    if isinstance(obj, dict):
+        yield path, obj
+        for key, value in obj.items():
+            if isinstance(value, (dict, list)):
+                yield from _walk(value, path + (str(key),), depth + 1)
+    elif isinstance(obj, list):
+        for index, value in enumerate(obj):
+            if isinstance(value, (dict, list)):
+                yield from _walk(value, path + (str(index),), depth + 1)
+
+
+def _title_for(path: Tuple[str, ...], obj: Dict[str, Any]) -> Optional[str]:
+    # The window's length, when stated, beats any name: a "session" of 300 minutes is 5-hour.
+    for key, scale in (("limit_window_seconds", 1), ("window_seconds", 1), ("windowseconds", 1),
+                       ("window_minutes", 60), ("windowminutes", 60), ("window_hours", 3600)):
+        found = _find(obj, (key,))
+        length = number_value(found[1]) if found else None
+        if length:
+            seconds = length * scale
+            if abs(seconds - 18000) < 60:
+                return "5-hour"
+            if abs(seconds - 604800) < 3600:
+                return "Weekly"
+    words = " ".join(list(path) + [str(v) for k, v in obj.items()
+                                   if isinstance(k, str) and _norm(k) in _LABEL_KEYS
+                                   and isinstance(v, str)]).lower()
+    if re.search(r"5[\s_-]*h|five[\s_-]*hour|primary", words):
+        return "5-hour"
+    if "session" in words:
+        return "Session"
+    if re.search(r"week|7[\s_-]*d|seven[\s_-]*day|secondary", words):
+        return "Weekly"
+    if re.search(r"\bfull\b|\btotal\b|overall|month|\ball\b", words):
+        return "Full"
+    return None
+
+
+def _generic_percent(obj: Dict[str, Any]) -> Optional[float]:
+    found = _find(obj, _PERCENT_KEYS)
+    if found is None:
+        return None
+    key, value = found
+    number = number_value(value)
+    if number is None:
+        return None
+    is_fraction = bool(re.search(r"fraction|ratio", key.lower()))
+    if is_fraction or (number <= 1 and not (isinstance(value, str) and value.strip().endswith("%"))):
+        number *= 100.0
+    return clamp_percent(number)
+
+
+def _generic_reset(obj: Dict[str, Any], now: datetime) -> Optional[datetime]:
+    found = _find(obj, _RESET_AT_KEYS)
+    if found is not None:
+        moment = parse_timestamp(found[1])
+        if moment is not None:
+            return moment
+    found = _find(obj, _RESET_IN_KEYS)
+    seconds = number_value(found[1]) if found else None
+    if seconds is not None and 0 <= seconds < 10 ** 9:
+        return now + timedelta(seconds=seconds)
+    return None
+
+
+def parse_generic_windows(payload: Any, now: datetime) -> List[UsageWindow]:
+    """Given any decoded JSON body, return the windows it seems to hold: every nested object with
+    a usage figure or a reset moment, labelled from its keys and values, one window per title,
+    ordered 5-hour, Session, Weekly, Full. Fractions (keys saying fraction/ratio, or values ≤ 1)
+    become percentages."""
+    found: Dict[str, UsageWindow] = {}
+    for path, obj in _walk(payload, (), 0):
+        used = _generic_percent(obj)
+        reset = _generic_reset(obj, now)
+        if used is None and reset is None:
+            continue
+        title = _title_for(path, obj)
+        if title is None or title in found:
+            continue
+        window = make_window(_GENERIC_KEYS[title], title, used, reset, now)
+        if window is not None:
+            found[title] = window
+    return [found[title] for title in GENERIC_ORDER if title in found]

@@ -1,0 +1,292 @@
+"""The tracker: fetch every account in parallel, publish the results, let a newer refresh win.
+
+A plain thread-safe class for legacy synchronous code. Each `refresh()` takes a new generation
+number; pending fetches of older generations are cancelled, and whatever an older generation still
+returns is dropped: only the newest generation ever publishes.
+"""
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from functools import partial
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from . import http
+from .config import Settings
+from .errors import RefreshSuperseded, UsageTrackerError
+from .models import AccountUsage, AuthAccount, Provider, Skipped
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_WORKERS = 16
+Listener = Callable[[List[AccountUsage], bool], None]
+Fetcher = Callable[..., AccountUsage]
+
+
+def select_accounts(accounts: Iterable[AuthAccount], include_expired: bool = False
+                    ) -> Tuple[List[AuthAccount], List[Skipped]]:
+    """Given accounts, return those to query (enabled, and not expired unless
+    `include_expired`) and Skipped records for the others (`disabled`, `expired`)."""
+    kept, skipped = [], []
+    for account in accounts:
+        reason = None
+        if account.is_disabled:
+            reason = "disabled"
+        elif account.is_expired and not include_expired:
+            reason = "expired"
+        if reason is None:
+            kept.append(account)
+        else:
+            skipped.append(Skipped(account.id, reason, account.provider, account.email))
+    return kept, skipped
+
+
+def sort_key(usage: AccountUsage) -> Tuple[str, str, str]:
+    """Order: provider (`claude` before `codex`), then e-mail case-insensitively, then id."""
+    return (Provider(usage.provider).value, (usage.email or "").casefold(), usage.id)
+
+
+class RefreshHandle:
+    """What `refresh()` returns: wait on it for that generation's published list."""
+
+    def __init__(self, generation: int):
+        self.generation = generation
+        self._event = threading.Event()
+        self._accounts: Optional[List[AccountUsage]] = None
+
+    def done(self) -> bool:
+        """True once this generation published, or was superseded."""
+        return self._event.is_set()
+
+    @property
+    def superseded(self) -> bool:
+        """True when a newer refresh (or close()) replaced this one before it published."""
+        return self._event.is_set() and self._accounts is None
+
+    def result(self, timeout: Optional[float] = None) -> List[AccountUsage]:
+        """Wait for this generation's published list and return it. Raise RefreshSuperseded if
+        a newer refresh replaced it, concurrent.futures.TimeoutError after `timeout` seconds."""
+        if not self._event.wait(timeout):
+            raise FutureTimeout("refresh %d still running after %s s" % (self.generation, timeout))
+        if self._accounts is None:
+            raise RefreshSuperseded("Refresh %d was superseded by a newer one" % self.generation)
+        return list(self._accounts)
+
+    def _finish(self, accounts: List[AccountUsage]) -> None:
+        self._accounts = accounts
+        self._event.set()
+
+    def _supersede(self) -> None:
+        self._event.set()
+
+
+class _Batch:
+    """One generation's fetches being collected."""
+
+    def __init__(self, generation: int, handle: RefreshHandle, size: int):
+        self.generation = generation
+        self.handle = handle
+        self.results: List[Optional[AccountUsage]] = [None] * size
+        self.remaining = size
+        self.lock = threading.Lock()
+
+
+class OAuthUsageTracker:
+    """Fetches quota windows for Claude and Codex accounts on a thread pool and publishes them.
+
+    Thread-safe; use it as a context manager or call close(). Endpoints come from `settings`, else
+    from the OAUTH_USAGE_TRACKER_* environment variables, else the real services.
+    """
+
+    def __init__(self, workers: Optional[int] = None, timeout: float = 15.0,
+                 allow_token_refresh: bool = True, include_expired: bool = False,
+                 settings: Optional[Settings] = None,
+                 environ: Optional[Mapping[str, str]] = None,
+                 fetchers: Optional[Mapping[Provider, Fetcher]] = None):
+        self.settings = settings or Settings.from_environ(
+            environ, workers=workers, timeout=timeout, allow_token_refresh=allow_token_refresh,
+            include_expired=include_expired)
+        if fetchers is None:
+            from .providers import FETCHERS
+            fetchers = FETCHERS
+        self._fetchers: Dict[Provider, Fetcher] = dict(fetchers)
+        self._lock = threading.Lock()
+        # Held while publishing, so listeners see states in the order they were published.
+        self._publish_lock = threading.RLock()
+        self._generation = 0
+        self._accounts: List[AccountUsage] = []
+        self._is_refreshing = False
+        self._listeners: List[Listener] = []
+        self._futures: List[Future] = []
+        self._handle: Optional[RefreshHandle] = None
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self._session = None
+        self._closed = False
+
+    # --- published state ----------------------------------------------------------------------
+
+    @property
+    def accounts(self) -> List[AccountUsage]:
+        """A snapshot of the last published list."""
+        with self._lock:
+            return list(self._accounts)
+
+    @property
+    def is_refreshing(self) -> bool:
+        """True while the newest refresh has not published its results."""
+        with self._lock:
+            return self._is_refreshing
+
+    def subscribe(self, callback: Listener) -> Callable[[], None]:
+        """Given a callback(accounts, is_refreshing), call it with every published state; return
+        a function that unsubscribes it. A callback that raises is logged and ignored."""
+        with self._lock:
+            self._listeners.append(callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if callback in self._listeners:
+                    self._listeners.remove(callback)
+        return unsubscribe
+
+    def _publish(self, generation: int, accounts: List[AccountUsage], is_refreshing: bool) -> bool:
+        with self._publish_lock:
+            with self._lock:
+                if generation != self._generation:
+                    return False
+                self._accounts = list(accounts)
+                self._is_refreshing = is_refreshing
+                listeners = list(self._listeners)
+            for listener in listeners:
+                try:
+                    listener(list(accounts), is_refreshing)
+                except Exception:
+                    logger.exception("A tracker listener raised; ignoring it")
+            return True
+
+    # --- refreshing ---------------------------------------------------------------------------
+
+    def refresh(self, codex_accounts: Sequence[AuthAccount] = (),
+                claude_accounts: Sequence[AuthAccount] = ()) -> RefreshHandle:
+        """Start fetching the given accounts (enabled, and not expired unless include_expired),
+        superseding any refresh in flight, and return at once with a RefreshHandle."""
+        kept, _ = select_accounts(list(codex_accounts) + list(claude_accounts),
+                                  self.settings.include_expired)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("This OAuthUsageTracker is closed")
+            self._generation += 1
+            generation = self._generation
+            stale_futures, self._futures = self._futures, []
+            previous, self._handle = self._handle, RefreshHandle(generation)
+            handle = self._handle
+        for future in stale_futures:
+            future.cancel()
+        if previous is not None:
+            previous._supersede()
+        if not kept:
+            if self._publish(generation, [], False):
+                handle._finish([])
+            return handle
+        placeholders = sorted((AccountUsage(id=a.id, provider=a.provider, email=a.email,
+                                            is_loading=True) for a in kept), key=sort_key)
+        self._publish(generation, placeholders, True)
+        batch = _Batch(generation, handle, len(kept))
+        pool = self._ensure_pool()
+        futures = []
+        for index, account in enumerate(kept):
+            future = pool.submit(self._fetch_one, generation, account)
+            future.add_done_callback(partial(self._collect, batch, index))
+            futures.append(future)
+        with self._lock:
+            current = generation == self._generation
+            if current:
+                self._futures = futures
+        if not current:
+            for future in futures:
+                future.cancel()
+        return handle
+
+    def refresh_and_wait(self, codex_accounts: Sequence[AuthAccount] = (),
+                         claude_accounts: Sequence[AuthAccount] = ()) -> List[AccountUsage]:
+        """Refresh and block until done; return the sorted list. If another thread superseded
+        this refresh meanwhile, wait for and return the newest published list instead."""
+        handle = self.refresh(codex_accounts, claude_accounts)
+        while True:
+            try:
+                return handle.result()
+            except RefreshSuperseded:
+                with self._lock:
+                    newest, closed = self._handle, self._closed
+                if closed or newest is None or newest is handle:
+                    return self.accounts
+                handle = newest
+
+    def _ensure_pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                size = self.settings.workers or DEFAULT_MAX_WORKERS
+                # Threads start only as work arrives, so n accounts use min(size, n) of them.
+                self._pool = ThreadPoolExecutor(max_workers=size,
+                                                thread_name_prefix="oauth-usage")
+                self._session = http.make_session(size)
+            return self._pool
+
+    def _fetch_one(self, generation: int, account: AuthAccount) -> Optional[AccountUsage]:
+        if generation != self._generation:
+            return None
+        try:
+            return self._fetchers[account.provider](account, self._session, self.settings)
+        except UsageTrackerError as error:
+            logger.warning("%s: %s", account.id, error)
+            message, refreshed = str(error), error.token_refreshed
+        except Exception as error:
+            logger.error("%s: unexpected %s while fetching usage", account.id,
+                         type(error).__name__)
+            logger.debug("%s: details", account.id, exc_info=True)
+            message = ("Unexpected error while fetching usage (%s); run with -v for details"
+                       % type(error).__name__)
+            refreshed = False
+        return AccountUsage(id=account.id, provider=account.provider, email=account.email,
+                            error=message, token_refreshed=refreshed)
+
+    def _collect(self, batch: _Batch, index: int, future: Future) -> None:
+        result = None if future.cancelled() else future.result()
+        with batch.lock:
+            batch.results[index] = result
+            batch.remaining -= 1
+            if batch.remaining:
+                return
+        if any(result is None for result in batch.results):
+            return  # superseded: a newer generation cancelled or skipped some of these
+        ordered = sorted(batch.results, key=sort_key)
+        if self._publish(batch.generation, ordered, False):
+            batch.handle._finish(ordered)
+
+    # --- lifetime -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Cancel pending fetches, wait for running ones (token writes finish), shut the pool
+        down and close the HTTP session. A closed tracker cannot refresh again."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._generation += 1
+            futures, self._futures = self._futures, []
+            handle = self._handle
+            pool, session = self._pool, self._session
+        for future in futures:
+            future.cancel()
+        if handle is not None:
+            handle._supersede()
+        if pool is not None:
+            pool.shutdown(wait=True)
+        if session is not None:
+            session.close()
+
+    def __enter__(self) -> "OAuthUsageTracker":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

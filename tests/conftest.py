@@ -1,0 +1,35 @@
+"""Shared fixtures: an auth directory, a clean environment, a strict `responses` mock."""
+import os
+import time
+
+import pytest
+import responses as responses_lib
+
+from support import AuthDir
+
+
+@pytest.fixture
+def auth_dir(tmp_path):
+    """An empty auth directory in tmp_path, with helpers to add CLIProxyAPI-shaped files."""
+    return AuthDir(tmp_path / "auth")
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch, tmp_path):
+    """No test sees the user's endpoints, auth dir or time zone; HOME points into tmp_path."""
+    for name in list(os.environ):
+        if name.startswith("OAUTH_USAGE_TRACKER_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    time.tzset()
+
+
+@pytest.fixture
+def mocked_responses():
+    """A `responses` mock in which every registered response must be used."""
+    with responses_lib.RequestsMock(assert_all_requests_are_fired=True) as mock:
+        yield mock

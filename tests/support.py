@@ -1,0 +1,107 @@
+"""Helpers shared by the tests: fake tokens, sample payloads, CLIProxyAPI-shaped files."""
+import json
+import os
+from pathlib import Path
+
+PAYLOADS = Path(__file__).parent / "payloads"
+
+# Obviously fake tokens, long enough to be found if they ever leak into output.
+CLAUDE_ACCESS = "sk-ant-oat01-TESTaccessTOKENnotREAL0000000000000000000000000000"
+CLAUDE_REFRESH = "sk-ant-ort01-TESTrefreshTOKENnotREAL000000000000000000000000000"
+CODEX_ACCESS = "eyJTESTcodexACCESStokenNOTreal.eyJub3RyZWFsIjp0cnVlfQ.SIGNATUREfake"
+CODEX_REFRESH = "rt_TESTcodexREFRESHtokenNOTreal000000"
+CODEX_ID_TOKEN = "eyJTESTcodexIDtokenNOTreal.eyJlbWFpbCI6InRlc3QifQ.SIGfake"
+SECRETS = (CLAUDE_ACCESS, CLAUDE_REFRESH, CODEX_ACCESS, CODEX_REFRESH, CODEX_ID_TOKEN)
+
+
+def load_payload(name):
+    """Return the decoded sample payload `name` (without .json) from tests/payloads."""
+    return json.loads((PAYLOADS / (name + ".json")).read_text())
+
+
+def payload_text(name):
+    """Return the raw text of a sample payload file (name with its extension)."""
+    return (PAYLOADS / name).read_text()
+
+
+def claude_credentials(email="alice@example.com", expired="2099-01-01T00:00:00Z", **extra):
+    """A Claude credential object as CLIProxyAPI writes it."""
+    data = {
+        "access_token": CLAUDE_ACCESS, "account_uuid": "0b7c1f2e-1111-4a2b-9c3d-123456789abc",
+        "claude_device_ids": ["3f9a0000-0000-0000-0000-000000000001"], "disabled": False,
+        "email": email, "expired": expired, "id_token": "",
+        "last_refresh": "2026-08-22T06:39:03+02:00", "organization_name": "Example Org",
+        "organization_uuid": "5e6f7a8b-2222-4c3d-8e9f-abcdef012345",
+        "refresh_token": CLAUDE_REFRESH, "type": "claude",
+    }
+    data.update(extra)
+    return data
+
+
+def codex_credentials(email="bob@example.com", expired="2099-01-01T00:00:00+02:00", **extra):
+    """A Codex credential object as CLIProxyAPI writes it."""
+    data = {
+        "access_token": CODEX_ACCESS, "account_id": "7d3e2c1b-0000-4000-8000-000000000001",
+        "disabled": False, "email": email, "expired": expired, "id_token": CODEX_ID_TOKEN,
+        "last_refresh": "2026-08-22T10:15:00+02:00", "refresh_token": CODEX_REFRESH,
+        "type": "codex",
+    }
+    data.update(extra)
+    return data
+
+
+def write_compact(path, data, newline=False):
+    """Write JSON the way CLIProxyAPI does: compact, sorted keys."""
+    text = json.dumps(data, separators=(",", ":"), sort_keys=True) + ("\n" if newline else "")
+    Path(path).write_text(text)
+    os.chmod(path, 0o600)
+    return Path(path)
+
+
+def write_pretty(path, data):
+    """Write JSON the way other tools do: indented, keys in their own order."""
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+    os.chmod(path, 0o600)
+    return Path(path)
+
+
+class AuthDir:
+    """A temporary auth directory with helpers to add credential files."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def __str__(self):
+        return str(self.path)
+
+    def __fspath__(self):
+        return str(self.path)
+
+    def claude(self, email="alice@example.com", name=None, pretty=False, **extra):
+        data = claude_credentials(email=email, **extra)
+        target = self.path / (name or "claude-%s.json" % email)
+        return (write_pretty if pretty else write_compact)(target, data)
+
+    def codex(self, email="bob@example.com", name=None, pretty=False, **extra):
+        data = codex_credentials(email=email, **extra)
+        target = self.path / (name or "codex-%s.json" % email)
+        return (write_pretty if pretty else write_compact)(target, data)
+
+    def raw(self, name, content):
+        target = self.path / name
+        if isinstance(content, bytes):
+            target.write_bytes(content)
+        else:
+            target.write_text(content)
+        return target
+
+
+def assert_no_secrets(*texts):
+    """Fail if any test token (or a long piece of one) appears in the given texts."""
+    for text in texts:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", "replace")
+        for secret in SECRETS:
+            assert secret not in text
+            assert secret[12:36] not in text
