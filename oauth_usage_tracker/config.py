@@ -28,6 +28,8 @@ _URL_ENV = {
     "claude_usage_url": ENV_PREFIX + "CLAUDE_USAGE_URL",
     "claude_token_url": ENV_PREFIX + "CLAUDE_TOKEN_URL",
 }
+_URL_NAMES = {"codex_usage_url": "Codex usage", "claude_usage_url": "Claude usage",
+              "claude_token_url": "Claude token"}
 _AGENT_ENV = {
     "claude_user_agent": ENV_PREFIX + "CLAUDE_USER_AGENT",
     "claude_token_user_agent": ENV_PREFIX + "CLAUDE_TOKEN_USER_AGENT",
@@ -54,7 +56,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         for name in _URL_ENV:
-            check_url(getattr(self, name), name)
+            check_url(getattr(self, name), _URL_NAMES[name])
         if not (0 < self.timeout <= 600):
             raise ConfigurationError("The timeout must be between 0 and 600 seconds, not %s."
                                      % self.timeout)
@@ -115,4 +117,4 @@ def check_url(url: str, name: str = "endpoint") -> str:
             return url
     raise ConfigurationError(
         "Refused %s URL %r: only https:// URLs, or http:// to a loopback address, are allowed."
-        % (name.replace("_", " "), url))
+        % (name, url))

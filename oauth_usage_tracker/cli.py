@@ -1,0 +1,263 @@
+"""The `oauth-usage-tracker` script: parse flags, wire the library together, render, exit."""
+import argparse
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import FrozenSet, Iterator, List, Mapping, Optional, Sequence
+
+from . import __version__, files
+from .accounts import AUTH_DIR_ENV, discover_accounts
+from .config import Settings
+from .errors import ConfigurationError
+from .models import AccountUsage, Discovery, Provider
+from .report import USAGE_ERROR, Report, exit_status
+from .tracker import OAuthUsageTracker, RefreshHandle, select_accounts
+
+logger = logging.getLogger("oauth_usage_tracker")
+
+EPILOG = """\
+exit status: 0 every queried account returned windows; 1 an account failed or a credential file
+was unreadable; 2 usage or configuration error; 3 --fail-below crossed (wins over 1).
+endpoint overrides: OAUTH_USAGE_TRACKER_CODEX_USAGE_URL, _CLAUDE_USAGE_URL, _CLAUDE_TOKEN_URL
+(https://, or http:// to a loopback address)."""
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="oauth-usage-tracker", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Show how much Claude and Codex subscription quota is left for every "
+                    "account CLIProxyAPI keeps, refreshing expired Claude tokens safely.")
+    parser.add_argument("--auth-dir", metavar="DIR",
+                        help="credential directory (default $%s, else ~/.cli-proxy-api)"
+                        % AUTH_DIR_ENV)
+    parser.add_argument("--provider", action="append", choices=[p.value for p in Provider],
+                        help="only this provider (repeatable; default both)")
+    parser.add_argument("--json", action="store_true", help="print the JSON report")
+    parser.add_argument("--output", metavar="FILE",
+                        help="write the report to FILE atomically instead of stdout")
+    parser.add_argument("--prometheus", metavar="FILE",
+                        help="also write node_exporter textfile metrics to FILE atomically")
+    parser.add_argument("--workers", type=_positive_int, metavar="N",
+                        help="parallel fetches (default min(16, accounts))")
+    parser.add_argument("--timeout", type=_positive_float, default=15.0, metavar="S",
+                        help="seconds per request (default 15)")
+    parser.add_argument("--no-token-refresh", action="store_true",
+                        help="read only: never refresh a token, never write a credential file")
+    parser.add_argument("--refresh-expired", action="store_true",
+                        help="query expired accounts too (Claude ones are refreshed first)")
+    parser.add_argument("--fail-below", type=float, metavar="PCT",
+                        help="exit 3 when a window has less than PCT %% left")
+    parser.add_argument("--watch", type=_positive_float, metavar="SECONDS",
+                        help="keep running: refresh every SECONDS and when accounts change")
+    parser.add_argument("--demo", action="store_true",
+                        help="run against a built-in fake of both providers (no network)")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more logging on stderr (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
+    parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError("must be a positive number")
+    return value
+
+
+def configure_logging(verbose: int, quiet: bool) -> None:
+    """Log to stderr: warnings by default, info with -v, debug with -vv, errors only with -q."""
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO)[min(verbose, 1)]
+    if verbose >= 2:
+        level = logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("oauth-usage-tracker: %(levelname)s: %(message)s"))
+    root = logging.getLogger("oauth_usage_tracker")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+class Run:
+    """One configured invocation: which accounts, which settings, where the report goes."""
+
+    def __init__(self, args: argparse.Namespace, settings: Settings, auth_dir: Optional[str]):
+        self.args = args
+        self.settings = settings
+        self.auth_dir = auth_dir
+        self.last_report: Optional[Report] = None
+        self.providers = frozenset(Provider(p) for p in (args.provider or [p.value for p in Provider]))
+
+    def selected(self, discovery: Discovery):
+        """The discovered accounts of the chosen providers: (codex, claude)."""
+        return (discovery.codex if Provider.CODEX in self.providers else (),
+                discovery.claude if Provider.CLAUDE in self.providers else ())
+
+    def enabled_ids(self, discovery: Discovery) -> FrozenSet[str]:
+        codex, claude = self.selected(discovery)
+        kept, _ = select_accounts(codex + claude, self.settings.include_expired)
+        return frozenset(account.id for account in kept)
+
+    def report(self, discovery: Discovery, results: Sequence[AccountUsage],
+               started: float) -> Report:
+        codex, claude = self.selected(discovery)
+        _, filtered = select_accounts(codex + claude, self.settings.include_expired)
+        return Report(accounts=tuple(results), skipped=discovery.skipped + tuple(filtered),
+                      generated_at=datetime.now(timezone.utc),
+                      duration_seconds=time.monotonic() - started)
+
+    def emit(self, report: Report) -> int:
+        """Print or write the report (and metrics); return the exit status."""
+        from .render import render_json, render_prometheus, render_table
+        if self.args.json:
+            text = render_json(report)
+        else:
+            colour = (self.args.output is None and sys.stdout.isatty()
+                      and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb")
+            text = render_table(report, colour=colour)
+        try:
+            if self.args.output:
+                files.atomic_write(self.args.output, text.encode("utf-8"), default_mode=0o644)
+            else:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            if self.args.prometheus:
+                files.atomic_write(self.args.prometheus, render_prometheus(report).encode("utf-8"),
+                                   default_mode=0o644)
+        except OSError as error:
+            logger.error("Cannot write the report: %s (%s)", error.strerror or error,
+                         getattr(error, "filename", None) or "")
+            return USAGE_ERROR
+        for account in report.failed:
+            logger.debug("%s failed: %s", account.id, account.error)
+        return exit_status(report, self.args.fail_below)
+
+    def once(self, tracker: OAuthUsageTracker) -> int:
+        started = time.monotonic()
+        discovery = discover_accounts(self.auth_dir)
+        codex, claude = self.selected(discovery)
+        results = tracker.refresh_and_wait(codex, claude)
+        self.last_report = self.report(discovery, results, started)
+        return self.emit(self.last_report)
+
+    def watch(self, tracker: OAuthUsageTracker) -> int:
+        from .watch import Watcher
+        stop = threading.Event()
+        directory = discover_accounts(self.auth_dir).auth_dir
+
+        def on_report(discovery: Discovery, handle: RefreshHandle, started: float) -> None:
+            self.emit(self.report(discovery, handle.result(), started))
+
+        watcher = Watcher(tracker, directory, self.args.watch, self.enabled_ids,
+                          lambda discovery: tracker.refresh(*self.selected(discovery)), on_report)
+        with _signals_set(stop):
+            watcher.run(stop)
+        logger.info("Stopping: waiting for in-flight requests and token writes")
+        return 0
+
+    def execute(self) -> int:
+        with OAuthUsageTracker(settings=self.settings) as tracker:
+            if self.args.watch:
+                return self.watch(tracker)
+            return self.once(tracker)
+
+
+@contextmanager
+def _signals_set(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM and SIGINT set `stop` (for --watch) instead of interrupting."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for number in (signal.SIGTERM, signal.SIGINT):
+            previous[number] = signal.signal(number, lambda *_: stop.set())
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises _Terminated in the main thread, so a one-shot run unwinds like Ctrl-C:
+    pending fetches are cancelled and running ones (token writes included) finish first."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        def terminate(*_):
+            raise _Terminated()
+        previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    return Settings.from_environ(environ, timeout=args.timeout, workers=args.workers,
+                                 allow_token_refresh=not args.no_token_refresh,
+                                 include_expired=args.refresh_expired)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Run the whole pipeline against the built-in fake on sample accounts in a temporary
+    directory. Return 0 when the demo behaved as designed (its planted failure included)."""
+    from .demo import FakeProviders, create_demo_accounts
+    with FakeProviders() as fake, tempfile.TemporaryDirectory(prefix="oauth-usage-demo-") as tmp:
+        auth_dir = os.path.join(tmp, "auth")
+        os.mkdir(auth_dir, 0o700)
+        create_demo_accounts(fake, auth_dir)
+        settings = Settings.from_environ(fake.environ(), timeout=min(args.timeout, 5.0),
+                                         workers=args.workers, include_expired=True,
+                                         allow_token_refresh=not args.no_token_refresh)
+        run = Run(args, settings, auth_dir)
+        status = run.execute()
+    if not args.json and not args.quiet:
+        sys.stderr.write("demo: a loopback fake answered for both providers; Carol's expired "
+                         "token was refreshed and frank@example.com fails on purpose.\n")
+    planted = {"codex-frank@example.com.json"}
+    as_designed = run.last_report is not None and all(
+        bool(account.error) == (account.id in planted) for account in run.last_report.accounts)
+    return 0 if as_designed and status in (0, 1) else (status or 1)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the script with `argv` (default sys.argv[1:]); return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else USAGE_ERROR
+    configure_logging(args.verbose, args.quiet)
+    try:
+        with _sigterm_interrupts():
+            if args.demo:
+                return run_demo(args)
+            return Run(args, _settings(args, os.environ), args.auth_dir).execute()
+    except ConfigurationError as error:
+        logger.error("%s", error)
+        return USAGE_ERROR
+    except _Terminated:
+        logger.warning("Terminated; in-flight token writes were finished first")
+        return 128 + signal.SIGTERM
+    except KeyboardInterrupt:
+        logger.warning("Interrupted; in-flight token writes were finished first")
+        return 130

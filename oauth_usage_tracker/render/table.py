@@ -1,0 +1,89 @@
+"""The table for people: one block per account, readable in a terminal and in a mail from cron."""
+from typing import List, Optional
+
+from ..models import AccountUsage, UsageWindow
+from ..report import Report
+
+BAR_WIDTH = 20
+_RESET = "\033[0m"
+_COLOURS = {"red": "\033[31m", "yellow": "\033[33m", "green": "\033[32m", "bold": "\033[1m",
+            "dim": "\033[2m"}
+
+
+class _Painter:
+    def __init__(self, colour: bool):
+        self.colour = colour
+
+    def __call__(self, text: str, style: Optional[str]) -> str:
+        if not self.colour or style is None:
+            return text
+        return _COLOURS[style] + text + _RESET
+
+
+def _level(remaining: Optional[float]) -> Optional[str]:
+    if remaining is None:
+        return None
+    if remaining < 10:
+        return "red"
+    if remaining < 30:
+        return "yellow"
+    return "green"
+
+
+def _bar(remaining: Optional[float]) -> str:
+    """A bar of what is left, so it reads with the "N% left" beside it."""
+    if remaining is None:
+        return "[" + " " * BAR_WIDTH + "]"
+    filled = int(round(remaining / 100.0 * BAR_WIDTH))
+    return "[" + "#" * filled + "." * (BAR_WIDTH - filled) + "]"
+
+
+def _percent(value: float) -> str:
+    return ("%.1f" % value).rstrip("0").rstrip(".")
+
+
+def _window_line(window: UsageWindow, title_width: int, paint: _Painter) -> str:
+    remaining = window.remaining_percent
+    left = "%s%% left" % _percent(remaining) if remaining is not None else "usage unknown"
+    line = "  %-*s  %s %s" % (title_width, window.title, _bar(remaining),
+                              paint("%-10s" % left, _level(remaining)))
+    if window.reset_text:
+        line += "  resets " + window.reset_text
+    return line.rstrip()
+
+
+def _account_block(account: AccountUsage, paint: _Painter) -> List[str]:
+    header = "%s  %s" % (paint(account.provider.label, "bold"), account.email or account.id)
+    notes = []
+    if account.token_refreshed:
+        notes.append("token refreshed")
+    if notes:
+        header += "  " + paint("(%s)" % ", ".join(notes), "dim")
+    lines = [header]
+    if account.error:
+        lines.append("  " + paint("error: " + account.error, "red"))
+    width = max((len(window.title) for window in account.windows), default=0)
+    lines.extend(_window_line(window, width, paint) for window in account.windows)
+    return lines
+
+
+def render_table(report: Report, colour: bool = False) -> str:
+    """Given a report, return the table for people; ANSI colour only when `colour` is true."""
+    paint = _Painter(colour)
+    failed = len(report.failed)
+    summary = "%d account%s, %d failed, %d skipped (%s UTC)" % (
+        len(report.accounts), "" if len(report.accounts) == 1 else "s", failed,
+        len(report.skipped), report.generated_at.strftime("%Y-%m-%d %H:%M"))
+    lines = [summary, ""]
+    if not report.accounts:
+        lines.extend(["No accounts to query.", ""])
+    for account in report.accounts:
+        lines.extend(_account_block(account, paint))
+        lines.append("")
+    if report.skipped:
+        lines.append(paint("Skipped", "bold"))
+        width = max(len(skipped.id) for skipped in report.skipped)
+        for skipped in report.skipped:
+            lines.append("  %-*s  %s" % (width, skipped.id, skipped.reason))
+        lines.append("")
+    return "\n".join(lines).rstrip("\n") + "\n"

@@ -1,0 +1,80 @@
+"""`--watch`: refresh on an interval, and at once when the set of enabled accounts changes."""
+import logging
+import os
+import threading
+import time
+from typing import Callable, FrozenSet, Optional, Tuple
+
+from .accounts import discover_accounts
+from .errors import ConfigurationError
+from .models import Discovery
+from .tracker import OAuthUsageTracker, RefreshHandle
+
+logger = logging.getLogger(__name__)
+
+POLL_SECONDS = 1.0
+Fingerprint = FrozenSet[Tuple[str, int, int]]
+
+
+def directory_fingerprint(auth_dir: str) -> Optional[Fingerprint]:
+    """Given the auth directory, return the names, mtimes and sizes of its `*.json` files (one
+    cheap scandir), or None when it cannot be listed."""
+    try:
+        with os.scandir(auth_dir) as entries:
+            return frozenset((entry.name, entry.stat().st_mtime_ns, entry.stat().st_size)
+                             for entry in entries if entry.name.endswith(".json"))
+    except OSError:
+        return None
+
+
+class Watcher:
+    """Drives a tracker until `stop` is set. `start_refresh(discovery)` must call
+    tracker.refresh(...) with the accounts to query and return the handle; `enabled(discovery)`
+    returns the ids that would be queried; `on_report(discovery, handle, started)` is called
+    once per finished (not superseded) refresh."""
+
+    def __init__(self, tracker: OAuthUsageTracker, auth_dir: str, interval: float,
+                 enabled: Callable[[Discovery], FrozenSet[str]],
+                 start_refresh: Callable[[Discovery], RefreshHandle],
+                 on_report: Callable[[Discovery, RefreshHandle, float], None],
+                 poll: float = POLL_SECONDS):
+        self.tracker = tracker
+        self.auth_dir = auth_dir
+        self.interval = interval
+        self.enabled = enabled
+        self.start_refresh = start_refresh
+        self.on_report = on_report
+        self.poll = poll
+
+    def run(self, stop: threading.Event) -> None:
+        """Loop until `stop` is set: re-discover when the directory changed, refresh when due or
+        when the enabled set changed, report each refresh that finished."""
+        seen_fingerprint: Optional[Fingerprint] = None
+        discovery: Optional[Discovery] = None
+        enabled: Optional[FrozenSet[str]] = None
+        due = 0.0
+        pending: Optional[Tuple[Discovery, RefreshHandle, float]] = None
+        while not stop.is_set():
+            changed = False
+            fingerprint = directory_fingerprint(self.auth_dir)
+            if fingerprint != seen_fingerprint or discovery is None:
+                seen_fingerprint = fingerprint
+                try:
+                    discovery = discover_accounts(self.auth_dir)
+                except ConfigurationError as error:
+                    logger.error("%s", error)
+                    discovery = None
+                if discovery is not None:
+                    now_enabled = self.enabled(discovery)
+                    changed = enabled is not None and now_enabled != enabled
+                    if changed:
+                        logger.info("The set of enabled accounts changed; refreshing now")
+                    enabled = now_enabled
+            if discovery is not None and (changed or time.monotonic() >= due):
+                due = time.monotonic() + self.interval
+                pending = (discovery, self.start_refresh(discovery), time.monotonic())
+            if pending is not None and pending[1].done():
+                if not pending[1].superseded:
+                    self.on_report(*pending)
+                pending = None
+            stop.wait(self.poll if pending is None else min(self.poll, 0.05))

@@ -1,0 +1,219 @@
+"""The installed script, end to end, in subprocesses against the loopback fake of both providers."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from oauth_usage_tracker import demo
+from support import assert_no_secrets
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = shutil.which("oauth-usage-tracker")
+NOW = datetime.now(timezone.utc)
+
+
+@pytest.fixture
+def fake():
+    with demo.FakeProviders() as server:
+        yield server
+
+
+@pytest.fixture
+def accounts(fake, auth_dir):
+    """Two healthy accounts of each provider, registered with the fake."""
+    demo.populate(fake, str(auth_dir), claude=2, codex=2)
+    return auth_dir
+
+
+def run(args, env_extra=None, timeout=60, home=None):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OAUTH_USAGE_TRACKER_")}
+    env.update(env_extra or {})
+    if home is not None:
+        env["HOME"] = str(home)
+    command = [SCRIPT] if SCRIPT else [sys.executable, "-m", "oauth_usage_tracker"]
+    return subprocess.run(command + list(args), env=env, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def test_demo_in_fresh_home_shows_dashboard_and_writes_nothing_outside_temp(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    result = run(["--demo"], home=home)
+    assert result.returncode == 0, result.stderr
+    assert "alice@example.com" in result.stdout
+    assert "Carol@example.com  (token refreshed)" in result.stdout
+    assert "5-hour" in result.stdout and "% left" in result.stdout
+    assert "error: Codex usage API returned 403" in result.stdout
+    assert "unsupported type 'gemini'" in result.stdout
+    assert "\x1b[" not in result.stdout  # not a TTY: no colour
+    assert list(home.iterdir()) == []
+
+
+def test_demo_json_is_a_version_1_report(tmp_path):
+    result = run(["--demo", "--json"], home=tmp_path)
+    report = json.loads(result.stdout)
+    assert report["version"] == 1
+    refreshed = [a for a in report["accounts"] if a["token_refreshed"]]
+    assert [a["email"] for a in refreshed] == ["Carol@example.com"]
+    assert [a["provider"] for a in report["accounts"]] == ["claude"] * 2 + ["codex"] * 3
+
+
+def test_json_run_all_accounts_fetched_exits_0(fake, accounts):
+    result = run(["--auth-dir", str(accounts), "--json"], fake.environ())
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [a["email"] for a in report["accounts"]] == [
+        "claude0000@example.com", "claude0001@example.com",
+        "codex0000@example.com", "codex0001@example.com"]
+    assert all(a["error"] is None and a["windows"] for a in report["accounts"])
+    assert report["generated_at"].endswith("Z")
+    window = report["accounts"][0]["windows"][0]
+    assert set(window) == {"key", "title", "used_percent", "remaining_percent", "reset_date",
+                           "reset_text"}
+    assert window["reset_date"].endswith("Z")
+
+
+def test_failing_account_exits_1_and_others_still_reported(fake, accounts):
+    path = demo.write_credential(str(accounts), "codex", "broken@example.com", "demo-unknown",
+                                 "demo-unknown-r", NOW + timedelta(days=1))
+    result = run(["--auth-dir", str(accounts), "--json"], fake.environ())
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    by_id = {a["id"]: a for a in report["accounts"]}
+    assert "token_expired" in by_id[os.path.basename(path)]["error"]
+    assert sum(1 for a in report["accounts"] if a["windows"]) == 4
+
+
+def test_unreadable_file_exits_1_with_skip_reason(fake, accounts):
+    (Path(str(accounts)) / "claude-torn.json").write_text('{"type": "claude", "email"')
+    result = run(["--auth-dir", str(accounts), "--json"], fake.environ())
+    assert result.returncode == 1
+    skipped = json.loads(result.stdout)["skipped"]
+    assert skipped == [{"id": "claude-torn.json", "provider": None, "email": None,
+                        "reason": "unreadable: not valid JSON"}]
+
+
+def test_fail_below_exits_3_over_1(fake, accounts):
+    demo.write_credential(str(accounts), "codex", "broken@example.com", "demo-unknown",
+                          "demo-unknown-r", NOW + timedelta(days=1))
+    result = run(["--auth-dir", str(accounts), "--fail-below", "60"], fake.environ())
+    assert result.returncode == 3
+
+
+def test_refused_endpoint_url_exits_2_before_any_request(fake, accounts):
+    env = dict(fake.environ(), OAUTH_USAGE_TRACKER_CLAUDE_TOKEN_URL="http://192.0.2.1/token")
+    result = run(["--auth-dir", str(accounts)], env)
+    assert result.returncode == 2
+    assert "Refused Claude token URL" in result.stderr
+    assert fake.requests == {}
+
+
+def test_missing_auth_directory_exits_2(tmp_path):
+    result = run(["--auth-dir", str(tmp_path / "nope")])
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_flag_exits_2():
+    assert run(["--workers", "zero"]).returncode == 2
+
+
+def test_provider_flag_limits_the_query(fake, accounts):
+    result = run(["--auth-dir", str(accounts), "--json", "--provider", "codex"], fake.environ())
+    providers = {a["provider"] for a in json.loads(result.stdout)["accounts"]}
+    assert providers == {"codex"}
+    assert fake.count(demo.CLAUDE_PATH) == 0
+
+
+def test_output_and_prometheus_files_are_written_and_parse(fake, accounts, tmp_path):
+    output, metrics = tmp_path / "report.json", tmp_path / "metrics" / "oauth.prom"
+    metrics.parent.mkdir()
+    result = run(["--auth-dir", str(accounts), "--json", "--output", str(output),
+                  "--prometheus", str(metrics)], fake.environ())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert len(json.loads(output.read_text())["accounts"]) == 4
+    families = {f.name: f for f in text_string_to_metric_families(metrics.read_text())}
+    up = families["oauth_usage_account_up"].samples
+    assert len(up) == 4 and all(sample.value == 1 for sample in up)
+    remaining = families["oauth_usage_window_remaining_percent"].samples
+    assert {s.labels["window"] for s in remaining} == {"five_hour", "seven_day",
+                                                     "seven_day_sonnet", "primary_window",
+                                                     "secondary_window"}
+    assert os.listdir(metrics.parent) == ["oauth.prom"]
+
+
+def test_python_m_and_entry_script_print_version():
+    module = subprocess.run([sys.executable, "-m", "oauth_usage_tracker", "--version"],
+                            capture_output=True, text=True, timeout=30)
+    script = subprocess.run([sys.executable, str(ROOT / "scripts" / "oauth-usage-tracker"),
+                             "--version"], capture_output=True, text=True, timeout=30)
+    assert module.returncode == script.returncode == 0
+    assert module.stdout.startswith("oauth-usage-tracker ") and module.stdout == script.stdout
+
+
+def test_verbose_run_with_refresh_leaks_no_token(fake, auth_dir):
+    from support import CLAUDE_ACCESS, CLAUDE_REFRESH
+    demo.write_credential(str(auth_dir), "claude", "stale@example.com", CLAUDE_ACCESS,
+                          CLAUDE_REFRESH, NOW - timedelta(minutes=5))
+    fake.add_account(demo.FakeAccount("claude", "stale@example.com"), CLAUDE_ACCESS,
+                     CLAUDE_REFRESH)
+    result = run(["--auth-dir", str(auth_dir), "--refresh-expired", "-vv", "--json"],
+                 fake.environ())
+    assert result.returncode == 0, result.stderr
+    written = json.loads((Path(str(auth_dir)) / "claude-stale@example.com.json").read_text())
+    assert written["refresh_token"] != CLAUDE_REFRESH
+    assert json.loads(result.stdout)["accounts"][0]["token_refreshed"] is True
+    assert_no_secrets(result.stdout, result.stderr)
+    for token in (written["access_token"], written["refresh_token"]):
+        assert token not in result.stdout and token not in result.stderr
+
+
+def _wait_for(predicate, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_watch_picks_up_new_file_and_exits_0_on_sigterm(fake, accounts, tmp_path):
+    output = tmp_path / "report.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OAUTH_USAGE_TRACKER_")}
+    env.update(fake.environ())
+    command = ([SCRIPT] if SCRIPT else [sys.executable, "-m", "oauth_usage_tracker"]) + [
+        "--auth-dir", str(accounts), "--json", "--output", str(output), "--watch", "3600"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        def emails():
+            try:
+                return {a["email"] for a in json.loads(output.read_text())["accounts"]}
+            except (OSError, ValueError):
+                return set()
+        assert _wait_for(lambda: len(emails()) == 4)
+        # The new account is registered with the fake before its file appears.
+        fake.add_account(demo.FakeAccount("codex", "new@example.com"), "demo-new", "demo-new-r")
+        demo.write_credential(str(accounts), "codex", "new@example.com", "demo-new",
+                              "demo-new-r", NOW + timedelta(days=1))
+        started = time.monotonic()
+        assert _wait_for(lambda: "new@example.com" in emails(), timeout=10)
+        print("watch picked up the new file in %.2f s" % (time.monotonic() - started))
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
