@@ -1,0 +1,99 @@
+"""Renderers: the table for people, the JSON report v1, the Prometheus textfile."""
+import json
+from datetime import datetime, timezone
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from oauth_usage_tracker.models import AccountUsage, Provider, Skipped, UsageWindow
+from oauth_usage_tracker.render import json_report, prometheus, table
+from oauth_usage_tracker.report import Report
+
+NOW = datetime(2026, 11, 24, 14, 0, tzinfo=timezone.utc)
+RESET = datetime(2026, 11, 24, 17, 0, tzinfo=timezone.utc)
+
+
+def sample_report():
+    alice = AccountUsage(
+        id="claude-alice@example.com.json", provider=Provider.CLAUDE, email="alice@example.com",
+        windows=(UsageWindow("five_hour", "5-hour", 37.0, RESET,
+                             "in 3 hours (Nov 24, 2026, 5:00 PM)"),
+                 UsageWindow("seven_day", "Weekly", 95.5, None, None)),
+        updated_at=NOW)
+    bob = AccountUsage(id="codex-bob@example.com.json", provider=Provider.CODEX,
+                       email="bob@example.com", error="Codex usage request timed out after 15 s")
+    skipped = (Skipped("gemini-x.json", "unsupported type 'gemini'"),
+               Skipped("claude-old@example.com.json", "expired", Provider.CLAUDE,
+                       "old@example.com"))
+    return Report(accounts=(alice, bob), skipped=skipped, generated_at=NOW, duration_seconds=1.25)
+
+
+def test_render_json_matches_spec_shape():
+    report = json.loads(json_report.render_json(sample_report()))
+    assert report["version"] == 1
+    assert report["generated_at"] == "2026-11-24T14:00:00Z"
+    assert report["accounts"][0] == {
+        "id": "claude-alice@example.com.json", "provider": "claude", "email": "alice@example.com",
+        "windows": [
+            {"key": "five_hour", "title": "5-hour", "used_percent": 37.0,
+             "remaining_percent": 63.0, "reset_date": "2026-11-24T17:00:00Z",
+             "reset_text": "in 3 hours (Nov 24, 2026, 5:00 PM)"},
+            {"key": "seven_day", "title": "Weekly", "used_percent": 95.5,
+             "remaining_percent": 4.5, "reset_date": None, "reset_text": None}],
+        "error": None, "updated_at": "2026-11-24T14:00:00Z", "token_refreshed": False}
+    assert report["accounts"][1]["error"] == "Codex usage request timed out after 15 s"
+    assert report["accounts"][1]["updated_at"] is None
+    assert report["skipped"] == [
+        {"id": "gemini-x.json", "provider": None, "email": None,
+         "reason": "unsupported type 'gemini'"},
+        {"id": "claude-old@example.com.json", "provider": "claude", "email": "old@example.com",
+         "reason": "expired"}]
+
+
+def test_render_table_blocks_errors_and_skipped_without_colour():
+    text = table.render_table(sample_report())
+    assert "\x1b[" not in text
+    lines = text.splitlines()
+    assert lines[0] == "2 accounts, 1 failed, 2 skipped (2026-11-24 14:00 UTC)"
+    assert "Claude  alice@example.com" in lines
+    five = next(line for line in lines if "5-hour" in line)
+    assert "63% left" in five and five.endswith("resets in 3 hours (Nov 24, 2026, 5:00 PM)")
+    assert any("Weekly" in line and "4.5% left" in line for line in lines)
+    assert "  error: Codex usage request timed out after 15 s" in lines
+    assert lines[lines.index("Skipped") + 1].split() == ["gemini-x.json", "unsupported", "type",
+                                                        "'gemini'"]
+
+
+def test_render_table_colour_marks_low_windows_red():
+    text = table.render_table(sample_report(), colour=True)
+    assert "\x1b[31m4.5% left" in text
+    assert "\x1b[32m63% left" in text
+
+
+def test_render_table_no_accounts_says_so():
+    report = Report(accounts=(), skipped=(), generated_at=NOW)
+    assert "No accounts to query." in table.render_table(report)
+
+
+def test_render_prometheus_parses_with_help_type_and_escaped_labels():
+    odd = AccountUsage(id='weird"name\\.json', provider=Provider.CODEX, email="a\nb@example.com",
+                       windows=(UsageWindow("primary_window", "5-hour", 10.0, RESET, "x"),))
+    report = Report(accounts=sample_report().accounts + (odd,), skipped=(), generated_at=NOW,
+                    duration_seconds=1.25)
+    text = prometheus.render_prometheus(report)
+    for name, _ in prometheus.METRICS:
+        assert "# HELP %s " % name in text and "# TYPE %s gauge" % name in text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    up = {s.labels["account"]: s.value for s in families["oauth_usage_account_up"].samples}
+    assert up == {"claude-alice@example.com.json": 1, "codex-bob@example.com.json": 0,
+                  'weird"name\\.json': 1}
+    resets = families["oauth_usage_window_reset_timestamp_seconds"].samples
+    assert [s.value for s in resets] == [RESET.timestamp(), RESET.timestamp()]
+    odd_sample = next(s for s in families["oauth_usage_window_used_percent"].samples
+                      if s.labels["account"] == 'weird"name\\.json')
+    assert odd_sample.labels["email"] == "a\nb@example.com"
+    assert families["oauth_usage_run_duration_seconds"].samples[0].value == 1.25
+    assert families["oauth_usage_last_run_timestamp_seconds"].samples[0].value == NOW.timestamp()
+
+
+def test_escape_label_backslash_quote_newline():
+    assert prometheus.escape_label('a\\b"c\nd') == 'a\\\\b\\"c\\nd'

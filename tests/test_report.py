@@ -1,0 +1,53 @@
+"""Exit status rules of SPEC §8."""
+from datetime import datetime, timezone
+
+import pytest
+
+from oauth_usage_tracker import report as module
+from oauth_usage_tracker.models import AccountUsage, Provider, Skipped, UsageWindow
+
+NOW = datetime(2026, 11, 24, 14, 0, tzinfo=timezone.utc)
+
+
+def usage(left=50.0, error=None):
+    windows = () if error else (UsageWindow("five_hour", "5-hour", 100.0 - left),)
+    return AccountUsage(id="a.json", provider=Provider.CLAUDE, windows=windows, error=error)
+
+
+def make(accounts=(), skipped=()):
+    return module.Report(accounts=tuple(accounts), skipped=tuple(skipped), generated_at=NOW)
+
+
+def test_exit_status_all_fetched_is_0():
+    assert module.exit_status(make([usage(), usage()])) == 0
+
+
+def test_exit_status_nothing_to_query_is_0():
+    assert module.exit_status(make([], [Skipped("x.json", "disabled")])) == 0
+
+
+def test_exit_status_failed_account_is_1():
+    assert module.exit_status(make([usage(), usage(error="boom")])) == 1
+
+
+def test_exit_status_unreadable_file_is_1():
+    assert module.exit_status(make([usage()], [Skipped("x.json", "unreadable: file is empty")])) == 1
+
+
+def test_exit_status_unsupported_type_is_not_a_failure():
+    assert module.exit_status(make([usage()], [Skipped("g.json", "unsupported type 'gemini'")])) == 0
+
+
+@pytest.mark.parametrize("left, threshold, expected", [(9.9, 10, 3), (10.0, 10, 0), (50, 10, 0)])
+def test_exit_status_fail_below_boundary(left, threshold, expected):
+    assert module.exit_status(make([usage(left)]), fail_below=threshold) == expected
+
+
+def test_exit_status_fail_below_wins_over_failure():
+    assert module.exit_status(make([usage(5.0), usage(error="boom")]), fail_below=10) == 3
+
+
+def test_exit_status_unknown_percent_never_crosses_threshold():
+    unknown = AccountUsage(id="a.json", provider=Provider.CODEX,
+                           windows=(UsageWindow("primary_window", "5-hour", None),))
+    assert module.exit_status(make([unknown]), fail_below=100) == 0
