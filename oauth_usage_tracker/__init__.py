@@ -4,14 +4,25 @@ Importing the package does no I/O and configures no logging.
 """
 import logging
 
-from .accounts import discover_accounts
 from .config import Settings
 from .errors import (ConfigurationError, CredentialError, LockTimeout, ProviderError,
                      RefreshSuperseded, TokenRefreshError, UsageTrackerError)
 from .models import AccountUsage, AuthAccount, Discovery, Provider, Skipped, UsageWindow
-from .tracker import OAuthUsageTracker, RefreshHandle
 
 __version__ = "0.1.0"
+
+# Imported on first use, so that `--version`, `--help` and a bad flag do not pay for requests.
+_LAZY = {"OAuthUsageTracker": "tracker", "RefreshHandle": "tracker",
+         "discover_accounts": "accounts"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        value = getattr(importlib.import_module("." + _LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
 
 __all__ = [
     "AccountUsage", "AuthAccount", "ConfigurationError", "CredentialError", "Discovery",

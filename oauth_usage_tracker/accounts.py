@@ -1,7 +1,7 @@
 """Finding the accounts: the credential files in CLIProxyAPI's auth directory. Read-only."""
 import logging
 import os
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from .credentials import read_json_object
 from .errors import ConfigurationError, CredentialError
@@ -99,3 +99,21 @@ def _text(value: Any) -> Optional[str]:
 def _printable(text: str, limit: int = 40) -> str:
     cleaned = "".join(ch if ch.isprintable() else "?" for ch in text)
     return cleaned[:limit] + ("…" if len(cleaned) > limit else "")
+
+
+def select_accounts(accounts: Iterable[AuthAccount], include_expired: bool = False
+                    ) -> Tuple[List[AuthAccount], List[Skipped]]:
+    """Given accounts, return those to query (enabled, and not expired unless
+    `include_expired`) and Skipped records for the others (`disabled`, `expired`)."""
+    kept, skipped = [], []
+    for account in accounts:
+        reason = None
+        if account.is_disabled:
+            reason = "disabled"
+        elif account.is_expired and not include_expired:
+            reason = "expired"
+        if reason is None:
+            kept.append(account)
+        else:
+            skipped.append(Skipped(account.id, reason, account.provider, account.email))
+    return kept, skipped

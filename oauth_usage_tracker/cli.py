@@ -11,13 +11,17 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import FrozenSet, Iterator, List, Mapping, Optional, Sequence
 
+from typing import TYPE_CHECKING
+
 from . import __version__, files
-from .accounts import AUTH_DIR_ENV, discover_accounts
+from .accounts import AUTH_DIR_ENV, discover_accounts, select_accounts
 from .config import Settings
 from .errors import ConfigurationError
 from .models import AccountUsage, Discovery, Provider
 from .report import USAGE_ERROR, Report, exit_status
-from .tracker import OAuthUsageTracker, RefreshHandle, select_accounts
+
+if TYPE_CHECKING:  # the tracker pulls in requests: imported when a run needs it, so that
+    from .tracker import OAuthUsageTracker, RefreshHandle  # --version and --help start fast
 
 logger = logging.getLogger("oauth_usage_tracker")
 
@@ -151,7 +155,7 @@ class Run:
             logger.debug("%s failed: %s", account.id, account.error)
         return exit_status(report, self.args.fail_below)
 
-    def once(self, tracker: OAuthUsageTracker) -> int:
+    def once(self, tracker: "OAuthUsageTracker") -> int:
         started = time.monotonic()
         discovery = discover_accounts(self.auth_dir)
         codex, claude = self.selected(discovery)
@@ -159,12 +163,12 @@ class Run:
         self.last_report = self.report(discovery, results, started)
         return self.emit(self.last_report)
 
-    def watch(self, tracker: OAuthUsageTracker) -> int:
+    def watch(self, tracker: "OAuthUsageTracker") -> int:
         from .watch import Watcher
         stop = threading.Event()
         directory = discover_accounts(self.auth_dir).auth_dir
 
-        def on_report(discovery: Discovery, handle: RefreshHandle, started: float) -> None:
+        def on_report(discovery: Discovery, handle: "RefreshHandle", started: float) -> None:
             self.emit(self.report(discovery, handle.result(), started))
 
         watcher = Watcher(tracker, directory, self.args.watch, self.enabled_ids,
@@ -175,6 +179,7 @@ class Run:
         return 0
 
     def execute(self) -> int:
+        from .tracker import OAuthUsageTracker
         with OAuthUsageTracker(settings=self.settings) as tracker:
             if self.args.watch:
                 return self.watch(tracker)

@@ -28,8 +28,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable, Dict, Iterator, Optional
 
-import filelock
-
 from . import files
 from .errors import CredentialError, LockTimeout, TokenRefreshError
 from .parsing import format_timestamp
@@ -160,6 +158,8 @@ def refresh_tokens(path: str, seen: Dict[str, Any], exchange: Callable[[str], To
     exchanged and the new tokens are written back atomically before anything else happens, every
     other key kept. Raise LockTimeout, CredentialError or TokenRefreshError (the file is then
     left as it was)."""
+    import filelock  # only a refresh needs it; keeps start-up light
+
     lock = filelock.FileLock(path + LOCK_SUFFIX, timeout=lock_timeout)
     try:
         lock.acquire()

@@ -9,36 +9,19 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from functools import partial
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import http
+from .accounts import select_accounts
 from .config import Settings
 from .errors import RefreshSuperseded, UsageTrackerError
-from .models import AccountUsage, AuthAccount, Provider, Skipped
+from .models import AccountUsage, AuthAccount, Provider
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_WORKERS = 16
 Listener = Callable[[List[AccountUsage], bool], None]
 Fetcher = Callable[..., AccountUsage]
-
-
-def select_accounts(accounts: Iterable[AuthAccount], include_expired: bool = False
-                    ) -> Tuple[List[AuthAccount], List[Skipped]]:
-    """Given accounts, return those to query (enabled, and not expired unless
-    `include_expired`) and Skipped records for the others (`disabled`, `expired`)."""
-    kept, skipped = [], []
-    for account in accounts:
-        reason = None
-        if account.is_disabled:
-            reason = "disabled"
-        elif account.is_expired and not include_expired:
-            reason = "expired"
-        if reason is None:
-            kept.append(account)
-        else:
-            skipped.append(Skipped(account.id, reason, account.provider, account.email))
-    return kept, skipped
 
 
 def sort_key(usage: AccountUsage) -> Tuple[str, str, str]:
