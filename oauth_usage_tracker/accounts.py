@@ -61,6 +61,8 @@ def _read_account(name: str, path: str, real_directory: str) -> Union[AuthAccoun
     if os.path.isdir(path):
         return None
     if not os.path.exists(path):
+        if not os.path.islink(path):
+            return None  # removed since the directory was listed
         return Skipped(name, "unreadable: broken symlink")
     if not os.path.isfile(path):
         return Skipped(name, "unreadable: not a regular file")

@@ -94,7 +94,7 @@ class Settings:
 def is_loopback_host(host: str) -> bool:
     """Given a URL's host, return True for localhost, 127.0.0.0/8 and ::1."""
     host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

@@ -75,11 +75,20 @@ def _parse(data: bytes):
     except RecursionError:
         return None, "JSON nested too deeply", False
     except ValueError as error:
-        position = getattr(error, "pos", 0)
-        return None, "not valid JSON", position >= len(text.rstrip()) - 1
+        return None, "not valid JSON", _cut_off(text, getattr(error, "pos", 0))
     if not isinstance(parsed, dict):
         return None, "not a JSON object", False
     return parsed, None, False
+
+
+def _cut_off(text: str, position: int) -> bool:
+    """True when a JSON error at `position` is what a prefix of a valid document gives: nothing
+    after it but one unfinished token (a string without its closing quote, part of a literal or
+    a number). Garbage in the middle is not worth re-reading."""
+    rest = text[position:].rstrip()
+    if not rest or re.fullmatch(r"[A-Za-z0-9.+-]+", rest):
+        return True
+    return rest.startswith('"') and '"' not in rest[1:].replace('\\"', "")
 
 
 def token_field(data: Dict[str, Any], name: str) -> Optional[str]:

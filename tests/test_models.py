@@ -1,0 +1,200 @@
+"""The data model (SPEC §2): providers, windows, results, accounts. No I/O here."""
+import dataclasses
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from freezegun import freeze_time
+
+from oauth_usage_tracker import models as module
+from oauth_usage_tracker.models import (AccountUsage, AuthAccount, Discovery, Provider, Skipped,
+                                        UsageWindow)
+
+RESET = datetime(2026, 11, 24, 17, 0, tzinfo=timezone.utc)
+
+
+def make_account(expired=None, **changes):
+    values = dict(id="claude-alice@example.com.json", provider=Provider.CLAUDE,
+                  email="alice@example.com", display_name="alice@example.com",
+                  path="/auth/claude-alice@example.com.json", expired=expired)
+    values.update(changes)
+    return AuthAccount(**values)
+
+
+# --- Provider ------------------------------------------------------------------------------------
+
+def test_provider_values_are_the_lower_case_type_strings():
+    assert Provider.CODEX.value == "codex"
+    assert Provider.CLAUDE.value == "claude"
+    assert Provider("claude") is Provider.CLAUDE
+    assert Provider("codex") is Provider.CODEX
+    assert {p.value for p in Provider} == {"claude", "codex"}
+
+
+def test_provider_str_and_label_give_value_and_capitalized_name():
+    assert str(Provider.CLAUDE) == "claude"
+    assert "%s" % Provider.CODEX == "codex"
+    assert Provider.CLAUDE.label == "Claude"
+    assert Provider.CODEX.label == "Codex"
+
+
+def test_provider_sorted_by_value_puts_claude_before_codex():
+    # Declaration order is CODEX, CLAUDE: sorting must not follow it.
+    assert list(Provider)[0] is Provider.CODEX
+    assert sorted([Provider.CODEX, Provider.CLAUDE]) == [Provider.CLAUDE, Provider.CODEX]
+    assert sorted([Provider.CODEX, Provider.CLAUDE], key=lambda p: p.value) == [
+        Provider.CLAUDE, Provider.CODEX]
+    assert Provider.CLAUDE < Provider.CODEX
+
+
+def test_provider_unknown_value_raises_value_error():
+    with pytest.raises(ValueError):
+        Provider("gemini")
+
+
+# --- UsageWindow ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("used, remaining", [
+    (0.0, 100.0), (37.0, 63.0), (99.5, 0.5), (100.0, 0.0), (104.0, 0.0), (250.0, 0.0),
+])
+def test_remaining_percent_used_known_gives_hundred_minus_used_never_below_zero(used, remaining):
+    window = UsageWindow(key="five_hour", title="5-hour", used_percent=used)
+    assert window.remaining_percent == pytest.approx(remaining)
+    assert window.remaining_percent >= 0
+
+
+def test_remaining_percent_used_unknown_gives_none():
+    window = UsageWindow(key="five_hour", title="5-hour", reset_date=RESET)
+    assert window.used_percent is None
+    assert window.remaining_percent is None
+
+
+def test_usage_window_defaults_are_none():
+    window = UsageWindow(key="seven_day", title="Weekly")
+    assert (window.used_percent, window.reset_date, window.reset_text) == (None, None, None)
+
+
+def test_usage_window_assignment_raises_frozen_instance_error():
+    window = UsageWindow(key="five_hour", title="5-hour", used_percent=37.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        window.used_percent = 0.0
+    assert window.used_percent == 37.0
+
+
+def test_usage_window_equal_fields_compare_and_hash_equal():
+    first = UsageWindow("five_hour", "5-hour", 37.0, RESET, "in 3 hours")
+    second = UsageWindow("five_hour", "5-hour", 37.0, RESET, "in 3 hours")
+    assert first == second
+    assert first is not second
+    assert hash(first) == hash(second)
+    assert len({first, second}) == 1
+
+
+def test_usage_window_different_field_compares_unequal():
+    base = UsageWindow("five_hour", "5-hour", 37.0, RESET, "in 3 hours")
+    assert base != dataclasses.replace(base, used_percent=38.0)
+    assert base != dataclasses.replace(base, reset_date=RESET + timedelta(seconds=1))
+    assert base != dataclasses.replace(base, key="seven_day")
+
+
+# --- AccountUsage --------------------------------------------------------------------------------
+
+def test_account_usage_defaults_describe_an_empty_finished_result():
+    usage = AccountUsage(id="codex-bob@example.com.json", provider=Provider.CODEX)
+    assert usage.email is None
+    assert usage.is_loading is False
+    assert usage.windows == ()
+    assert usage.error is None
+    assert usage.updated_at is None
+    assert usage.token_refreshed is False
+
+
+def test_account_usage_assignment_raises_frozen_instance_error():
+    usage = AccountUsage(id="x.json", provider=Provider.CLAUDE, is_loading=True)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        usage.is_loading = False
+
+
+def test_account_usage_equal_fields_compare_equal():
+    window = UsageWindow("five_hour", "5-hour", 10.0)
+    assert AccountUsage("a.json", Provider.CLAUDE, windows=(window,)) == AccountUsage(
+        "a.json", Provider.CLAUDE, windows=(UsageWindow("five_hour", "5-hour", 10.0),))
+
+
+# --- AuthAccount ---------------------------------------------------------------------------------
+
+def test_is_expired_expiry_unknown_is_false():
+    assert make_account(expired=None).is_expired is False
+
+
+def test_is_expired_expiry_in_past_is_true():
+    assert make_account(expired=datetime(2000, 1, 1, tzinfo=timezone.utc)).is_expired is True
+
+
+def test_is_expired_expiry_in_future_is_false():
+    assert make_account(expired=datetime(2999, 1, 1, tzinfo=timezone.utc)).is_expired is False
+
+
+def test_is_expired_same_object_is_evaluated_when_read():
+    expiry = datetime(2026, 11, 24, 14, 0, tzinfo=timezone.utc)
+    with freeze_time("2026-11-24T13:59:00Z") as frozen:
+        account = make_account(expired=expiry)
+        assert account.is_expired is False
+        frozen.move_to("2026-11-24T13:59:59Z")
+        assert account.is_expired is False
+        frozen.move_to("2026-11-24T14:00:00Z")
+        assert account.is_expired is True
+        frozen.move_to("2026-11-24T15:00:00Z")
+        assert account.is_expired is True
+
+
+def test_is_expired_offset_expiry_compares_as_instant():
+    # 14:39:03+02:00 is 12:39:03 UTC.
+    expiry = datetime(2026, 8, 22, 14, 39, 3, tzinfo=timezone(timedelta(hours=2)))
+    with freeze_time("2026-08-22T12:39:02Z") as frozen:
+        account = make_account(expired=expiry)
+        assert account.is_expired is False
+        frozen.move_to("2026-08-22T12:39:04Z")
+        assert account.is_expired is True
+
+
+def test_auth_account_fields_hold_no_token():
+    names = {f.name for f in dataclasses.fields(AuthAccount)}
+    assert names == {"id", "provider", "email", "display_name", "path", "expired", "is_disabled"}
+    assert not any("token" in name for name in names)
+
+
+def test_auth_account_assignment_raises_frozen_instance_error():
+    account = make_account()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        account.is_disabled = True
+
+
+def test_auth_account_defaults_are_enabled_and_unknown_expiry():
+    account = AuthAccount(id="a.json", provider=Provider.CODEX, email=None, display_name="a.json",
+                          path="/auth/a.json")
+    assert account.expired is None
+    assert account.is_disabled is False
+    assert account.is_expired is False
+
+
+# --- Skipped and Discovery -----------------------------------------------------------------------
+
+def test_skipped_defaults_have_no_provider_or_email():
+    skipped = Skipped("gemini-x.json", "unsupported type 'gemini'")
+    assert skipped.provider is None
+    assert skipped.email is None
+    assert skipped == Skipped("gemini-x.json", "unsupported type 'gemini'")
+
+
+def test_discovery_accounts_lists_claude_then_codex():
+    claude = make_account()
+    codex = make_account(id="codex-bob.json", provider=Provider.CODEX, email="bob@example.com",
+                         display_name="bob@example.com", path="/auth/codex-bob.json")
+    found = Discovery(codex=(codex,), claude=(claude,))
+    assert found.accounts == (claude, codex)
+    assert found.skipped == ()
+    assert found.auth_dir is None
+
+
+def test_discovery_empty_has_no_accounts():
+    assert module.Discovery().accounts == ()
