@@ -1,9 +1,10 @@
 """Finding the accounts: the credential files in CLIProxyAPI's auth directory. Read-only."""
 import logging
 import os
+import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
-from .credentials import read_json_object
+from .credentials import READ_PAUSE, READ_TRIES, UnparsedFile, read_json_once
 from .errors import ConfigurationError, CredentialError
 from .models import AuthAccount, Discovery, Provider, Skipped
 from .parsing import parse_timestamp
@@ -40,9 +41,9 @@ def discover_accounts(auth_dir: Union[str, "os.PathLike[str]", None] = None,
     except OSError as error:
         raise ConfigurationError("Cannot list auth directory %s (%s)"
                                  % (directory, error.strerror)) from None
+    results = _read_all(names, directory, real_directory)
     for name in names:
-        path = os.path.join(directory, name)
-        account = _read_account(name, path, real_directory)
+        account = results[name]
         if isinstance(account, Skipped):
             logger.info("%s: skipped (%s)", name, account.reason)
             skipped.append(account)
@@ -52,8 +53,34 @@ def discover_accounts(auth_dir: Union[str, "os.PathLike[str]", None] = None,
                      skipped=tuple(skipped), auth_dir=directory)
 
 
+def _read_all(names: List[str], directory: str, real_directory: str
+              ) -> Dict[str, Union[AuthAccount, Skipped, None]]:
+    """Read every entry; the ones that do not parse (perhaps caught mid-rewrite) are read again
+    together, READ_TRIES rounds READ_PAUSE apart, so many broken files cost one half second,
+    not half a second each."""
+    results: Dict[str, Union[AuthAccount, Skipped, None]] = {}
+    pending = list(names)
+    for attempt in range(READ_TRIES):
+        if attempt:
+            time.sleep(READ_PAUSE)
+        retry = []
+        for name in pending:
+            try:
+                results[name] = _read_account(name, os.path.join(directory, name), real_directory)
+            except UnparsedFile as error:
+                if attempt == READ_TRIES - 1:
+                    results[name] = Skipped(name, "unreadable: %s" % error)
+                else:
+                    retry.append(name)
+        pending = retry
+        if not pending:
+            break
+    return results
+
+
 def _read_account(name: str, path: str, real_directory: str) -> Union[AuthAccount, Skipped, None]:
-    """Return the account in one directory entry, a Skipped record, or None for a sub-folder."""
+    """Return the account in one directory entry, a Skipped record, or None for a sub-folder.
+    Raise UnparsedFile when the file does not parse (the caller reads it again)."""
     if os.path.islink(path):
         target = os.path.realpath(path)
         if os.path.commonpath([target, real_directory]) != real_directory:
@@ -67,7 +94,9 @@ def _read_account(name: str, path: str, real_directory: str) -> Union[AuthAccoun
     if not os.path.isfile(path):
         return Skipped(name, "unreadable: not a regular file")
     try:
-        data = read_json_object(path)
+        data = read_json_once(path)
+    except UnparsedFile:
+        raise
     except CredentialError as error:
         return Skipped(name, "unreadable: %s" % error)
     return account_from_json(name, path, data)

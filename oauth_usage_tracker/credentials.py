@@ -39,56 +39,50 @@ READ_TRIES = 5
 READ_PAUSE = 0.1
 INVALID_GRANT_WAIT = 2.0
 LOCK_SUFFIX = ".lock"
-_TOKEN_RE = re.compile(r"^[\x21-\x7e]+$")
+_TOKEN_RE = re.compile(r"[\x21-\x7e]+")
+
+
+class UnparsedFile(CredentialError):
+    """A credential file that does not parse (empty, cut off, not UTF-8, not JSON): it may be
+    caught mid-rewrite, so it is worth reading again."""
+
+
+def read_json_once(path: str) -> Dict[str, Any]:
+    """Given a credential file's path, read it once and return its JSON object. Raise
+    UnparsedFile when it does not parse, CredentialError with a short reason otherwise."""
+    try:
+        data = files.read_capped(path, MAX_FILE_BYTES)
+    except files.FileTooLarge as error:
+        raise CredentialError(str(error)) from None
+    except OSError as error:
+        raise CredentialError(error.strerror or type(error).__name__) from None
+    if not data.strip():
+        raise UnparsedFile("file is empty")
+    try:
+        parsed = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise UnparsedFile("not UTF-8 text") from None
+    except RecursionError:
+        raise CredentialError("JSON nested too deeply") from None
+    except ValueError:
+        raise UnparsedFile("not valid JSON") from None
+    if not isinstance(parsed, dict):
+        raise CredentialError("not a JSON object")
+    return parsed
 
 
 def read_json_object(path: str, tries: int = READ_TRIES, pause: float = READ_PAUSE) -> Dict[str, Any]:
-    """Given a credential file's path, return its JSON object. A file that looks half written
-    (empty, or cut off mid-document, as CLIProxyAPI's truncate-then-write can leave it) is read
-    again, `tries` times `pause` apart. Raise CredentialError with a short reason otherwise."""
+    """Given a credential file's path, return its JSON object. CLIProxyAPI rewrites files in
+    place (truncate, then write), so a file that does not parse is read again, `tries` times
+    `pause` apart, before it is reported. Raise CredentialError with a short reason."""
     for attempt in range(tries):
         try:
-            data = files.read_capped(path, MAX_FILE_BYTES)
-        except files.FileTooLarge as error:
-            raise CredentialError(str(error)) from None
-        except OSError as error:
-            raise CredentialError(error.strerror or type(error).__name__) from None
-        parsed, reason, torn = _parse(data)
-        if reason is None:
-            return parsed
-        if not torn or attempt == tries - 1:
-            raise CredentialError(reason)
+            return read_json_once(path)
+        except UnparsedFile:
+            if attempt >= tries - 1:
+                raise
         time.sleep(pause)
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _parse(data: bytes):
-    """Return (object, None, False) or (None, reason, looks_torn)."""
-    if not data.strip():
-        return None, "file is empty", True
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        return None, "not UTF-8 text", error.start >= len(data) - 3
-    try:
-        parsed = json.loads(text)
-    except RecursionError:
-        return None, "JSON nested too deeply", False
-    except ValueError as error:
-        return None, "not valid JSON", _cut_off(text, getattr(error, "pos", 0))
-    if not isinstance(parsed, dict):
-        return None, "not a JSON object", False
-    return parsed, None, False
-
-
-def _cut_off(text: str, position: int) -> bool:
-    """True when a JSON error at `position` is what a prefix of a valid document gives: nothing
-    after it but one unfinished token (a string without its closing quote, part of a literal or
-    a number). Garbage in the middle is not worth re-reading."""
-    rest = text[position:].rstrip()
-    if not rest or re.fullmatch(r"[A-Za-z0-9.+-]+", rest):
-        return True
-    return rest.startswith('"') and '"' not in rest[1:].replace('\\"', "")
 
 
 def token_field(data: Dict[str, Any], name: str) -> Optional[str]:
@@ -98,7 +92,7 @@ def token_field(data: Dict[str, Any], name: str) -> Optional[str]:
     value = data.get(name)
     if not isinstance(value, str) or not value.strip():
         return None
-    if not _TOKEN_RE.match(value):
+    if not _TOKEN_RE.fullmatch(value):
         raise CredentialError("The credential file's %s holds characters a token cannot have; "
                               "log in again with CLIProxyAPI" % name)
     return value

@@ -39,17 +39,24 @@ class BearerAuth(requests.auth.AuthBase):
         return "BearerAuth(<hidden>)"
 
 
+class _NoRedirectSession(requests.Session):
+    """Even with allow_redirects=False, requests walks its redirect code to fill
+    `Response.next`, reading the 3xx body past our cap; there is never a target here."""
+
+    def get_redirect_target(self, resp):
+        return None
+
+
 def make_session(pool_size: int) -> requests.Session:
     """Given the number of workers, return a Session whose connection pool holds that many
     connections per host and never opens more (callers wait for a free one), with no retries and
     no cookie jar shared between accounts."""
-    session = requests.Session()
+    session = _NoRedirectSession()
     adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(1, pool_size), max_retries=0,
                           pool_block=True)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
-    session.max_redirects = 0
     return session
 
 

@@ -1,5 +1,4 @@
 """Finding the accounts (SPEC §3): CLIProxyAPI's auth directory, read-only and tolerant."""
-import functools
 import json
 import logging
 import os
@@ -24,8 +23,7 @@ UTC = timezone.utc
 @pytest.fixture
 def fast_rereads(monkeypatch):
     """Torn-file re-reads pause 1 ms instead of 100 ms (same number of tries)."""
-    monkeypatch.setattr(module, "read_json_object",
-                        functools.partial(credentials.read_json_object, pause=0.001))
+    monkeypatch.setattr(module, "READ_PAUSE", 0.001)
 
 
 @pytest.fixture

@@ -1,0 +1,190 @@
+"""State across runs: per account, the last good windows and a cooldown after 429. Never a token.
+
+Cron runs every few minutes, often several jobs at once, and Claude's usage endpoint answers 429
+per access token, sometimes for hours once provoked. So a 429 starts a cooldown during which no
+request is sent for that account, and the report shows the last good values, marked stale.
+
+One JSON file (`state.json`) in the state directory, rewritten atomically under a sidecar lock by
+read-modify-write, so two processes that record at once both keep their entries.
+"""
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
+
+from . import files
+from .models import Provider, UsageWindow
+from .parsing import format_timestamp, number_value, parse_timestamp, reset_text, roll_over
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+VERSION = 1
+MIN_COOLDOWN = 60.0
+DEFAULT_COOLDOWN = 300.0
+MAX_COOLDOWN = 3600.0
+MAX_STATE_BYTES = 16 * 1024 * 1024
+LOCK_TIMEOUT = 10.0
+
+Key = Tuple[str, str]  # (provider value, credential file id)
+
+
+def default_state_dir(environ: Optional[Mapping[str, str]] = None) -> str:
+    """Return $XDG_STATE_HOME/oauth-usage-tracker, else ~/.local/state/oauth-usage-tracker."""
+    environ = os.environ if environ is None else environ
+    base = environ.get("XDG_STATE_HOME") or os.path.join(
+        environ.get("HOME") or os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "oauth-usage-tracker")
+
+
+def cooldown_seconds(retry_after: Optional[float], previous: Optional[float]) -> float:
+    """Given a 429's Retry-After (seconds, or None) and the cooldown that the account's previous
+    429 started (None if the last fetch was not a 429), return the new cooldown: a positive
+    Retry-After clamped to 60 s – 1 h; otherwise 5 minutes, doubling on repeats up to 1 h.
+    `Retry-After: 0` is not sensible here: obeying it is what keeps a token rate-limited."""
+    if retry_after is not None and retry_after > 0:
+        return min(MAX_COOLDOWN, max(MIN_COOLDOWN, retry_after))
+    if previous:
+        return min(MAX_COOLDOWN, max(DEFAULT_COOLDOWN, previous * 2))
+    return DEFAULT_COOLDOWN
+
+
+@dataclass(frozen=True)
+class AccountState:
+    """What is remembered about one account."""
+
+    windows: Tuple[UsageWindow, ...] = ()
+    fetched_at: Optional[datetime] = None
+    """When `windows` were fetched (None: never)."""
+    cooldown_until: Optional[datetime] = None
+    cooldown_seconds: Optional[float] = None
+    """The length of the running (or last) 429 cooldown, for doubling."""
+    extra: Dict[str, Any] = field(default_factory=dict)
+    """Account details from the last good fetch (plan, credits…), as JSON."""
+
+    def cooling_down(self, now: datetime) -> bool:
+        """True while a cooldown is running."""
+        return self.cooldown_until is not None and now < self.cooldown_until
+
+    def windows_at(self, now: datetime) -> Tuple[UsageWindow, ...]:
+        """The stored windows as they stand now: reset texts recomputed, passed resets rolled
+        over to 0 % used."""
+        result = []
+        for window in self.windows:
+            text = reset_text(window.reset_date, now) if window.reset_date else None
+            result.append(roll_over(UsageWindow(window.key, window.title, window.used_percent,
+                                                window.reset_date, text), now))
+        return tuple(result)
+
+
+def _window_to_json(window: UsageWindow) -> Dict[str, Any]:
+    return {"key": window.key, "title": window.title, "used_percent": window.used_percent,
+            "reset_date": format_timestamp(window.reset_date) if window.reset_date else None}
+
+
+def _window_from_json(raw: Any) -> Optional[UsageWindow]:
+    if not isinstance(raw, dict) or not isinstance(raw.get("key"), str) \
+            or not isinstance(raw.get("title"), str):
+        return None
+    used = number_value(raw.get("used_percent"))
+    return UsageWindow(raw["key"], raw["title"], None if used is None else min(100.0, max(0.0, used)),
+                       parse_timestamp(raw.get("reset_date")))
+
+
+def _entry_from_json(raw: Any) -> Optional[AccountState]:
+    if not isinstance(raw, dict):
+        return None
+    windows = raw.get("windows") if isinstance(raw.get("windows"), list) else []
+    extra = raw.get("extra") if isinstance(raw.get("extra"), dict) else {}
+    return AccountState(
+        windows=tuple(w for w in map(_window_from_json, windows) if w is not None),
+        fetched_at=parse_timestamp(raw.get("fetched_at")),
+        cooldown_until=parse_timestamp(raw.get("cooldown_until")),
+        cooldown_seconds=number_value(raw.get("cooldown_seconds")), extra=extra)
+
+
+def _entry_to_json(entry: AccountState) -> Dict[str, Any]:
+    return {"windows": [_window_to_json(w) for w in entry.windows],
+            "fetched_at": format_timestamp(entry.fetched_at) if entry.fetched_at else None,
+            "cooldown_until": (format_timestamp(entry.cooldown_until)
+                               if entry.cooldown_until else None),
+            "cooldown_seconds": entry.cooldown_seconds, "extra": entry.extra}
+
+
+def _key_text(key: Key) -> str:
+    return "%s/%s" % key
+
+
+class StateStore:
+    """The state file in one directory."""
+
+    def __init__(self, directory: str):
+        self.directory = os.path.abspath(os.path.expanduser(directory))
+        self.path = os.path.join(self.directory, STATE_FILE)
+
+    def _read_raw(self) -> Dict[str, Any]:
+        try:
+            data = files.read_capped(self.path, MAX_STATE_BYTES)
+        except FileNotFoundError:
+            return {}
+        except OSError as error:
+            logger.warning("Ignoring the state file %s (%s); it will be rewritten", self.path,
+                           error.strerror or error)
+            return {}
+        try:
+            parsed = json.loads(data.decode("utf-8"))
+            if not isinstance(parsed, dict) or not isinstance(parsed.get("accounts"), dict):
+                raise ValueError("not a state object")
+        except (ValueError, RecursionError):
+            logger.warning("Ignoring the corrupt state file %s; it will be rewritten", self.path)
+            return {}
+        return parsed["accounts"]
+
+    def load(self) -> Dict[Key, AccountState]:
+        """Return every stored account state; a missing, unreadable or corrupt file gives {}
+        (with a warning for the last two)."""
+        result = {}
+        for name, raw in self._read_raw().items():
+            provider, _, file_id = name.partition("/")
+            entry = _entry_from_json(raw)
+            if entry is not None and provider in {p.value for p in Provider} and file_id:
+                result[(provider, file_id)] = entry
+        return result
+
+    def save(self, changes: Iterable[Tuple[Key, AccountState]]) -> None:
+        """Given (key, state) pairs, store them: under the lock, re-read the file, replace those
+        entries, write atomically. Other processes' entries are kept. Failures are logged, never
+        raised: state is an optimisation, not a reason to fail a run."""
+        changes = list(changes)
+        if not changes:
+            return
+        import filelock
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            with filelock.FileLock(self.path + ".lock", timeout=LOCK_TIMEOUT):
+                accounts = self._read_raw()
+                for key, entry in changes:
+                    accounts[_key_text(key)] = _entry_to_json(entry)
+                data = json.dumps({"version": VERSION, "accounts": accounts},
+                                  separators=(",", ":"), sort_keys=True)
+                files.atomic_write(self.path, data.encode("utf-8"), default_mode=0o600)
+        except (OSError, filelock.Timeout) as error:
+            logger.warning("Cannot write the state file %s (%s)", self.path,
+                           getattr(error, "strerror", None) or error)
+
+
+def next_state(previous: Optional[AccountState], now: datetime, windows=None, extra=None,
+               rate_limited: bool = False, retry_after: Optional[float] = None) -> AccountState:
+    """Given an account's previous state and the outcome of a fetch, return its new state:
+    good windows replace the stored ones and end any cooldown; a 429 starts (or doubles) one;
+    any other failure keeps what was stored."""
+    previous = previous or AccountState()
+    if windows:
+        return AccountState(windows=tuple(windows), fetched_at=now, extra=dict(extra or {}))
+    if rate_limited:
+        seconds = cooldown_seconds(retry_after, previous.cooldown_seconds)
+        return AccountState(previous.windows, previous.fetched_at,
+                            now + timedelta(seconds=seconds), seconds, previous.extra)
+    return previous

@@ -1,0 +1,248 @@
+"""http: the session factory, capped bodies, and requests' exceptions turned into sentences."""
+from datetime import datetime, timezone
+
+import pytest
+import requests
+
+from oauth_usage_tracker import http as module
+from oauth_usage_tracker.errors import ProviderError
+
+URL = "https://api.example.test/usage"
+NOW = datetime(2026, 10, 1, 12, 0, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def session():
+    session = module.make_session(2)
+    yield session
+    session.close()
+
+
+def send(session, **overrides):
+    arguments = dict(what="Test usage", timeout=1, max_body=1024)
+    arguments.update(overrides)
+    return module.send(session, "GET", URL, **arguments)
+
+
+def response(status=200, body=b"", headers=None):
+    return module.HttpResponse(status, headers or {}, body)
+
+
+# --- make_session ---------------------------------------------------------------------------
+
+
+def test_make_session_never_retries_and_blocks_on_a_full_pool():
+    session = module.make_session(3)
+    try:
+        adapter = session.get_adapter("https://api.example.test/")
+        assert adapter.max_retries.total == 0
+        assert adapter._pool_maxsize == 3
+        assert adapter._pool_block is True
+    finally:
+        session.close()
+
+
+def test_make_session_pool_size_zero_still_gives_one_connection():
+    session = module.make_session(0)
+    try:
+        assert session.get_adapter("https://api.example.test/")._pool_maxsize == 1
+    finally:
+        session.close()
+
+
+def test_make_session_cookie_jar_keeps_no_cookies(session, mocked_responses):
+    mocked_responses.get(URL, body=b"{}", headers={"Set-Cookie": "sid=abc; Domain=api.example.test"})
+    send(session)
+    assert len(session.cookies) == 0
+
+
+# --- BearerAuth -----------------------------------------------------------------------------
+
+
+def test_bearer_auth_sets_authorization_header(session, mocked_responses):
+    mocked_responses.get(URL, body=b"{}")
+    send(session, auth=module.BearerAuth("tok-123"))
+    assert mocked_responses.calls[0].request.headers["Authorization"] == "Bearer tok-123"
+
+
+def test_bearer_auth_repr_hides_token():
+    auth = module.BearerAuth("tok-secret-123")
+    assert "tok-secret-123" not in repr(auth)
+    assert "tok-secret-123" not in str(auth)
+
+
+# --- send -----------------------------------------------------------------------------------
+
+
+def test_send_passes_timeout_headers_and_returns_body(session, mocked_responses):
+    mocked_responses.get(URL, body=b'{"a": 1}', status=418, headers={"X-Thing": "yes"})
+    result = send(session, timeout=1.5, headers={"Accept": "application/json"})
+    request = mocked_responses.calls[0].request
+    assert request.req_kwargs["timeout"] == 1.5
+    assert request.headers["Accept"] == "application/json"
+    assert result.status == 418
+    assert result.body == b'{"a": 1}'
+    assert result.headers["x-thing"] == "yes"
+
+
+def test_send_posts_form_data(session, mocked_responses):
+    mocked_responses.post(URL, body=b"{}")
+    module.send(session, "POST", URL, what="Test", timeout=1, max_body=1024,
+                headers={"Content-Type": "application/x-www-form-urlencoded"}, data="a=1&b=2")
+    body = mocked_responses.calls[0].request.body
+    assert (body.decode() if isinstance(body, bytes) else body) == "a=1&b=2"
+
+
+def test_send_body_at_cap_is_read_whole(session, mocked_responses):
+    mocked_responses.get(URL, body=b"x" * 1024)
+    assert len(send(session, max_body=1024).body) == 1024
+
+
+def test_send_body_over_cap_raises(session, mocked_responses):
+    mocked_responses.get(URL, body=b"x" * 1025)
+    with pytest.raises(ProviderError) as caught:
+        send(session, max_body=1024)
+    assert str(caught.value) == "Test usage returned a body larger than 1 KiB (HTTP 200)"
+    assert caught.value.status == 200
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_send_redirect_is_returned_not_followed(session, mocked_responses, status):
+    # send() returns the response "whatever its status"; status_error() then names it.
+    mocked_responses.get(URL, status=status, body=b"moved",
+                         headers={"Location": "https://elsewhere.example.test/"})
+    result = send(session, auth=module.BearerAuth("tok-123"))
+    assert result.status == status
+    assert len(mocked_responses.calls) == 1
+
+
+@pytest.mark.parametrize("failure", [requests.exceptions.ReadTimeout("read timed out"),
+                                     requests.exceptions.ConnectTimeout("connect timed out")])
+def test_send_timeout_raises_sentence(session, mocked_responses, failure):
+    mocked_responses.get(URL, body=failure)
+    with pytest.raises(ProviderError) as caught:
+        send(session, timeout=1)
+    assert str(caught.value) == "Test usage request timed out after 1 s"
+    assert caught.value.__cause__ is None
+    assert caught.value.__suppress_context__
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("[Errno 111] Connection refused", "connection refused"),
+    ("('Connection aborted.', ConnectionResetError(104, 'Connection reset by peer'))",
+     "connection reset"),
+    ("Failed to resolve: [Errno -2] Name or service not known", "host name not found"),
+    ("something odd", "connection error"),
+])
+def test_send_connection_error_raises_sentence(session, mocked_responses, text, reason):
+    mocked_responses.get(URL, body=requests.exceptions.ConnectionError(text))
+    with pytest.raises(ProviderError) as caught:
+        send(session)
+    assert str(caught.value) == "Test usage request failed: %s" % reason
+
+
+def test_send_broken_chunked_body_raises_sentence(session, mocked_responses):
+    mocked_responses.get(URL, body=requests.exceptions.ChunkedEncodingError("broken"))
+    with pytest.raises(ProviderError) as caught:
+        send(session)
+    assert "Test usage request failed" in str(caught.value)
+
+
+# --- seconds / retry_after -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value, text", [(15, "15 s"), (15.0, "15 s"), (2.5, "2.5 s"),
+                                         (1, "1 s")])
+def test_seconds_formats_durations(value, text):
+    assert module.seconds(value) == text
+
+
+@pytest.mark.parametrize("header, expected", [
+    ("300", 300.0), (" 0 ", 0.0), ("2.5", 2.5), ("-1", None), ("nan", None), ("inf", None),
+    ("soon", None), ("", None),
+    ("Thu, 01 Oct 2026 12:05:00 GMT", 300.0),
+    ("Thu, 01 Oct 2026 11:00:00 GMT", 0.0),
+])
+def test_retry_after_numbers_and_dates(header, expected):
+    headers = {"Retry-After": header} if header else {}
+    assert module.retry_after(response(429, headers=headers), NOW) == expected
+
+
+def test_retry_after_missing_is_none():
+    assert module.retry_after(response(429), NOW) is None
+
+
+# --- decode_json ------------------------------------------------------------------------------
+
+
+def test_decode_json_returns_object():
+    assert module.decode_json(response(body=b'{"a": [1, 2]}'), "Test usage") == {"a": [1, 2]}
+
+
+@pytest.mark.parametrize("body", [b"", b"   \n"])
+def test_decode_json_empty_body_raises(body):
+    with pytest.raises(ProviderError) as caught:
+        module.decode_json(response(200, body), "Test usage")
+    assert str(caught.value) == "Test usage returned an empty body (HTTP 200)"
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"\xff\xfe\x00", b"[" * 100000])
+def test_decode_json_garbage_raises(body):
+    with pytest.raises(ProviderError) as caught:
+        module.decode_json(response(200, body), "Test usage")
+    assert str(caught.value) == "Test usage returned a body that is not valid JSON (HTTP 200)"
+
+
+def test_decode_json_html_page_raises_naming_html():
+    page = response(200, b"<html><body>Please log in</body></html>", {"Content-Type": "text/html"})
+    with pytest.raises(ProviderError) as caught:
+        module.decode_json(page, "Test usage")
+    assert str(caught.value) == "Test usage returned an HTML page instead of JSON (HTTP 200)"
+
+
+def test_decode_json_cloudflare_challenge_says_cloudflare():
+    page = response(200, b"<!DOCTYPE html><html><title>Just a moment...</title></html>",
+                    {"Content-Type": "text/html", "cf-mitigated": "challenge"})
+    with pytest.raises(ProviderError) as caught:
+        module.decode_json(page, "Test usage")
+    assert "HTML page" in str(caught.value)
+    assert "Cloudflare" in str(caught.value)
+
+
+def test_is_html_sniffs_body_without_content_type():
+    assert response(200, b"  <!DOCTYPE html><html></html>").is_html
+    assert response(200, b"<HTML><body></body></HTML>").is_html
+    assert not response(200, b'{"html": "<html>"}').is_html
+
+
+# --- status_error -----------------------------------------------------------------------------
+
+
+def test_status_error_429_with_retry_after():
+    error = module.status_error(response(429, b"{}", {"Retry-After": "300"}), "Claude usage")
+    assert str(error) == "Claude usage API returned 429 (rate limited; retry after 300 s)"
+    assert error.status == 429
+    assert error.retry_after == 300
+
+
+def test_status_error_429_without_retry_after():
+    error = module.status_error(response(429, b"{}"), "Claude usage")
+    assert str(error) == "Claude usage API returned 429 (rate limited)"
+    assert error.retry_after is None
+
+
+def test_status_error_5xx_says_server_error():
+    error = module.status_error(response(503, b"oops"), "Codex usage")
+    assert str(error) == "Codex usage API returned 503 (server error; try again later)"
+    assert error.status == 503
+
+
+def test_status_error_redirect_says_unexpected_redirect():
+    error = module.status_error(response(301, b""), "Codex usage")
+    assert str(error) == "Codex usage API returned 301 (unexpected redirect)"
+
+
+def test_status_error_keeps_decoded_json_body():
+    error = module.status_error(response(400, b'{"error": "x"}'), "Codex usage")
+    assert str(error) == "Codex usage API returned 400"
+    assert error.body == {"error": "x"}
