@@ -60,7 +60,7 @@ class RefreshHandle:
         self._event.set()
 
     def _supersede(self) -> None:
-        self._event.set()
+        self._event.set()  # a handle that already finished keeps its result
 
 
 class _Batch:
@@ -132,13 +132,18 @@ class OAuthUsageTracker:
                     self._listeners.remove(callback)
         return unsubscribe
 
-    def _publish(self, generation: int, accounts: List[AccountUsage], is_refreshing: bool) -> bool:
+    def _publish(self, generation: int, accounts: List[AccountUsage], is_refreshing: bool,
+                 handle: Optional[RefreshHandle] = None) -> bool:
+        """Publish a state if `generation` is still the newest; a final state also completes
+        its handle, under the same lock, so no newer refresh can slip in between."""
         with self._publish_lock:
             with self._lock:
                 if generation != self._generation:
                     return False
                 self._accounts = list(accounts)
                 self._is_refreshing = is_refreshing
+                if handle is not None:
+                    handle._finish(list(accounts))
                 listeners = list(self._listeners)
             for listener in listeners:
                 try:
@@ -168,26 +173,22 @@ class OAuthUsageTracker:
         if previous is not None:
             previous._supersede()
         if not kept:
-            if self._publish(generation, [], False):
-                handle._finish([])
+            self._publish(generation, [], False, handle)
             return handle
         placeholders = sorted((AccountUsage(id=a.id, provider=a.provider, email=a.email,
                                             is_loading=True) for a in kept), key=sort_key)
         self._publish(generation, placeholders, True)
         batch = _Batch(generation, handle, len(kept))
-        pool = self._ensure_pool()
-        futures = []
-        for index, account in enumerate(kept):
-            future = pool.submit(self._fetch_one, generation, account)
-            future.add_done_callback(partial(self._collect, batch, index))
-            futures.append(future)
+        # Submit under the lock: a close() or newer refresh() that got in after the checks above
+        # either ran before this block (nothing starts) or runs after it (it sees these futures).
         with self._lock:
-            current = generation == self._generation
-            if current:
-                self._futures = futures
-        if not current:
-            for future in futures:
-                future.cancel()
+            if self._closed or generation != self._generation:
+                return handle
+            pool = self._ensure_pool_locked()
+            futures = [pool.submit(self._fetch_one, generation, account) for account in kept]
+            self._futures = futures
+        for index, future in enumerate(futures):
+            future.add_done_callback(partial(self._collect, batch, index))
         return handle
 
     def refresh_and_wait(self, codex_accounts: Sequence[AuthAccount] = (),
@@ -205,15 +206,16 @@ class OAuthUsageTracker:
                     return self.accounts
                 handle = newest
 
-    def _ensure_pool(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._pool is None:
-                size = self.settings.workers or DEFAULT_MAX_WORKERS
-                # Threads start only as work arrives, so n accounts use min(size, n) of them.
-                self._pool = ThreadPoolExecutor(max_workers=size,
-                                                thread_name_prefix="oauth-usage")
-                self._session = http.make_session(size)
-            return self._pool
+    def _ensure_pool_locked(self) -> ThreadPoolExecutor:
+        """Return the pool, creating it (and the HTTP session) first; self._lock is held."""
+        if self._pool is None:
+            size = self.settings.workers or DEFAULT_MAX_WORKERS
+            # Threads start only as work arrives, so n accounts use min(size, n) of them.
+            self._pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="oauth-usage")
+            self._session = http.make_session(size)
+            # A loopback fake must not be reached through $HTTP_PROXY.
+            self._session.trust_env = not self.settings.loopback_only
+        return self._pool
 
     def _fetch_one(self, generation: int, account: AuthAccount) -> Optional[AccountUsage]:
         if generation != self._generation:
@@ -242,9 +244,7 @@ class OAuthUsageTracker:
                 return
         if any(result is None for result in batch.results):
             return  # superseded: a newer generation cancelled or skipped some of these
-        ordered = sorted(batch.results, key=sort_key)
-        if self._publish(batch.generation, ordered, False):
-            batch.handle._finish(ordered)
+        self._publish(batch.generation, sorted(batch.results, key=sort_key), False, batch.handle)
 
     # --- lifetime -----------------------------------------------------------------------------
 
