@@ -63,6 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="query expired accounts too (Claude ones are refreshed first)")
     parser.add_argument("--fail-below", type=float, metavar="PCT",
                         help="exit 3 when a window has less than PCT %% left")
+    parser.add_argument("--state-dir", metavar="DIR",
+                        help="where cooldowns and last good values are kept (default "
+                             "$XDG_STATE_HOME/oauth-usage-tracker, else "
+                             "~/.local/state/oauth-usage-tracker)")
+    parser.add_argument("--no-state", action="store_true",
+                        help="keep no state: no cooldowns, no last good values")
+    parser.add_argument("--max-stale", type=_non_negative_float, default=3600.0,
+                        metavar="SECONDS", help="stale values younger than this still count "
+                                                "as success for the exit status (default 3600)")
+    parser.add_argument("--max-age", type=_non_negative_float, default=0.0, metavar="SECONDS",
+                        help="reuse a stored result younger than this instead of asking again "
+                             "(default 0: always ask)")
     parser.add_argument("--watch", type=_positive_float, metavar="SECONDS",
                         help="keep running: refresh every SECONDS and when accounts change")
     parser.add_argument("--demo", action="store_true",
@@ -88,6 +100,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError("must be zero or a positive number")
+    return value
+
+
 def configure_logging(verbose: int, quiet: bool) -> None:
     """Log to stderr: warnings by default, info with -v, debug with -vv, errors only with -q."""
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO)[min(verbose, 1)]
@@ -104,8 +123,10 @@ def configure_logging(verbose: int, quiet: bool) -> None:
 class Run:
     """One configured invocation: which accounts, which settings, where the report goes."""
 
-    def __init__(self, args: argparse.Namespace, settings: Settings, auth_dir: Optional[str]):
+    def __init__(self, args: argparse.Namespace, settings: Settings, auth_dir: Optional[str],
+                 state_dir=None):
         self.args = args
+        self.state_dir = False if args.no_state else (state_dir or args.state_dir or True)
         self.settings = settings
         self.auth_dir = auth_dir
         self.last_report: Optional[Report] = None
@@ -127,7 +148,8 @@ class Run:
         _, filtered = select_accounts(codex + claude, self.settings.include_expired)
         return Report(accounts=tuple(results), skipped=discovery.skipped + tuple(filtered),
                       generated_at=datetime.now(timezone.utc),
-                      duration_seconds=time.monotonic() - started)
+                      duration_seconds=time.monotonic() - started,
+                      max_stale_seconds=self.args.max_stale)
 
     def emit(self, report: Report) -> int:
         """Print or write the report (and metrics); return the exit status."""
@@ -180,7 +202,8 @@ class Run:
 
     def execute(self) -> int:
         from .tracker import OAuthUsageTracker
-        with OAuthUsageTracker(settings=self.settings) as tracker:
+        with OAuthUsageTracker(settings=self.settings, state_dir=self.state_dir,
+                               max_age=self.args.max_age) as tracker:
             if self.args.watch:
                 return self.watch(tracker)
             return self.once(tracker)
@@ -233,7 +256,7 @@ def run_demo(args: argparse.Namespace) -> int:
         settings = Settings.from_environ(fake.environ(), timeout=min(args.timeout, 5.0),
                                          workers=args.workers, include_expired=True,
                                          allow_token_refresh=not args.no_token_refresh)
-        run = Run(args, settings, auth_dir)
+        run = Run(args, settings, auth_dir, state_dir=os.path.join(tmp, "state"))
         status = run.execute()
     if not args.json and not args.quiet:
         sys.stderr.write("demo: a loopback fake answered for both providers; Carol's expired "

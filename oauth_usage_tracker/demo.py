@@ -32,7 +32,9 @@ class FakeAccount:
     email: str
     used: List[float] = field(default_factory=lambda: [23.0, 41.0])
     behaviour: str = "ok"
-    """`ok`, `cloudflare`, `rate_limited`, `server_error`, `revoked` or `scope`."""
+    """`ok`, `cloudflare`, `rate_limited`, `server_error` or `scope`."""
+    retry_after: Optional[str] = "300"
+    """The Retry-After header of a `rate_limited` answer (None: no header)."""
 
 
 def _json(data) -> bytes:
@@ -176,7 +178,8 @@ class FakeProviders:
             return 403, {"Content-Type": "text/html", "cf-mitigated": "challenge",
                          "Server": "cloudflare"}, CLOUDFLARE_PAGE
         if account.behaviour == "rate_limited":
-            return 429, {"Retry-After": "300"}, _json({"error": {
+            headers = {"Retry-After": account.retry_after} if account.retry_after else {}
+            return 429, headers, _json({"error": {
                 "message": "Rate limited. Please try again later.", "type": "rate_limit_error"}})
         if account.behaviour == "server_error":
             return 502, {}, b"upstream error"

@@ -58,6 +58,12 @@ class AccountUsage:
     updated_at: Optional[datetime] = None
     token_refreshed: bool = False
     """True when this fetch rotated the account's tokens and wrote them back."""
+    stale: bool = False
+    """True when `windows` are the last good values from an earlier fetch, not fresh ones."""
+    fetched_at: Optional[datetime] = None
+    """When `windows` were fetched (the same as `updated_at` for fresh data)."""
+    login_problem: bool = False
+    """True when `error` says the login itself is broken: the user must act."""
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from typing import Optional, Tuple
 from .models import AccountUsage, Skipped
 
 OK, FAILED, USAGE_ERROR, BELOW_THRESHOLD = 0, 1, 2, 3
+DEFAULT_MAX_STALE = 3600.0
 
 
 @dataclass(frozen=True)
@@ -19,10 +20,23 @@ class Report:
     generated_at: datetime
     duration_seconds: Optional[float] = None
 
+    max_stale_seconds: float = DEFAULT_MAX_STALE
+    """Stale values younger than this stand in for a failed fetch without failing the run."""
+
+    def is_failure(self, account: AccountUsage) -> bool:
+        """True when the account failed: an error, unless it is no login problem and stale
+        values younger than max_stale_seconds stand in for it."""
+        if not account.error:
+            return False
+        if account.login_problem or not (account.stale and account.fetched_at):
+            return True
+        age = (self.generated_at - account.fetched_at).total_seconds()
+        return age > self.max_stale_seconds
+
     @property
     def failed(self) -> Tuple[AccountUsage, ...]:
-        """Accounts whose fetch failed."""
-        return tuple(account for account in self.accounts if account.error)
+        """Accounts whose fetch failed (see is_failure)."""
+        return tuple(account for account in self.accounts if self.is_failure(account))
 
     @property
     def unreadable(self) -> Tuple[Skipped, ...]:
@@ -31,15 +45,17 @@ class Report:
 
 
 def below_threshold(report: Report, fail_below: float) -> bool:
-    """True when a fetched window has less than `fail_below` percent left."""
+    """True when a window of an account that did not fail has less than `fail_below` percent
+    left (acceptably stale values count: they are the best figures there are)."""
     return any(window.remaining_percent is not None and window.remaining_percent < fail_below
-               for account in report.accounts if not account.error
+               for account in report.accounts if not report.is_failure(account)
                for window in account.windows)
 
 
 def exit_status(report: Report, fail_below: Optional[float] = None) -> int:
     """Given a report, return 0 when every queried account returned windows (or none was to be
-    queried), 1 when one failed or a credential file was unreadable, 3 when `fail_below` is given
+    queried, stale values younger than max_stale included), 1 when one failed or a credential
+    file was unreadable, 3 when `fail_below` is given
     and a window has less left (3 wins over 1)."""
     if fail_below is not None and below_threshold(report, fail_below):
         return BELOW_THRESHOLD

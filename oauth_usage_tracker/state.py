@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 from . import files
-from .models import Provider, UsageWindow
+from .models import AccountUsage, AuthAccount, Provider, UsageWindow
 from .parsing import format_timestamp, number_value, parse_timestamp, reset_text, roll_over
 
 logger = logging.getLogger(__name__)
@@ -188,3 +188,21 @@ def next_state(previous: Optional[AccountState], now: datetime, windows=None, ex
         return AccountState(previous.windows, previous.fetched_at,
                             now + timedelta(seconds=seconds), seconds, previous.extra)
     return previous
+
+
+def from_store(account: AuthAccount, entry: AccountState, now: datetime, stale: bool,
+               error: Optional[str] = None, login_problem: bool = False,
+               token_refreshed: bool = False) -> AccountUsage:
+    """Given an account and its stored state, return the AccountUsage that shows the stored
+    windows as they stand now (`stale` when they stand in for a failed or skipped fetch)."""
+    return AccountUsage(id=account.id, provider=account.provider, email=account.email,
+                        windows=entry.windows_at(now), error=error,
+                        updated_at=entry.fetched_at, token_refreshed=token_refreshed,
+                        stale=stale and bool(entry.windows), fetched_at=entry.fetched_at,
+                        login_problem=login_problem)
+
+
+def cooldown_message(account: AuthAccount, entry: AccountState) -> str:
+    """The sentence for an account whose requests are paused after a 429."""
+    return ("%s usage API returned 429 earlier; no request until %s (cooldown)"
+            % (account.provider.label, format_timestamp(entry.cooldown_until)))

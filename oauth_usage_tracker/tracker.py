@@ -5,17 +5,22 @@ number; pending fetches of older generations are cancelled, and whatever an olde
 returns is dropped: only the newest generation ever publishes.
 """
 import logging
+import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import replace
+from datetime import datetime, timezone
 from functools import partial
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import http
 from .accounts import select_accounts
 from .config import Settings
 from .errors import RefreshSuperseded, UsageTrackerError
 from .models import AccountUsage, AuthAccount, Provider
+from .state import (AccountState, StateStore, cooldown_message, default_state_dir, from_store,
+                    next_state)
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +74,7 @@ class _Batch:
     def __init__(self, generation: int, handle: RefreshHandle, size: int):
         self.generation = generation
         self.handle = handle
-        self.results: List[Optional[AccountUsage]] = [None] * size
+        self.results: List[Optional[Tuple[AccountUsage, Optional[AccountState]]]] = [None] * size
         self.remaining = size
         self.lock = threading.Lock()
 
@@ -85,10 +90,18 @@ class OAuthUsageTracker:
                  allow_token_refresh: bool = True, include_expired: bool = False,
                  settings: Optional[Settings] = None,
                  environ: Optional[Mapping[str, str]] = None,
-                 fetchers: Optional[Mapping[Provider, Fetcher]] = None):
+                 fetchers: Optional[Mapping[Provider, Fetcher]] = None,
+                 state_dir: Union[str, "os.PathLike[str]", bool, None] = True,
+                 max_age: float = 0.0):
         self.settings = settings or Settings.from_environ(
             environ, workers=workers, timeout=timeout, allow_token_refresh=allow_token_refresh,
             include_expired=include_expired)
+        if state_dir is True:
+            state_dir = default_state_dir(environ)
+        #: Cooldowns after 429 and last good values across runs (None: no state kept).
+        self.state: Optional[StateStore] = StateStore(os.fspath(state_dir)) if state_dir else None
+        #: A stored result younger than this many seconds is reused instead of asking again.
+        self.max_age = max_age
         if fetchers is None:
             from .providers import FETCHERS
             fetchers = FETCHERS
@@ -179,13 +192,16 @@ class OAuthUsageTracker:
                                             is_loading=True) for a in kept), key=sort_key)
         self._publish(generation, placeholders, True)
         batch = _Batch(generation, handle, len(kept))
+        stored = self.state.load() if self.state is not None else {}
         # Submit under the lock: a close() or newer refresh() that got in after the checks above
         # either ran before this block (nothing starts) or runs after it (it sees these futures).
         with self._lock:
             if self._closed or generation != self._generation:
                 return handle
             pool = self._ensure_pool_locked()
-            futures = [pool.submit(self._fetch_one, generation, account) for account in kept]
+            futures = [pool.submit(self._fetch_one, generation, account,
+                                   stored.get((account.provider.value, account.id)))
+                       for account in kept]
             self._futures = futures
         for index, future in enumerate(futures):
             future.add_done_callback(partial(self._collect, batch, index))
@@ -217,23 +233,41 @@ class OAuthUsageTracker:
             self._session.trust_env = not self.settings.loopback_only
         return self._pool
 
-    def _fetch_one(self, generation: int, account: AuthAccount) -> Optional[AccountUsage]:
+    def _fetch_one(self, generation: int, account: AuthAccount, entry: Optional[AccountState]
+                   ) -> Optional[Tuple[AccountUsage, Optional[AccountState]]]:
+        """Fetch one account (or reuse or fall back to its stored state); return its usage and
+        its new state, or None when this generation was superseded before it started."""
         if generation != self._generation:
             return None
+        now = datetime.now(timezone.utc)
+        if entry is not None and self.state is not None:
+            if self.max_age and entry.windows and entry.fetched_at is not None \
+                    and (now - entry.fetched_at).total_seconds() < self.max_age:
+                return from_store(account, entry, now, stale=False), None
+            if entry.cooling_down(now):
+                logger.info("%s: cooling down after a 429; no request sent", account.id)
+                return from_store(account, entry, now, stale=True,
+                                  error=cooldown_message(account, entry)), None
         try:
-            return self._fetchers[account.provider](account, self._session, self.settings)
+            usage = self._fetchers[account.provider](account, self._session, self.settings)
         except UsageTrackerError as error:
             logger.warning("%s: %s", account.id, error)
-            message, refreshed = str(error), error.token_refreshed
+            status = getattr(error, "status", None)
+            new_entry = next_state(entry, now, rate_limited=status == 429,
+                                   retry_after=getattr(error, "retry_after", None))
+            return from_store(account, new_entry, now, stale=True, error=str(error),
+                              login_problem=error.login_problem,
+                              token_refreshed=error.token_refreshed), new_entry
         except Exception as error:
             logger.error("%s: unexpected %s while fetching usage", account.id,
                          type(error).__name__)
             logger.debug("%s: details", account.id, exc_info=True)
             message = ("Unexpected error while fetching usage (%s); run with -v for details"
                        % type(error).__name__)
-            refreshed = False
-        return AccountUsage(id=account.id, provider=account.provider, email=account.email,
-                            error=message, token_refreshed=refreshed)
+            return AccountUsage(id=account.id, provider=account.provider, email=account.email,
+                                error=message), None
+        usage = replace(usage, fetched_at=usage.updated_at or now)
+        return usage, next_state(entry, now, windows=usage.windows)
 
     def _collect(self, batch: _Batch, index: int, future: Future) -> None:
         result = None if future.cancelled() else future.result()
@@ -242,9 +276,15 @@ class OAuthUsageTracker:
             batch.remaining -= 1
             if batch.remaining:
                 return
-        if any(result is None for result in batch.results):
+        done = [result for result in batch.results if result is not None]
+        if self.state is not None:
+            # Even a superseded generation's outcomes are facts worth keeping (a 429 above all).
+            self.state.save(((usage.provider.value, usage.id), entry)
+                            for usage, entry in done if entry is not None)
+        if len(done) < len(batch.results):
             return  # superseded: a newer generation cancelled or skipped some of these
-        self._publish(batch.generation, sorted(batch.results, key=sort_key), False, batch.handle)
+        usages = sorted((usage for usage, _ in done), key=sort_key)
+        self._publish(batch.generation, usages, False, batch.handle)
 
     # --- lifetime -----------------------------------------------------------------------------
 

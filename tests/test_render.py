@@ -39,7 +39,8 @@ def test_render_json_matches_spec_shape():
              "reset_text": "in 3 hours (Nov 24, 2026, 5:00 PM)"},
             {"key": "seven_day", "title": "Weekly", "used_percent": 95.5,
              "remaining_percent": 4.5, "reset_date": None, "reset_text": None}],
-        "error": None, "updated_at": "2026-11-24T14:00:00Z", "token_refreshed": False}
+        "error": None, "updated_at": "2026-11-24T14:00:00Z", "token_refreshed": False,
+        "stale": False, "fetched_at": None}
     assert report["accounts"][1]["error"] == "Codex usage request timed out after 15 s"
     assert report["accounts"][1]["updated_at"] is None
     assert report["skipped"] == [
@@ -97,3 +98,22 @@ def test_render_prometheus_parses_with_help_type_and_escaped_labels():
 
 def test_escape_label_backslash_quote_newline():
     assert prometheus.escape_label('a\\b"c\nd') == 'a\\\\b\\"c\\nd'
+
+
+def test_stale_account_in_json_table_and_prometheus():
+    fetched = NOW.replace(hour=13, minute=48)
+    stale = AccountUsage(id="claude-s@example.com.json", provider=Provider.CLAUDE,
+                         email="s@example.com", error="Claude usage API returned 429",
+                         windows=(UsageWindow("five_hour", "5-hour", 20.0, RESET, "x"),),
+                         updated_at=fetched, stale=True, fetched_at=fetched)
+    report = Report(accounts=(stale,), skipped=(), generated_at=NOW)
+    account = json.loads(json_report.render_json(report))["accounts"][0]
+    assert account["stale"] is True and account["fetched_at"] == "2026-11-24T13:48:00Z"
+    assert "Claude  s@example.com  (stale: values from 12 minutes ago)" in \
+        table.render_table(report)
+    families = {f.name: f for f in text_string_to_metric_families(
+        prometheus.render_prometheus(report))}
+    assert families["oauth_usage_account_stale"].samples[0].value == 1
+    assert families["oauth_usage_account_last_success_timestamp_seconds"].samples[0].value == \
+        fetched.timestamp()
+    assert families["oauth_usage_window_remaining_percent"].samples[0].value == 80.0

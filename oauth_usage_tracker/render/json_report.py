@@ -25,7 +25,8 @@ def account_json(account: AccountUsage) -> Dict[str, Any]:
     return {"id": account.id, "provider": account.provider.value, "email": account.email,
             "windows": [window_json(window) for window in account.windows],
             "error": account.error, "updated_at": _time(account.updated_at),
-            "token_refreshed": account.token_refreshed}
+            "token_refreshed": account.token_refreshed, "stale": account.stale,
+            "fetched_at": _time(account.fetched_at)}
 
 
 def skipped_json(skipped: Skipped) -> Dict[str, Any]:

@@ -10,6 +10,9 @@ METRICS = (
     ("oauth_usage_window_remaining_percent", "Percentage of the quota window left."),
     ("oauth_usage_window_reset_timestamp_seconds", "When the quota window resets (unix time)."),
     ("oauth_usage_account_up", "1 if the account's usage was fetched, 0 if it failed."),
+    ("oauth_usage_account_stale", "1 if the windows shown are the last good values, not fresh."),
+    ("oauth_usage_account_last_success_timestamp_seconds",
+     "When the account's windows were last fetched (unix time)."),
     ("oauth_usage_last_run_timestamp_seconds", "When this report was generated (unix time)."),
     ("oauth_usage_run_duration_seconds", "How long the run took."),
 )
@@ -42,6 +45,10 @@ def render_prometheus(report: Report) -> str:
         base = {"provider": account.provider.value, "email": account.email or "",
                 "account": account.id}
         add("oauth_usage_account_up", base, 0 if account.error else 1)
+        add("oauth_usage_account_stale", base, 1 if account.stale else 0)
+        if account.fetched_at is not None:
+            add("oauth_usage_account_last_success_timestamp_seconds", base,
+                int(account.fetched_at.timestamp()))
         for window in account.windows:
             labels = dict(base, window=window.key)
             add("oauth_usage_window_used_percent", labels, window.used_percent)

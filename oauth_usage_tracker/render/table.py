@@ -1,4 +1,5 @@
 """The table for people: one block per account, readable in a terminal and in a mail from cron."""
+from datetime import datetime, timedelta
 from typing import List, Optional
 
 from ..models import AccountUsage, UsageWindow
@@ -52,11 +53,22 @@ def _window_line(window: UsageWindow, title_width: int, paint: _Painter) -> str:
     return line.rstrip()
 
 
-def _account_block(account: AccountUsage, paint: _Painter) -> List[str]:
+def _age(delta: timedelta) -> str:
+    seconds = max(0.0, delta.total_seconds())
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            count = int(seconds // size)
+            return "%d %s%s ago" % (count, unit, "" if count == 1 else "s")
+    return "just now"
+
+
+def _account_block(account: AccountUsage, paint: _Painter, now: datetime) -> List[str]:
     header = "%s  %s" % (paint(account.provider.label, "bold"), account.email or account.id)
     notes = []
     if account.token_refreshed:
         notes.append("token refreshed")
+    if account.stale and account.fetched_at is not None:
+        notes.append("stale: values from %s" % _age(now - account.fetched_at))
     if notes:
         header += "  " + paint("(%s)" % ", ".join(notes), "dim")
     lines = [header]
@@ -78,7 +90,7 @@ def render_table(report: Report, colour: bool = False) -> str:
     if not report.accounts:
         lines.extend(["No accounts to query.", ""])
     for account in report.accounts:
-        lines.extend(_account_block(account, paint))
+        lines.extend(_account_block(account, paint, report.generated_at))
         lines.append("")
     if report.skipped:
         lines.append(paint("Skipped", "bold"))

@@ -1,0 +1,254 @@
+"""State across runs (SPEC §10): cooldown arithmetic, the store, stale values in the tracker."""
+import json
+import logging
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from freezegun import freeze_time
+
+from oauth_usage_tracker import state as module
+from oauth_usage_tracker.errors import ProviderError
+from oauth_usage_tracker.models import AccountUsage, AuthAccount, Provider, UsageWindow
+from oauth_usage_tracker.report import Report
+from oauth_usage_tracker.tracker import OAuthUsageTracker
+from support import assert_no_secrets
+
+NOW = datetime(2026, 11, 24, 14, 0, tzinfo=timezone.utc)
+WINDOW = UsageWindow("five_hour", "5-hour", 40.0, NOW + timedelta(hours=3))
+
+
+@pytest.mark.parametrize("retry_after, previous, expected", [
+    (300, None, 300), (30, None, 60), (0.5, None, 60), (7200, None, 3600), (120, 600, 120),
+    (None, None, 300), (0, None, 300), (None, 300, 600), (0, 600, 1200), (None, 2400, 3600),
+    (None, 3600, 3600), (-5, None, 300),
+])
+def test_cooldown_seconds_clamps_retry_after_else_doubles_five_minutes(retry_after, previous,
+                                                                       expected):
+    assert module.cooldown_seconds(retry_after, previous) == expected
+
+
+def test_next_state_429_starts_then_doubles_cooldown_and_keeps_windows():
+    good = module.next_state(None, NOW, windows=[WINDOW])
+    first = module.next_state(good, NOW + timedelta(minutes=1), rate_limited=True)
+    assert first.cooldown_until == NOW + timedelta(minutes=6)
+    assert first.windows == (WINDOW,) and first.fetched_at == NOW
+    second = module.next_state(first, NOW + timedelta(minutes=7), rate_limited=True)
+    assert second.cooldown_seconds == 600
+    assert second.cooldown_until == NOW + timedelta(minutes=17)
+
+
+def test_next_state_success_ends_cooldown_and_resets_doubling():
+    cooling = module.next_state(None, NOW, rate_limited=True, retry_after=900)
+    fresh = module.next_state(cooling, NOW + timedelta(minutes=20), windows=[WINDOW])
+    assert fresh.cooldown_until is None and fresh.cooldown_seconds is None
+    assert module.next_state(fresh, NOW, rate_limited=True).cooldown_seconds == 300
+
+
+def test_next_state_other_failure_keeps_previous():
+    good = module.next_state(None, NOW, windows=[WINDOW])
+    assert module.next_state(good, NOW + timedelta(minutes=5)) == good
+
+
+def test_cooling_down_is_evaluated_at_given_time():
+    entry = module.next_state(None, NOW, rate_limited=True, retry_after=120)
+    assert entry.cooling_down(NOW + timedelta(seconds=119))
+    assert not entry.cooling_down(NOW + timedelta(seconds=120))
+
+
+def test_windows_at_rolls_over_passed_resets():
+    entry = module.next_state(None, NOW, windows=[WINDOW])
+    later = entry.windows_at(NOW + timedelta(hours=4))
+    assert later[0].used_percent == 0.0
+    assert later[0].reset_text.startswith("reset 1 hour ago")
+    assert entry.windows_at(NOW + timedelta(hours=1))[0].reset_text.startswith("in 2 hours")
+
+
+def test_default_state_dir_prefers_xdg_state_home():
+    assert module.default_state_dir({"XDG_STATE_HOME": "/x", "HOME": "/h"}) == \
+        "/x/oauth-usage-tracker"
+    assert module.default_state_dir({"HOME": "/h"}) == "/h/.local/state/oauth-usage-tracker"
+
+
+def test_store_round_trip_keeps_windows_and_times(tmp_path):
+    store = module.StateStore(str(tmp_path / "state"))
+    entry = module.next_state(module.next_state(None, NOW, windows=[WINDOW]), NOW,
+                              rate_limited=True)
+    store.save([(("claude", "claude-a.json"), entry)])
+    loaded = store.load()[("claude", "claude-a.json")]
+    assert loaded.windows == (WINDOW,)
+    assert loaded.fetched_at == NOW and loaded.cooldown_until == entry.cooldown_until
+    assert oct((tmp_path / "state" / "state.json").stat().st_mode & 0o777) == "0o600"
+
+
+def test_store_missing_file_is_empty_without_warning(tmp_path, caplog):
+    assert module.StateStore(str(tmp_path / "none")).load() == {}
+    assert caplog.records == []
+
+
+@pytest.mark.parametrize("content", [b"", b"{not json", b"[]", b'{"accounts": 3}', b"\xff\xfe",
+                                     b'{"accounts": {"claude/a.json": "x", "bogus": {}}}'])
+def test_store_corrupt_file_is_ignored_with_warning_and_rewritten(tmp_path, caplog, content):
+    directory = tmp_path / "state"
+    directory.mkdir()
+    (directory / "state.json").write_bytes(content)
+    store = module.StateStore(str(directory))
+    with caplog.at_level(logging.WARNING):
+        assert store.load() == {}
+    if content.startswith(b'{"accounts": {'):
+        assert caplog.records == []  # valid file, unusable entries are just skipped
+    else:
+        assert "state file" in caplog.text
+    store.save([(("codex", "codex-b.json"), module.next_state(None, NOW, windows=[WINDOW]))])
+    assert list(store.load()) == [("codex", "codex-b.json")]
+    json.loads((directory / "state.json").read_text())
+
+
+def test_store_unwritable_directory_logs_and_does_not_raise(tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    store = module.StateStore(str(blocker / "state"))
+    with caplog.at_level(logging.WARNING):
+        store.save([(("codex", "x.json"), module.next_state(None, NOW, windows=[WINDOW]))])
+    assert "Cannot write the state file" in caplog.text
+
+
+WRITER = """
+import sys
+from datetime import datetime, timezone
+from oauth_usage_tracker import state
+from oauth_usage_tracker.models import UsageWindow
+store = state.StateStore(sys.argv[1])
+now = datetime.now(timezone.utc)
+window = UsageWindow("five_hour", "5-hour", 10.0, None)
+for index in range(40):
+    store.save([(("codex", "%s-%d.json" % (sys.argv[2], index)),
+                 state.next_state(None, now, windows=[window]))])
+"""
+
+
+def test_store_two_processes_saving_at_once_lose_nothing(tmp_path):
+    directory = str(tmp_path / "state")
+    processes = [subprocess.Popen([sys.executable, "-c", WRITER, directory, name])
+                 for name in ("left", "right")]
+    for process in processes:
+        assert process.wait(timeout=60) == 0
+    keys = set(module.StateStore(directory).load())
+    assert len(keys) == 80
+    assert {name for _, name in keys} == {"%s-%d.json" % (side, index)
+                                          for side in ("left", "right") for index in range(40)}
+
+
+# --- the tracker with state --------------------------------------------------------------------
+
+def account(name="claude-a@example.com.json", provider=Provider.CLAUDE):
+    return AuthAccount(id=name, provider=provider, email="a@example.com", display_name="a",
+                       path="/nonexistent/" + name)
+
+
+class ScriptedFetcher:
+    """Answers each call with the next outcome: windows, or an exception to raise."""
+
+    def __init__(self, *outcomes):
+        self.outcomes = list(outcomes)
+        self.calls = 0
+
+    def __call__(self, acct, session, settings):
+        self.calls += 1
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        now = datetime.now(timezone.utc)
+        return AccountUsage(id=acct.id, provider=acct.provider, email=acct.email,
+                            windows=tuple(outcome), updated_at=now)
+
+
+def tracker_with(fetcher, tmp_path, **kwargs):
+    return OAuthUsageTracker(fetchers={Provider.CLAUDE: fetcher, Provider.CODEX: fetcher},
+                             state_dir=str(tmp_path / "state"), **kwargs)
+
+
+def test_tracker_429_shows_stale_values_then_cooldown_sends_nothing(tmp_path):
+    rate_limited = ProviderError("Claude usage API returned 429 (rate limited; retry after 300 s)",
+                                 status=429, retry_after=300)
+    fetcher = ScriptedFetcher([WINDOW], rate_limited)
+    with freeze_time(NOW) as frozen, tracker_with(fetcher, tmp_path) as tracker:
+        [first] = tracker.refresh_and_wait([], [account()])
+        assert not first.stale and first.fetched_at == NOW
+        frozen.tick(timedelta(minutes=12))
+        [second] = tracker.refresh_and_wait([], [account()])
+        assert second.stale and second.fetched_at == NOW
+        assert second.windows[0].used_percent == 40.0
+        assert "429" in second.error
+        frozen.tick(timedelta(minutes=4))
+        [third] = tracker.refresh_and_wait([], [account()])
+        assert fetcher.calls == 2  # inside the cooldown: no request
+        assert third.stale and "cooldown" in third.error
+        report = Report(accounts=(third,), skipped=(), generated_at=NOW + timedelta(minutes=16))
+        assert report.failed == ()
+        frozen.tick(timedelta(minutes=2))  # 300 s after the 429: the cooldown is over
+        fetcher.outcomes.append([WINDOW])
+        [fourth] = tracker.refresh_and_wait([], [account()])
+        assert fetcher.calls == 3 and not fourth.stale and fourth.error is None
+
+
+def test_tracker_login_problem_is_reported_beside_stale_values(tmp_path):
+    rejected = ProviderError("Claude usage returned 401 after refresh retry", status=401,
+                             login_problem=True)
+    fetcher = ScriptedFetcher([WINDOW], rejected)
+    with freeze_time(NOW), tracker_with(fetcher, tmp_path) as tracker:
+        tracker.refresh_and_wait([], [account()])
+        [usage] = tracker.refresh_and_wait([], [account()])
+    assert usage.error == "Claude usage returned 401 after refresh retry"
+    assert usage.login_problem and usage.stale and usage.windows
+    assert Report(accounts=(usage,), skipped=(), generated_at=NOW).failed == (usage,)
+
+
+def test_tracker_stale_values_older_than_max_stale_fail_the_run(tmp_path):
+    timeout = ProviderError("Claude usage request timed out after 15 s")
+    fetcher = ScriptedFetcher([WINDOW], timeout)
+    with freeze_time(NOW) as frozen, tracker_with(fetcher, tmp_path) as tracker:
+        tracker.refresh_and_wait([], [account()])
+        frozen.tick(timedelta(hours=2))
+        [usage] = tracker.refresh_and_wait([], [account()])
+    assert usage.stale
+    young = Report(accounts=(usage,), skipped=(), generated_at=NOW + timedelta(hours=2),
+                   max_stale_seconds=3 * 3600)
+    old = Report(accounts=(usage,), skipped=(), generated_at=NOW + timedelta(hours=2))
+    assert young.failed == () and old.failed == (usage,)
+
+
+def test_tracker_max_age_reuses_stored_result_without_asking(tmp_path):
+    fetcher = ScriptedFetcher([WINDOW])
+    with freeze_time(NOW) as frozen, tracker_with(fetcher, tmp_path, max_age=60) as tracker:
+        tracker.refresh_and_wait([], [account()])
+        frozen.tick(timedelta(seconds=30))
+        [usage] = tracker.refresh_and_wait([], [account()])
+    assert fetcher.calls == 1
+    assert [(w.key, w.used_percent, w.reset_date) for w in usage.windows] == [
+        ("five_hour", 40.0, WINDOW.reset_date)]
+    assert usage.windows[0].reset_text == "in 3 hours (Nov 24, 2026, 5:00 PM)"
+    assert not usage.stale and usage.fetched_at == NOW and usage.error is None
+
+
+def test_tracker_without_state_dir_keeps_nothing(tmp_path):
+    fetcher = ScriptedFetcher([WINDOW], ProviderError("x", status=429, retry_after=300), [WINDOW])
+    with OAuthUsageTracker(fetchers={Provider.CLAUDE: fetcher}, state_dir=None) as tracker:
+        tracker.refresh_and_wait([], [account()])
+        [failed] = tracker.refresh_and_wait([], [account()])
+        tracker.refresh_and_wait([], [account()])
+    assert fetcher.calls == 3  # no cooldown without state
+    assert failed.windows == () and not failed.stale
+    assert not (tmp_path / "state").exists()
+
+
+def test_state_file_never_holds_a_token(tmp_path):
+    from support import CLAUDE_ACCESS
+    fetcher = ScriptedFetcher([WINDOW])
+    with tracker_with(fetcher, tmp_path) as tracker:
+        tracker.refresh_and_wait([], [account()])
+    text = (tmp_path / "state" / "state.json").read_text()
+    assert "claude/claude-a@example.com.json" in text
+    assert_no_secrets(text)
+    assert CLAUDE_ACCESS not in text and "token" not in text
