@@ -236,6 +236,10 @@ def claude_payload(used: List[float], now: datetime) -> dict:
         "seven_day_cowork": None, "seven_day_omelette": None,
         "extra_usage": {"is_enabled": False, "monthly_limit": None, "used_credits": None,
                         "utilization": None},
+        "limits": [{"kind": "weekly_scoped", "group": "weekly", "percent": int(week // 2),
+                    "severity": "normal", "is_active": False,
+                    "resets_at": _iso(now + timedelta(days=3, hours=21)),
+                    "scope": {"model": {"id": None, "display_name": "Opus"}, "surface": None}}],
     }
 
 

@@ -2,7 +2,7 @@
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 
 class Provider(str, enum.Enum):
@@ -34,6 +34,12 @@ class UsageWindow:
     """When the window resets, timezone-aware UTC, or None."""
     reset_text: Optional[str] = None
     """The reset moment for people, relative and absolute."""
+    severity: Optional[str] = None
+    """What the server thinks of the usage: `normal`, `warning`, `critical` (Claude limits)."""
+    is_active: Optional[bool] = None
+    """Whether this limit is the one currently binding (Claude limits)."""
+    locked_reason: Optional[str] = None
+    """Why the server locked this window, when it says."""
 
     @property
     def remaining_percent(self) -> Optional[float]:
@@ -64,6 +70,13 @@ class AccountUsage:
     """When `windows` were fetched (the same as `updated_at` for fresh data)."""
     login_problem: bool = False
     """True when `error` says the login itself is broken: the user must act."""
+    plan: Optional[str] = None
+    """The subscription plan the server reports (Codex `plan_type`)."""
+    credits: Optional[Dict[str, Any]] = None
+    """Codex credits: `balance`, `unlimited`, `has_credits`, and `spend_limit` when set."""
+    extra_usage: Optional[Dict[str, Any]] = None
+    """Claude extra usage when enabled: `used`, `limit` (major units), `currency`,
+    `utilization`."""
 
 
 @dataclass(frozen=True)

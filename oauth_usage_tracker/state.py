@@ -10,13 +10,14 @@ read-modify-write, so two processes that record at once both keep their entries.
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 from . import files
 from .models import AccountUsage, AuthAccount, Provider, UsageWindow
-from .parsing import format_timestamp, number_value, parse_timestamp, reset_text, roll_over
+from .parsing import (clamp_percent, format_timestamp, number_value, parse_timestamp,
+                      reset_text, roll_over)
 
 logger = logging.getLogger(__name__)
 
@@ -71,17 +72,16 @@ class AccountState:
     def windows_at(self, now: datetime) -> Tuple[UsageWindow, ...]:
         """The stored windows as they stand now: reset texts recomputed, passed resets rolled
         over to 0 % used."""
-        result = []
-        for window in self.windows:
-            text = reset_text(window.reset_date, now) if window.reset_date else None
-            result.append(roll_over(UsageWindow(window.key, window.title, window.used_percent,
-                                                window.reset_date, text), now))
-        return tuple(result)
+        return tuple(roll_over(replace(window, reset_text=reset_text(window.reset_date, now)
+                                       if window.reset_date else None), now)
+                     for window in self.windows)
 
 
 def _window_to_json(window: UsageWindow) -> Dict[str, Any]:
     return {"key": window.key, "title": window.title, "used_percent": window.used_percent,
-            "reset_date": format_timestamp(window.reset_date) if window.reset_date else None}
+            "reset_date": format_timestamp(window.reset_date) if window.reset_date else None,
+            "severity": window.severity, "is_active": window.is_active,
+            "locked_reason": window.locked_reason}
 
 
 def _window_from_json(raw: Any) -> Optional[UsageWindow]:
@@ -89,8 +89,12 @@ def _window_from_json(raw: Any) -> Optional[UsageWindow]:
             or not isinstance(raw.get("title"), str):
         return None
     used = number_value(raw.get("used_percent"))
-    return UsageWindow(raw["key"], raw["title"], None if used is None else min(100.0, max(0.0, used)),
-                       parse_timestamp(raw.get("reset_date")))
+    text = {name: raw.get(name) if isinstance(raw.get(name), str) else None
+            for name in ("severity", "locked_reason")}
+    active = raw.get("is_active")
+    return UsageWindow(raw["key"], raw["title"], clamp_percent(used),
+                       parse_timestamp(raw.get("reset_date")),
+                       is_active=active if isinstance(active, bool) else None, **text)
 
 
 def _entry_from_json(raw: Any) -> Optional[AccountState]:
@@ -195,11 +199,12 @@ def from_store(account: AuthAccount, entry: AccountState, now: datetime, stale: 
                token_refreshed: bool = False) -> AccountUsage:
     """Given an account and its stored state, return the AccountUsage that shows the stored
     windows as they stand now (`stale` when they stand in for a failed or skipped fetch)."""
+    details = {name: entry.extra.get(name) for name in ("plan", "credits", "extra_usage")}
     return AccountUsage(id=account.id, provider=account.provider, email=account.email,
                         windows=entry.windows_at(now), error=error,
                         updated_at=entry.fetched_at, token_refreshed=token_refreshed,
                         stale=stale and bool(entry.windows), fetched_at=entry.fetched_at,
-                        login_problem=login_problem)
+                        login_problem=login_problem, **details)
 
 
 def cooldown_message(account: AuthAccount, entry: AccountState) -> str:

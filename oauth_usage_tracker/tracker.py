@@ -267,7 +267,9 @@ class OAuthUsageTracker:
             return AccountUsage(id=account.id, provider=account.provider, email=account.email,
                                 error=message), None
         usage = replace(usage, fetched_at=usage.updated_at or now)
-        return usage, next_state(entry, now, windows=usage.windows)
+        details = {"plan": usage.plan, "credits": usage.credits, "extra_usage": usage.extra_usage}
+        return usage, next_state(entry, now, windows=usage.windows,
+                                 extra={k: v for k, v in details.items() if v is not None})
 
     def _collect(self, batch: _Batch, index: int, future: Future) -> None:
         result = None if future.cancelled() else future.result()

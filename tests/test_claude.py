@@ -164,6 +164,7 @@ def test_parse_usage_buckets_come_in_spec_order():
         ("seven_day_oauth_apps", "Weekly (OAuth Apps)", 5.0),
         ("seven_day_cowork", "Weekly (Cowork)", 6.0),
         ("seven_day_omelette", "Weekly (Omelette)", 7.0),
+        ("nimbus_quill", "Nimbus Quill", 9.0),  # unknown codenames come after the known ones
     ]
 
 
@@ -194,7 +195,8 @@ def test_parse_usage_resets_at_with_microseconds_and_offset():
 def test_parse_usage_over_limit_is_clamped():
     windows = module.parse_usage(load_payload("claude_over_limit"), NOW)
     assert [(w.key, w.used_percent, w.remaining_percent) for w in windows] == [
-        ("five_hour", 100.0, 0.0), ("seven_day", 99.5, 0.5), ("seven_day_sonnet", 55.0, 45.0)]
+        ("five_hour", 100.0, 0.0), ("seven_day", 99.5, 0.5), ("seven_day_sonnet", 55.0, 45.0),
+        ("extra_usage", 24.68, 75.32)]
     assert windows[1].reset_date == datetime(2026, 11, 25, 9, 0, tzinfo=timezone.utc)
 
 

@@ -4,6 +4,8 @@ One fetch sends at most one token refresh: an expired token is refreshed before 
 403 forces one refresh and one retry; a second rejection is the account's error.
 """
 import logging
+import re
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import quote
@@ -37,6 +39,9 @@ BUCKETS: Tuple[Tuple[str, str], ...] = (
 )
 
 
+_NOT_BUCKETS = frozenset({"extra_usage"})
+
+
 def parse_bucket(key: str, title: str, raw: Any, now: datetime) -> Optional[UsageWindow]:
     """Given one bucket, return its window: it counts only as an object with a numeric
     `utilization`, which is already a percentage (1.0 is 1 %)."""
@@ -45,20 +50,122 @@ def parse_bucket(key: str, title: str, raw: Any, now: datetime) -> Optional[Usag
     used = number_value(raw.get("utilization"))
     if used is None:
         return None
-    return make_window(key, title, used, parse_timestamp(raw.get("resets_at")), now)
+    window = make_window(key, title, used, parse_timestamp(raw.get("resets_at")), now)
+    locked = raw.get("locked_reason")
+    if window is not None and isinstance(locked, str) and locked.strip():
+        window = replace(window, locked_reason=locked.strip())
+    return window
+
+
+def codename_title(key: str) -> str:
+    """Given an unknown bucket's key, return a readable title: `seven_day_tangelo` is
+    "Weekly (Tangelo)", `nimbus_quill` is "Nimbus Quill"."""
+    for prefix, title in (("seven_day_", "Weekly"), ("five_hour_", "5-hour")):
+        if key.startswith(prefix) and len(key) > len(prefix):
+            return "%s (%s)" % (title, _words(key[len(prefix):]))
+    return _words(key)
+
+
+def _words(key: str) -> str:
+    return " ".join(word.capitalize() for word in re.split(r"[_\W]+", key) if word) or key
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def _limit_window(entry: Dict[str, Any], key: str, title: str,
+                  now: datetime) -> Optional[UsageWindow]:
+    """One `limits[]` entry as a window; `percent` is already a percentage."""
+    window = make_window(key, title, number_value(entry.get("percent")),
+                         parse_timestamp(entry.get("resets_at")), now)
+    return window and _with_limit_flags(window, entry)
+
+
+def _with_limit_flags(window: UsageWindow, entry: Dict[str, Any]) -> UsageWindow:
+    severity = entry.get("severity")
+    active = entry.get("is_active")
+    return replace(window, severity=severity if isinstance(severity, str) else None,
+                   is_active=active if isinstance(active, bool) else None)
+
+
+def _scoped_name(entry: Dict[str, Any]) -> Optional[str]:
+    scope = entry.get("scope")
+    model = scope.get("model") if isinstance(scope, dict) else None
+    if not isinstance(model, dict):
+        return None
+    for field_name in ("display_name", "id"):
+        value = model.get(field_name)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
 
 
 def parse_usage(payload: Any, now: datetime) -> List[UsageWindow]:
-    """Given a decoded oauth/usage body and now, return its windows in the known bucket order;
-    null buckets are left out."""
+    """Given a decoded oauth/usage body and now, return its windows: the known buckets in order
+    (null ones left out), where missing filled from `limits[]` (`session` is the 5-hour window,
+    `weekly_all` the weekly one); then one window per model from `weekly_scoped` limits; then
+    unknown codename buckets with a usable utilization; then "Extra usage" when enabled. No
+    title appears twice: a limit that matches a bucket lends it its severity instead."""
     if not isinstance(payload, dict):
         return []
-    windows = []
+    windows: Dict[str, UsageWindow] = {}
     for key, title in BUCKETS:
         window = parse_bucket(key, title, payload.get(key), now)
         if window is not None:
-            windows.append(window)
-    return windows
+            windows[title] = window
+    limits = payload.get("limits")
+    for entry in limits if isinstance(limits, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        kind = entry.get("kind")
+        if kind == "session":
+            key, title = "five_hour", "5-hour"
+        elif kind == "weekly_all":
+            key, title = "seven_day", "Weekly"
+        elif kind == "weekly_scoped" and _scoped_name(entry):
+            name = _scoped_name(entry)
+            key, title = "weekly_scoped:" + _slug(name), "Weekly (%s)" % name
+        else:
+            continue
+        if title in windows:
+            windows[title] = _with_limit_flags(windows[title], entry)
+        else:
+            window = _limit_window(entry, key, title, now)
+            if window is not None:
+                windows[title] = window
+    known = {key for key, _ in BUCKETS} | _NOT_BUCKETS
+    for key, raw in payload.items():
+        if isinstance(key, str) and key not in known:
+            window = parse_bucket(key, codename_title(key), raw, now)
+            if window is not None and window.title not in windows:
+                windows[window.title] = window
+    extra = payload.get("extra_usage")
+    if isinstance(extra, dict) and extra.get("is_enabled") is True:
+        window = make_window("extra_usage", "Extra usage", number_value(extra.get("utilization")),
+                             None, now)
+        if window is not None:
+            windows[window.title] = window
+    order = [title for _, title in BUCKETS]
+    return sorted(windows.values(), key=lambda w: (order.index(w.title) if w.title in order
+                                                   else len(order)))
+
+
+def parse_details(payload: Any) -> Dict[str, Any]:
+    """Given a decoded oauth/usage body, return the account details it carries: `extra_usage`
+    (when enabled) with its amounts in major units (minor units / 10**decimal_places, default 2)."""
+    extra = payload.get("extra_usage") if isinstance(payload, dict) else None
+    if not isinstance(extra, dict) or extra.get("is_enabled") is not True:
+        return {}
+    places = number_value(extra.get("decimal_places"))
+    scale = 10 ** int(places) if places is not None and 0 <= places <= 8 else 100
+    used, limit = number_value(extra.get("used_credits")), number_value(extra.get("monthly_limit"))
+    currency = extra.get("currency")
+    return {"extra_usage": {
+        "used": None if used is None else round(used / scale, 8),
+        "limit": None if limit is None else round(limit / scale, 8),
+        "currency": currency if isinstance(currency, str) else None,
+        "utilization": number_value(extra.get("utilization"))}}
 
 
 def exchange_refresh_token(session: requests.Session, settings: Settings,
@@ -155,11 +262,13 @@ def fetch_usage(account: AuthAccount, session: requests.Session, settings: Setti
         if response.status != 200:
             raise http.status_error(response, WHAT)
         now = datetime.now(timezone.utc)
-        windows = parse_usage(http.decode_json(response, WHAT), now)
+        payload = http.decode_json(response, WHAT)
+        windows = parse_usage(payload, now)
         if not windows:
             raise ProviderError(NO_WINDOWS)
     except UsageTrackerError as error:
         error.token_refreshed = rotated
         raise
     return AccountUsage(id=account.id, provider=account.provider, email=account.email,
-                        windows=tuple(windows), updated_at=now, token_refreshed=rotated)
+                        windows=tuple(windows), updated_at=now, token_refreshed=rotated,
+                        **parse_details(payload))

@@ -1,7 +1,9 @@
 """Codex (ChatGPT) usage: `GET /backend-api/wham/usage`. Codex tokens are never refreshed here:
 CLIProxyAPI refreshes them days ahead."""
+import re
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 import requests
 
@@ -10,7 +12,8 @@ from ..config import Settings
 from ..credentials import read_json_object, token_field
 from ..errors import CredentialError, ProviderError
 from ..models import AccountUsage, AuthAccount, UsageWindow
-from ..parsing import make_window, number_value, parse_generic_windows, parse_timestamp
+from ..parsing import (clamp_percent, format_timestamp, make_window, number_value,
+                       parse_generic_windows, parse_timestamp)
 
 WHAT = "Codex usage"
 NO_WINDOWS = "Usage response did not include quota windows"
@@ -45,19 +48,70 @@ def parse_window(key: str, fallback_title: str, raw: Any, now: datetime) -> Opti
     return make_window(key, title, number_value(raw.get("used_percent")), reset, now)
 
 
+def _rate_limit_windows(rate_limit: Any, now: datetime, key_prefix: str = "",
+                        title_prefix: str = "") -> List[UsageWindow]:
+    if not isinstance(rate_limit, dict):
+        return []
+    windows = []
+    for key, title in _WINDOWS:
+        window = parse_window(key_prefix + key, title, rate_limit.get(key), now)
+        if window is not None:
+            windows.append(replace(window, title=title_prefix + window.title))
+    return windows
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
 def parse_usage(payload: Any, now: datetime) -> List[UsageWindow]:
     """Given a decoded wham/usage body and now, return its windows: `rate_limit.primary_window`
-    and `secondary_window`, titled by their length; a body without `rate_limit` goes to the
-    generic parser."""
+    and `secondary_window`, titled by their length, then each `additional_rate_limits[]` entry's
+    windows (`<limit_name> 5-hour`, key `<limit slug>:primary_window`); a body without
+    `rate_limit` goes to the generic parser."""
     rate_limit = payload.get("rate_limit") if isinstance(payload, dict) else None
     if not isinstance(rate_limit, dict):
         return parse_generic_windows(payload, now)
-    windows = []
-    for key, title in _WINDOWS:
-        window = parse_window(key, title, rate_limit.get(key), now)
-        if window is not None:
-            windows.append(window)
-    return windows
+    windows = _rate_limit_windows(rate_limit, now)
+    extra = payload.get("additional_rate_limits")
+    for entry in extra if isinstance(extra, list) else []:
+        name = entry.get("limit_name") if isinstance(entry, dict) else None
+        if isinstance(name, str) and _slug(name):
+            windows.extend(_rate_limit_windows(entry.get("rate_limit"), now,
+                                               _slug(name) + ":", name.strip() + " "))
+    titles = set()
+    return [w for w in windows if not (w.title in titles or titles.add(w.title))]
+
+
+def parse_details(payload: Any) -> Dict[str, Any]:
+    """Given a decoded wham/usage body, return the account details it carries: `plan` (from
+    `plan_type`) and `credits` (`balance` as a number, `unlimited`, `has_credits`, and
+    `spend_limit` from `spend_control.individual_limit`)."""
+    if not isinstance(payload, dict):
+        return {}
+    details: Dict[str, Any] = {}
+    plan = payload.get("plan_type")
+    if isinstance(plan, str) and plan.strip():
+        details["plan"] = plan.strip()
+    credits: Dict[str, Any] = {}
+    raw = payload.get("credits")
+    if isinstance(raw, dict):
+        credits["balance"] = number_value(raw.get("balance"))
+        for flag in ("unlimited", "has_credits"):
+            if isinstance(raw.get(flag), bool):
+                credits[flag] = raw[flag]
+    spend = payload.get("spend_control")
+    limit = spend.get("individual_limit") if isinstance(spend, dict) else None
+    if isinstance(limit, dict):
+        reset = parse_timestamp(limit.get("reset_at"))
+        credits["spend_limit"] = {
+            "limit": number_value(limit.get("limit")), "used": number_value(limit.get("used")),
+            "remaining": number_value(limit.get("remaining")),
+            "used_percent": clamp_percent(number_value(limit.get("used_percent"))),
+            "reset_date": format_timestamp(reset) if reset else None}
+    if credits:
+        details["credits"] = credits
+    return details
 
 
 def _rejected(response: http.HttpResponse) -> ProviderError:
@@ -94,8 +148,9 @@ def fetch_usage(account: AuthAccount, session: requests.Session, settings: Setti
             detail = "an HTML page: a Cloudflare challenge blocked the request; try again later"
         raise http.status_error(response, WHAT, detail)
     now = datetime.now(timezone.utc)
-    windows = parse_usage(http.decode_json(response, WHAT), now)
+    payload = http.decode_json(response, WHAT)
+    windows = parse_usage(payload, now)
     if not windows:
         raise ProviderError(NO_WINDOWS)
     return AccountUsage(id=account.id, provider=account.provider, email=account.email,
-                        windows=tuple(windows), updated_at=now)
+                        windows=tuple(windows), updated_at=now, **parse_details(payload))

@@ -17,7 +17,8 @@ def window_json(window: UsageWindow) -> Dict[str, Any]:
     """One window as JSON."""
     return {"key": window.key, "title": window.title, "used_percent": window.used_percent,
             "remaining_percent": window.remaining_percent, "reset_date": _time(window.reset_date),
-            "reset_text": window.reset_text}
+            "reset_text": window.reset_text, "severity": window.severity,
+            "is_active": window.is_active, "locked_reason": window.locked_reason}
 
 
 def account_json(account: AccountUsage) -> Dict[str, Any]:
@@ -26,7 +27,8 @@ def account_json(account: AccountUsage) -> Dict[str, Any]:
             "windows": [window_json(window) for window in account.windows],
             "error": account.error, "updated_at": _time(account.updated_at),
             "token_refreshed": account.token_refreshed, "stale": account.stale,
-            "fetched_at": _time(account.fetched_at)}
+            "fetched_at": _time(account.fetched_at), "plan": account.plan,
+            "credits": account.credits, "extra_usage": account.extra_usage}
 
 
 def skipped_json(skipped: Skipped) -> Dict[str, Any]:

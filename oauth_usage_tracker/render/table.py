@@ -49,8 +49,34 @@ def _window_line(window: UsageWindow, title_width: int, paint: _Painter) -> str:
     line = "  %-*s  %s %s" % (title_width, window.title, _bar(remaining),
                               paint("%-10s" % left, _level(remaining)))
     if window.reset_text:
-        line += "  resets " + window.reset_text
+        line += "  " + ("" if window.reset_text.startswith("reset ") else "resets ") \
+            + window.reset_text
+    if window.locked_reason:
+        line += "  " + paint("locked: " + window.locked_reason, "red")
     return line.rstrip()
+
+
+def _amount(value) -> str:
+    return "?" if value is None else ("%.2f" % value).rstrip("0").rstrip(".")
+
+
+def _detail_lines(account: AccountUsage) -> List[str]:
+    lines = []
+    credits = account.credits or {}
+    if credits.get("unlimited"):
+        lines.append("credits: unlimited")
+    elif credits.get("has_credits") or credits.get("balance"):
+        lines.append("credits: %s left" % _amount(credits.get("balance")))
+    spend = credits.get("spend_limit")
+    if spend:
+        lines.append("spend limit: %s of %s used" % (_amount(spend.get("used")),
+                                                     _amount(spend.get("limit"))))
+    extra = account.extra_usage
+    if extra:
+        lines.append("extra usage: %s of %s%s used" % (
+            _amount(extra.get("used")), _amount(extra.get("limit")),
+            " " + extra["currency"] if extra.get("currency") else ""))
+    return ["  " + line for line in lines]
 
 
 def _age(delta: timedelta) -> str:
@@ -64,6 +90,8 @@ def _age(delta: timedelta) -> str:
 
 def _account_block(account: AccountUsage, paint: _Painter, now: datetime) -> List[str]:
     header = "%s  %s" % (paint(account.provider.label, "bold"), account.email or account.id)
+    if account.plan:
+        header += "  [%s]" % account.plan
     notes = []
     if account.token_refreshed:
         notes.append("token refreshed")
@@ -76,6 +104,7 @@ def _account_block(account: AccountUsage, paint: _Painter, now: datetime) -> Lis
         lines.append("  " + paint("error: " + account.error, "red"))
     width = max((len(window.title) for window in account.windows), default=0)
     lines.extend(_window_line(window, width, paint) for window in account.windows)
+    lines.extend(_detail_lines(account))
     return lines
 
 

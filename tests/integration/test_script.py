@@ -76,8 +76,8 @@ def test_json_run_all_accounts_fetched_exits_0(fake, accounts):
     assert all(a["error"] is None and a["windows"] for a in report["accounts"])
     assert report["generated_at"].endswith("Z")
     window = report["accounts"][0]["windows"][0]
-    assert set(window) == {"key", "title", "used_percent", "remaining_percent", "reset_date",
-                           "reset_text"}
+    assert {"key", "title", "used_percent", "remaining_percent", "reset_date",
+            "reset_text"} <= set(window)  # version 1: keys are added, never renamed
     assert window["reset_date"].endswith("Z")
 
 
@@ -147,8 +147,8 @@ def test_output_and_prometheus_files_are_written_and_parse(fake, accounts, tmp_p
     assert len(up) == 4 and all(sample.value == 1 for sample in up)
     remaining = families["oauth_usage_window_remaining_percent"].samples
     assert {s.labels["window"] for s in remaining} == {"five_hour", "seven_day",
-                                                     "seven_day_sonnet", "primary_window",
-                                                     "secondary_window"}
+                                                     "seven_day_sonnet", "weekly_scoped:opus",
+                                                     "primary_window", "secondary_window"}
     assert os.listdir(metrics.parent) == ["oauth.prom"]
 
 
