@@ -217,3 +217,34 @@ def test_watch_picks_up_new_file_and_exits_0_on_sigterm(fake, accounts, tmp_path
             process.communicate()
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr
+
+
+def test_sigterm_during_token_refresh_waits_for_the_write(auth_dir):
+    """The refresh request is on the wire when SIGTERM arrives: the run must finish writing the
+    rotated tokens before it exits, or the spent refresh token's successor is lost."""
+    with demo.FakeProviders(latency=1.0) as fake:
+        fake.add_account(demo.FakeAccount("claude", "term@example.com"), "demo-term",
+                         "demo-term-r")
+        fake.expire_access("demo-term")
+        path = Path(demo.write_credential(str(auth_dir), "claude", "term@example.com",
+                                          "demo-term", "demo-term-r",
+                                          NOW - timedelta(minutes=1)))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OAUTH_USAGE_TRACKER_")}
+        env.update(fake.environ())
+        command = ([SCRIPT] if SCRIPT else [sys.executable, "-m", "oauth_usage_tracker"]) + [
+            "--auth-dir", str(auth_dir), "--refresh-expired", "--json"]
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        try:
+            assert _wait_for(lambda: fake.count(demo.TOKEN_PATH) == 1)
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+        assert process.returncode == 128 + signal.SIGTERM, stderr
+        assert "Traceback" not in stderr
+        written = json.loads(path.read_text())
+        assert written["refresh_token"].startswith("demo-refresh-")  # the rotated one, on disk
+        assert fake.count(demo.TOKEN_PATH) == 1
