@@ -163,6 +163,9 @@ def refresh_tokens(path: str, seen: Dict[str, Any], exchange: Callable[[str], To
     left as it was)."""
     import filelock  # only a refresh needs it; keeps start-up light
 
+    # A symlinked credential file is rewritten where it really lives (os.replace on the link
+    # would swap the link for a copy), and both names share one lock.
+    path = os.path.realpath(path)
     lock = filelock.FileLock(path + LOCK_SUFFIX, timeout=lock_timeout)
     try:
         lock.acquire()

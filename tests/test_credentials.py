@@ -640,3 +640,19 @@ def test_serialize_like_keeps_style():
     assert module.serialize_like(data, b'{\n    "x": 1\n}\n') == \
         (json.dumps(data, indent=4) + "\n").encode()
 
+
+
+def test_refresh_tokens_through_symlink_rewrites_the_target_and_keeps_the_link(tmp_path):
+    from datetime import datetime, timezone
+    from oauth_usage_tracker import credentials as store
+    from support import claude_credentials, write_compact
+    real = write_compact(tmp_path / "real-claude.json", claude_credentials())
+    link = tmp_path / "claude-link.json"
+    link.symlink_to(real.name)
+    seen = store.read_json_object(str(link))
+    result = store.refresh_tokens(
+        str(link), seen, lambda token: store.TokenGrant("new-access", "new-refresh", 3600),
+        lambda: datetime(2026, 11, 24, 14, 0, tzinfo=timezone.utc), lock_timeout=5)
+    assert result.rotated and link.is_symlink()
+    assert store.read_json_object(str(real))["refresh_token"] == "new-refresh"
+    assert (tmp_path / "real-claude.json.lock").exists()
