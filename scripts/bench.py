@@ -55,7 +55,8 @@ def fetch(accounts, workers, latency):
         auth = os.path.join(tmp, "auth")
         os.mkdir(auth)
         demo.populate(fake, auth, claude=accounts // 2, codex=accounts - accounts // 2)
-        env = dict(os.environ, **fake.environ())
+        # A real run keeps state (cooldowns, last good values): keep it in the temp dir too.
+        env = dict(os.environ, XDG_STATE_HOME=os.path.join(tmp, "state"), **fake.environ())
         command = tool_command() + ["--auth-dir", auth, "--json", "--output",
                                     os.path.join(tmp, "report.json"), "--workers", str(workers),
                                     "-q", "--no-token-refresh"]
