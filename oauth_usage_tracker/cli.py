@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="oauth-usage-tracker", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Show how much Claude and Codex subscription quota is left for every "
+        description="Show how much Claude and Codex subscription quota is left for every\n"
                     "account CLIProxyAPI keeps, refreshing expired Claude tokens safely.")
     parser.add_argument("--auth-dir", metavar="DIR",
                         help="credential directory (default $%s, else ~/.cli-proxy-api)"
