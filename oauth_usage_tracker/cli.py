@@ -107,13 +107,23 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+_CONTROL = {c: "?" for c in list(range(32)) + list(range(127, 160)) if chr(c) not in "\n\t"}
+
+
+class _PrintableFormatter(logging.Formatter):
+    """Escape sequences from file names or files never reach the terminal raw."""
+
+    def format(self, record):
+        return super().format(record).translate(_CONTROL)
+
+
 def configure_logging(verbose: int, quiet: bool) -> None:
     """Log to stderr: warnings by default, info with -v, debug with -vv, errors only with -q."""
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO)[min(verbose, 1)]
     if verbose >= 2:
         level = logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("oauth-usage-tracker: %(levelname)s: %(message)s"))
+    handler.setFormatter(_PrintableFormatter("oauth-usage-tracker: %(levelname)s: %(message)s"))
     root = logging.getLogger("oauth_usage_tracker")
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -160,6 +170,11 @@ class Run:
             colour = (self.args.output is None and sys.stdout.isatty()
                       and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb")
             text = render_table(report, colour=colour)
+            if not colour:
+                text = text.translate(_CONTROL)
+        # Lone surrogates (a file name that is not UTF-8, a "\\ud800" escape in a file) would
+        # make every encode below raise: write them as backslash escapes instead.
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
         try:
             if self.args.output:
                 files.atomic_write(self.args.output, text.encode("utf-8"), default_mode=0o644)

@@ -1,6 +1,7 @@
 """Settings: endpoints (with the https-or-loopback policy), user agents, timeout, workers. Pure."""
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, fields, replace
 from typing import Mapping, Optional
 from urllib.parse import urlsplit
@@ -57,6 +58,10 @@ class Settings:
     def __post_init__(self) -> None:
         for name in _URL_ENV:
             check_url(getattr(self, name), _URL_NAMES[name])
+        for name in _AGENT_ENV:
+            if not re.fullmatch(r"[\x20-\x7e]+", getattr(self, name)):
+                raise ConfigurationError("The %s must be printable ASCII (set by %s)"
+                                         % (name.replace("_", " "), _AGENT_ENV[name]))
         if not (0 < self.timeout <= 600):
             raise ConfigurationError("The timeout must be between 0 and 600 seconds, not %s."
                                      % self.timeout)

@@ -71,7 +71,8 @@ def read_json_once(path: str) -> Dict[str, Any]:
     return parsed
 
 
-def read_json_object(path: str, tries: int = READ_TRIES, pause: float = READ_PAUSE) -> Dict[str, Any]:
+def read_json_object(path: str, tries: int = READ_TRIES,
+                     pause: Optional[float] = None) -> Dict[str, Any]:
     """Given a credential file's path, return its JSON object. CLIProxyAPI rewrites files in
     place (truncate, then write), so a file that does not parse is read again, `tries` times
     `pause` apart, before it is reported. Raise CredentialError with a short reason."""
@@ -81,7 +82,7 @@ def read_json_object(path: str, tries: int = READ_TRIES, pause: float = READ_PAU
         except UnparsedFile:
             if attempt >= tries - 1:
                 raise
-        time.sleep(pause)
+        time.sleep(READ_PAUSE if pause is None else pause)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -152,7 +153,7 @@ def wait_for_writes(timeout: Optional[float] = None) -> bool:
 
 def refresh_tokens(path: str, seen: Dict[str, Any], exchange: Callable[[str], TokenGrant],
                    now: Callable[[], datetime], lock_timeout: float,
-                   invalid_grant_wait: float = INVALID_GRANT_WAIT) -> RefreshResult:
+                   invalid_grant_wait: Optional[float] = None) -> RefreshResult:
     """Given a credential file, the object this process read from it earlier, and an `exchange`
     that trades a refresh token for a TokenGrant, return the access token to use.
 
@@ -195,7 +196,8 @@ def refresh_tokens(path: str, seen: Dict[str, Any], exchange: Callable[[str], To
             except TokenRefreshError as error:
                 if not error.invalid_grant:
                     raise
-                adopted = _await_rotation(path, refresh_token, invalid_grant_wait)
+                wait = INVALID_GRANT_WAIT if invalid_grant_wait is None else invalid_grant_wait
+                adopted = _await_rotation(path, refresh_token, wait)
                 if adopted is None:
                     raise
                 logger.info("%s: refresh token was rotated by another writer meanwhile; using "

@@ -12,7 +12,11 @@ class FileTooLarge(OSError):
 def read_capped(path: str, limit: int) -> bytes:
     """Given a path and a byte limit, return the file's bytes. Raise FileTooLarge if it holds
     more than `limit` bytes, OSError if it cannot be read."""
-    with open(path, "rb") as handle:
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just below.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(22, "not a regular file")
         data = handle.read(limit + 1)
     if len(data) > limit:
         raise FileTooLarge("larger than %d KiB" % (limit // 1024))

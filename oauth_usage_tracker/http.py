@@ -94,26 +94,39 @@ def send(session: requests.Session, method: str, url: str, *, what: str, timeout
         raise ProviderError("%s request timed out after %s" % (what, seconds(timeout))) from None
     except requests.exceptions.ConnectionError as error:
         raise ProviderError("%s request failed: %s" % (what, _connection_problem(error))) from None
+    except requests.exceptions.InvalidHeader:
+        raise ProviderError("%s request failed: a header holds characters HTTP cannot carry"
+                            % what) from None
     except requests.exceptions.RequestException as error:
         raise ProviderError("%s request failed (%s)" % (what, type(error).__name__)) from None
+    except UnicodeEncodeError:
+        raise ProviderError("%s request failed: a header holds characters HTTP cannot carry"
+                            % what) from None
 
 
 def _read_body(response: requests.Response, what: str, max_body: int, deadline: float,
                timeout: float) -> bytes:
+    from urllib3.exceptions import DecodeError, ProtocolError, ReadTimeoutError
     chunks = []
     size = 0
     try:
-        for chunk in response.iter_content(_CHUNK):
+        while True:
+            if time.monotonic() > deadline:
+                raise requests.exceptions.Timeout()
+            # read1 returns after one socket read, so a body that trickles in byte by byte
+            # still meets the deadline above (iter_content blocks until 64 KiB or EOF).
+            chunk = response.raw.read1(_CHUNK, decode_content=True)
+            if not chunk:
+                break
             size += len(chunk)
             if size > max_body:
                 raise ProviderError("%s returned a body larger than %d KiB (HTTP %d)"
                                     % (what, max_body // 1024, response.status_code),
                                     status=response.status_code)
             chunks.append(chunk)
-            if time.monotonic() > deadline:
-                raise requests.exceptions.Timeout()
-    except (requests.exceptions.ChunkedEncodingError,
-            requests.exceptions.ContentDecodingError) as error:
+    except ReadTimeoutError:
+        raise requests.exceptions.Timeout() from None
+    except (ProtocolError, DecodeError) as error:
         raise ProviderError("%s request failed: the connection broke off mid-response (%s)"
                             % (what, type(error).__name__), status=response.status_code) from None
     return b"".join(chunks)

@@ -108,7 +108,10 @@ def _relative(seconds: float) -> Optional[str]:
 
 
 def _absolute(date: datetime) -> str:
-    local = date.astimezone()
+    try:
+        local = date.astimezone()
+    except (OverflowError, ValueError, OSError):  # the edge of the datetime range
+        local = date.astimezone(timezone.utc)
     hour = local.hour % 12 or 12
     return "%s %d, %d, %d:%02d %s" % (_MONTHS[local.month - 1], local.day, local.year, hour,
                                       local.minute, "AM" if local.hour < 12 else "PM")

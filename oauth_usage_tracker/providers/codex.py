@@ -18,6 +18,7 @@ from ..parsing import (clamp_percent, format_timestamp, make_window, number_valu
 WHAT = "Codex usage"
 NO_WINDOWS = "Usage response did not include quota windows"
 _WINDOWS = (("primary_window", "5-hour"), ("secondary_window", "Weekly"))
+_HEADER_SAFE = re.compile(r"[\x20-\x7e]+")
 
 
 def window_title(seconds: Optional[float], fallback: str) -> str:
@@ -136,6 +137,9 @@ def fetch_usage(account: AuthAccount, session: requests.Session, settings: Setti
     headers = {"Accept": "application/json", "User-Agent": settings.codex_user_agent}
     account_id = data.get("account_id")
     if isinstance(account_id, str) and account_id.strip():
+        if not _HEADER_SAFE.fullmatch(account_id.strip()):
+            raise CredentialError("The credential file's account_id holds characters a header "
+                                  "cannot carry; log in again with CLIProxyAPI")
         headers["ChatGPT-Account-Id"] = account_id.strip()
     response = http.send(session, "GET", settings.codex_usage_url, what=WHAT,
                          timeout=settings.timeout, max_body=settings.max_body_bytes,
