@@ -69,12 +69,6 @@ class Settings:
             raise ConfigurationError("Workers must be between 1 and 256, not %s." % self.workers)
 
     @property
-    def loopback_only(self) -> bool:
-        """True when every endpoint is on this machine (the demo, tests): no proxy applies."""
-        return all(is_loopback_host(urlsplit(getattr(self, name)).hostname or "")
-                   for name in _URL_ENV)
-
-    @property
     def lock_timeout(self) -> float:
         """How long to wait for another process's token refresh: its request, its re-read poll."""
         return 3 * self.timeout + 5

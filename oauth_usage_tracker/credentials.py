@@ -17,6 +17,7 @@ With the lock, B waits for A, re-reads the file, sees RT2 and uses A's access to
 anything. CLIProxyAPI itself does not lock: the re-read still catches its rotations that landed
 before ours, and `invalid_grant` triggers a short re-read poll for the ones that land during ours.
 """
+import hashlib
 import json
 import logging
 import os
@@ -26,11 +27,11 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, Optional, Set
 
 from . import files
 from .errors import CredentialError, LockTimeout, TokenRefreshError
-from .parsing import format_timestamp
+from .parsing import format_timestamp, parse_timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -122,13 +123,19 @@ class RefreshResult:
 # In-flight refreshes: from just before the refresh token is sent until the new tokens are on
 # disk. A process must not exit inside this span, or the spent token's successor is lost.
 _inflight = 0
+_refusing = False
 _inflight_changed = threading.Condition()
+# Refresh tokens (as hashes) whose exchange got no clear answer (a timeout after sending, a 5xx,
+# a garbage body): the server may have spent them, so this process never sends them again.
+_unclear: Set[str] = set()
 
 
 @contextmanager
 def _critical_section() -> Iterator[None]:
     global _inflight
     with _inflight_changed:
+        if _refusing:
+            raise CredentialError("Stopping: no new token refresh is started during shutdown")
         _inflight += 1
     try:
         yield
@@ -136,6 +143,14 @@ def _critical_section() -> Iterator[None]:
         with _inflight_changed:
             _inflight -= 1
             _inflight_changed.notify_all()
+
+
+def refuse_new_refreshes(refuse: bool = True) -> None:
+    """From now on, refuse to start a token refresh (those in flight finish); the script calls
+    this when it is asked to stop. `refuse=False` allows them again."""
+    global _refusing
+    with _inflight_changed:
+        _refusing = refuse
 
 
 def writes_in_flight() -> int:
@@ -149,6 +164,10 @@ def wait_for_writes(timeout: Optional[float] = None) -> bool:
     `timeout` seconds passed first."""
     with _inflight_changed:
         return _inflight_changed.wait_for(lambda: _inflight == 0, timeout)
+
+
+def _fingerprint(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
 def refresh_tokens(path: str, seen: Dict[str, Any], exchange: Callable[[str], TokenGrant],
@@ -177,6 +196,7 @@ def refresh_tokens(path: str, seen: Dict[str, Any], exchange: Callable[[str], To
         raise CredentialError("Cannot lock the credential file (%s)" % (error.strerror or error)) \
             from None
     try:
+        _share_lock_file(path)
         current = read_json_object(path)
         if _rotated_since(seen, current):
             access = token_field(current, "access_token")
@@ -186,14 +206,24 @@ def refresh_tokens(path: str, seen: Dict[str, Any], exchange: Callable[[str], To
             logger.info("%s: tokens were already refreshed by another writer; using them",
                         _name(path))
             return RefreshResult(access_token=access, rotated=False)
+        if current.get("disabled") is True:
+            raise CredentialError("The account was disabled meanwhile; its token is not refreshed")
         refresh_token = token_field(current, "refresh_token")
         if refresh_token is None:
             raise CredentialError("The credential file has no refresh_token; log in again with "
                                   "CLIProxyAPI")
+        if _fingerprint(refresh_token) in _unclear:
+            raise TokenRefreshError(
+                "An earlier refresh of this token got no clear answer, so it is not sent again; "
+                "check the account in CLIProxyAPI, or log in again")
+        # Make sure the write-back cannot fail on the file's content before the token is spent.
+        serialize_like(merge_grant(current, TokenGrant("x", "y"), now()), _read_bytes(path))
         with _critical_section():
             try:
                 grant = exchange(refresh_token)
             except TokenRefreshError as error:
+                if error.outcome_unknown:
+                    _unclear.add(_fingerprint(refresh_token))
                 if not error.invalid_grant:
                     raise
                 wait = INVALID_GRANT_WAIT if invalid_grant_wait is None else invalid_grant_wait
@@ -209,9 +239,26 @@ def refresh_tokens(path: str, seen: Dict[str, Any], exchange: Callable[[str], To
         lock.release()
 
 
+def _share_lock_file(path: str) -> None:
+    """When root refreshes another user's file, the lock file it created belongs to that user
+    too, so the proxy's own account can still take the lock later."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return
+    try:
+        owner = os.stat(path)
+        lock_stat = os.stat(path + LOCK_SUFFIX)
+        if (lock_stat.st_uid, lock_stat.st_gid) != (owner.st_uid, owner.st_gid):
+            os.chown(path + LOCK_SUFFIX, owner.st_uid, owner.st_gid)
+    except OSError:
+        pass
+
+
 def _rotated_since(seen: Dict[str, Any], current: Dict[str, Any]) -> bool:
-    return (current.get("refresh_token") != seen.get("refresh_token")
-            or current.get("expired") != seen.get("expired"))
+    if current.get("refresh_token") != seen.get("refresh_token"):
+        return True
+    # Compare moments, not strings: a writer may reformat the same expiry.
+    before, after = seen.get("expired"), current.get("expired")
+    return before != after and parse_timestamp(before) != parse_timestamp(after)
 
 
 def _await_rotation(path: str, sent_token: str, wait: float) -> Optional[str]:
@@ -244,40 +291,51 @@ def merge_grant(data: Dict[str, Any], grant: TokenGrant, now: datetime) -> Dict[
 
 def serialize_like(data: Dict[str, Any], original: bytes) -> bytes:
     """Given an object and the file's previous bytes, return JSON in the same style: compact as
-    CLIProxyAPI writes it, or indented as other tools do, with the trailing newline kept."""
+    CLIProxyAPI writes it, or indented as other tools do, with the trailing newline kept. Text
+    that UTF-8 cannot carry (a lone surrogate from a `\\ud800` escape) is written escaped."""
     text = original.decode("utf-8", "replace")
     lines = text.strip().split("\n")
-    indent = None
-    if len(lines) > 1:
-        indent = (len(lines[1]) - len(lines[1].lstrip(" "))) or 2
-    if indent is None:
-        body = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    else:
-        body = json.dumps(data, indent=indent, ensure_ascii=False)
-    if text.endswith("\n"):
-        body += "\n"
-    return body.encode("utf-8")
+    indent = (len(lines[1]) - len(lines[1].lstrip(" "))) or 2 if len(lines) > 1 else None
+    separators = (",", ":") if indent is None else None
+    tail = b"\n" if text.endswith("\n") else b""
+    try:
+        body = json.dumps(data, indent=indent, separators=separators, ensure_ascii=False)
+        return body.encode("utf-8") + tail
+    except UnicodeEncodeError:
+        return json.dumps(data, indent=indent, separators=separators).encode("ascii") + tail
+
+
+def _read_bytes(path: str) -> bytes:
+    try:
+        return files.read_capped(path, MAX_FILE_BYTES)
+    except OSError:
+        return b""
 
 
 def _write_back(path: str, current: Dict[str, Any], grant: TokenGrant, now: datetime) -> None:
+    """Write the grant into the file. The old refresh token is spent: the new one exists only
+    here, so every way of keeping it is tried, and nothing may raise past this but a sentence."""
+    original = _read_bytes(path)
     try:
-        original = files.read_capped(path, MAX_FILE_BYTES)
-    except OSError:
-        original = b""
+        # Merge into the file as it is now, so an edit made during the exchange survives.
+        latest = read_json_once(path)
+        if latest.get("refresh_token") == current.get("refresh_token"):
+            current = latest
+    except CredentialError:
+        pass
     data = serialize_like(merge_grant(current, grant, now), original)
     try:
-        files.atomic_write(path, data)
+        files.atomic_write(path, data, preserve_owner=True)
         return
-    except OSError as error:
-        reason = error.strerror or type(error).__name__
+    except Exception as error:  # anything: the fallback below must still run
         logger.warning("%s: atomic write failed (%s); writing in place so the new tokens are kept",
-                       _name(path), reason)
-    # The old refresh token is spent: the new one exists only here. If the directory refuses a
-    # temporary file but the file itself is writable, an in-place write still saves the login.
+                       _name(path), getattr(error, "strerror", None) or type(error).__name__)
+    # If the directory refuses a temporary file (or the owner cannot be kept) but the file itself
+    # is writable, an in-place write keeps the login, the inode and its owner.
     try:
         with open(path, "r+b") as handle:
-            handle.truncate(0)
             handle.write(data)
+            handle.truncate()
             handle.flush()
             os.fsync(handle.fileno())
     except OSError as error:

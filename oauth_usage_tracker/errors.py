@@ -27,9 +27,11 @@ class TokenRefreshError(UsageTrackerError):
     """The token endpoint did not give new tokens; `invalid_grant` says the login is spent."""
 
     def __init__(self, message: str, *, invalid_grant: bool = False, status: Optional[int] = None,
-                 retry_after: Optional[float] = None):
+                 retry_after: Optional[float] = None, outcome_unknown: bool = False):
         super().__init__(message)
         self.invalid_grant = invalid_grant
+        #: True when the server may have spent the token without our seeing the answer.
+        self.outcome_unknown = outcome_unknown
         self.login_problem = invalid_grant
         self.status = status
         self.retry_after = retry_after
@@ -40,9 +42,11 @@ class ProviderError(UsageTrackerError):
 
     def __init__(self, message: str, *, status: Optional[int] = None,
                  retry_after: Optional[float] = None, body: object = None,
-                 login_problem: bool = False):
+                 login_problem: bool = False, unsent: bool = False):
         super().__init__(message)
         self.login_problem = login_problem
+        #: True when the request certainly never reached the server (refused, no such host).
+        self.unsent = unsent
         self.status = status
         self.retry_after = retry_after
         #: The decoded JSON error body, when there was one (never shown to people as is).

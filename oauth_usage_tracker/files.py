@@ -23,20 +23,30 @@ def read_capped(path: str, limit: int) -> bytes:
     return data
 
 
-def atomic_write(path: str, data: bytes, default_mode: int = 0o600) -> None:
+def atomic_write(path: str, data: bytes, default_mode: int = 0o600,
+                 preserve_owner: bool = False) -> None:
     """Given a path and bytes, replace the file atomically: write a temporary file in the same
     directory, fsync it, then os.replace it over the path, so a reader sees the old file or the new
     one, never a part. The file keeps its permission bits (`default_mode` for a new file).
 
     The temporary name starts with a dot and ends in `.tmp`, so no reader's glob matches it:
     CLIProxyAPI reloads every `*.json` and node_exporter reads every `*.prom` in the directory.
+    With `preserve_owner`, the new file gets the old one's owner and group, or PermissionError is
+    raised (root refreshing the proxy user's file must not leave it unreadable to the proxy).
     """
     directory, name = os.path.split(os.path.abspath(path))
-    mode = _existing_mode(path)
+    try:
+        existing: Optional[os.stat_result] = os.stat(path)
+    except FileNotFoundError:
+        existing = None
+    mode = stat.S_IMODE(existing.st_mode) if existing is not None else default_mode
     fd, temp_path = tempfile.mkstemp(prefix="." + name + ".", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), default_mode if mode is None else mode)
+            if preserve_owner and existing is not None and \
+                    (existing.st_uid, existing.st_gid) != (os.geteuid(), os.getegid()):
+                os.fchown(handle.fileno(), existing.st_uid, existing.st_gid)
+            os.fchmod(handle.fileno(), mode)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -45,13 +55,6 @@ def atomic_write(path: str, data: bytes, default_mode: int = 0o600) -> None:
         _remove_quietly(temp_path)
         raise
     _fsync_directory(directory)
-
-
-def _existing_mode(path: str) -> Optional[int]:
-    try:
-        return stat.S_IMODE(os.stat(path).st_mode)
-    except FileNotFoundError:
-        return None
 
 
 def _remove_quietly(path: str) -> None:

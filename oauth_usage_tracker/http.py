@@ -12,16 +12,19 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any, Mapping, Optional
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
+from .config import is_loopback_host
 from .errors import ProviderError
 
 logger = logging.getLogger(__name__)
 
 _CHUNK = 64 * 1024
+_NO_PROXY = {"http": None, "https": None}
 
 
 class BearerAuth(requests.auth.AuthBase):
@@ -83,9 +86,13 @@ def send(session: requests.Session, method: str, url: str, *, what: str, timeout
     the request in messages ("Codex usage"). Raise ProviderError for a timeout (the whole
     exchange, body included, gets `timeout` seconds), a dead connection or a body over the cap."""
     deadline = time.monotonic() + timeout
+    # A loopback endpoint (the demo, a local mirror) is never reached through $HTTP_PROXY: the
+    # proxy would see the tokens in plain text.
+    proxies = _NO_PROXY if is_loopback_host(urlsplit(url).hostname or "") else None
     try:
         with session.request(method, url, headers=dict(headers or {}), auth=auth, data=data,
-                             timeout=timeout, stream=True, allow_redirects=False) as response:
+                             timeout=timeout, stream=True, allow_redirects=False,
+                             proxies=proxies) as response:
             body = _read_body(response, what, max_body, deadline, timeout)
             return HttpResponse(response.status_code, CaseInsensitiveDict(response.headers), body)
     except ProviderError:
@@ -93,15 +100,19 @@ def send(session: requests.Session, method: str, url: str, *, what: str, timeout
     except requests.exceptions.Timeout:
         raise ProviderError("%s request timed out after %s" % (what, seconds(timeout))) from None
     except requests.exceptions.ConnectionError as error:
-        raise ProviderError("%s request failed: %s" % (what, _connection_problem(error))) from None
+        problem = _connection_problem(error)
+        raise ProviderError("%s request failed: %s" % (what, problem),
+                            unsent=problem in ("connection refused", "host name not found")) \
+            from None
     except requests.exceptions.InvalidHeader:
         raise ProviderError("%s request failed: a header holds characters HTTP cannot carry"
                             % what) from None
     except requests.exceptions.RequestException as error:
         raise ProviderError("%s request failed (%s)" % (what, type(error).__name__)) from None
-    except UnicodeEncodeError:
+    except (UnicodeEncodeError, ValueError):
+        # http.client's message would quote the header, bearer token included.
         raise ProviderError("%s request failed: a header holds characters HTTP cannot carry"
-                            % what) from None
+                            % what, unsent=True) from None
 
 
 def _read_body(response: requests.Response, what: str, max_body: int, deadline: float,
@@ -158,10 +169,8 @@ def decode_json(response: HttpResponse, what: str) -> Any:
         raise ProviderError("%s returned an empty body (HTTP %d)" % (what, response.status),
                             status=response.status)
     if response.is_html:
-        hint = ""
-        if response.headers.get("cf-mitigated") or b"challenge" in response.body.lower() \
-                or "cloudflare" in response.headers.get("Server", "").lower():
-            hint = "; a Cloudflare challenge blocked the request, try again later"
+        hint = ("; a Cloudflare challenge blocked the request, try again later"
+                if _is_challenge(response) else "")
         raise ProviderError("%s returned an HTML page instead of JSON (HTTP %d%s)"
                             % (what, response.status, hint), status=response.status)
     try:
@@ -169,6 +178,12 @@ def decode_json(response: HttpResponse, what: str) -> Any:
     except (ValueError, RecursionError):
         raise ProviderError("%s returned a body that is not valid JSON (HTTP %d)"
                             % (what, response.status), status=response.status) from None
+
+
+def _is_challenge(response: HttpResponse) -> bool:
+    return bool(response.headers.get("cf-mitigated")) or b"challenge" in response.body.lower() \
+        or "cloudflare" in response.headers.get("Server", "").lower() \
+        or b"just a moment" in response.body.lower()
 
 
 def try_json(response: HttpResponse) -> Any:
@@ -206,6 +221,9 @@ def status_error(response: HttpResponse, what: str, detail: str = "") -> Provide
     """Given a failed response, return the ProviderError naming its status, e.g.
     `Claude usage API returned 429 (rate limited; retry after 300 s)`."""
     after = retry_after(response)
+    if response.is_html and not detail:
+        detail = ("an HTML page: a Cloudflare challenge blocked the request; try again later"
+                  if _is_challenge(response) else "an HTML page instead of JSON")
     if response.status == 429:
         detail = detail or ("rate limited; retry after %s" % seconds(after) if after
                             else "rate limited")

@@ -174,9 +174,9 @@ class StateStore:
                 data = json.dumps({"version": VERSION, "accounts": accounts},
                                   separators=(",", ":"), sort_keys=True)
                 files.atomic_write(self.path, data.encode("utf-8"), default_mode=0o600)
-        except (OSError, filelock.Timeout) as error:
+        except Exception as error:  # state is an optimisation: never fail a run for it
             logger.warning("Cannot write the state file %s (%s)", self.path,
-                           getattr(error, "strerror", None) or error)
+                           getattr(error, "strerror", None) or type(error).__name__)
 
 
 def next_state(previous: Optional[AccountState], now: datetime, windows=None, extra=None,
@@ -199,7 +199,9 @@ def from_store(account: AuthAccount, entry: AccountState, now: datetime, stale: 
                token_refreshed: bool = False) -> AccountUsage:
     """Given an account and its stored state, return the AccountUsage that shows the stored
     windows as they stand now (`stale` when they stand in for a failed or skipped fetch)."""
-    details = {name: entry.extra.get(name) for name in ("plan", "credits", "extra_usage")}
+    # Checked by type: the state file is ours, but a damaged one must not break the table.
+    details = {name: entry.extra.get(name) if isinstance(entry.extra.get(name), kind) else None
+               for name, kind in (("plan", str), ("credits", dict), ("extra_usage", dict))}
     return AccountUsage(id=account.id, provider=account.provider, email=account.email,
                         windows=entry.windows_at(now), error=error,
                         updated_at=entry.fetched_at, token_refreshed=token_refreshed,
@@ -207,7 +209,7 @@ def from_store(account: AuthAccount, entry: AccountState, now: datetime, stale: 
                         login_problem=login_problem, **details)
 
 
-def cooldown_message(account: AuthAccount, entry: AccountState) -> str:
+def cooldown_message(entry: AccountState) -> str:
     """The sentence for an account whose requests are paused after a 429."""
-    return ("%s usage API returned 429 earlier; no request until %s (cooldown)"
-            % (account.provider.label, format_timestamp(entry.cooldown_until)))
+    return ("Rate limited (429) earlier; no request for this account until %s (cooldown)"
+            % format_timestamp(entry.cooldown_until))

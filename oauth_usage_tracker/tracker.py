@@ -7,6 +7,7 @@ returns is dropped: only the newest generation ever publishes.
 import logging
 import os
 import threading
+import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import replace
@@ -229,16 +230,22 @@ class OAuthUsageTracker:
             # Threads start only as work arrives, so n accounts use min(size, n) of them.
             self._pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="oauth-usage")
             self._session = http.make_session(size)
-            # A loopback fake must not be reached through $HTTP_PROXY.
-            self._session.trust_env = not self.settings.loopback_only
         return self._pool
 
     def _fetch_one(self, generation: int, account: AuthAccount, entry: Optional[AccountState]
                    ) -> Optional[Tuple[AccountUsage, Optional[AccountState]]]:
         """Fetch one account (or reuse or fall back to its stored state); return its usage and
-        its new state, or None when this generation was superseded before it started."""
+        its new state, or None when this generation was superseded before it started. Never
+        raises: every failure becomes the account's error."""
         if generation != self._generation:
             return None
+        try:
+            return self._fetch_with_state(account, entry)
+        except Exception as error:
+            return _unexpected(account, error), None
+
+    def _fetch_with_state(self, account: AuthAccount, entry: Optional[AccountState]
+                          ) -> Tuple[AccountUsage, Optional[AccountState]]:
         now = datetime.now(timezone.utc)
         if entry is not None and self.state is not None:
             if self.max_age and entry.windows and entry.fetched_at is not None \
@@ -247,7 +254,7 @@ class OAuthUsageTracker:
             if entry.cooling_down(now):
                 logger.info("%s: cooling down after a 429; no request sent", account.id)
                 return from_store(account, entry, now, stale=True,
-                                  error=cooldown_message(account, entry)), None
+                                  error=cooldown_message(entry)), None
         try:
             usage = self._fetchers[account.provider](account, self._session, self.settings)
         except UsageTrackerError as error:
@@ -258,14 +265,6 @@ class OAuthUsageTracker:
             return from_store(account, new_entry, now, stale=True, error=str(error),
                               login_problem=error.login_problem,
                               token_refreshed=error.token_refreshed), new_entry
-        except Exception as error:
-            logger.error("%s: unexpected %s while fetching usage", account.id,
-                         type(error).__name__)
-            logger.debug("%s: details", account.id, exc_info=True)
-            message = ("Unexpected error while fetching usage (%s); run with -v for details"
-                       % type(error).__name__)
-            return AccountUsage(id=account.id, provider=account.provider, email=account.email,
-                                error=message), None
         usage = replace(usage, fetched_at=usage.updated_at or now)
         details = {"plan": usage.plan, "credits": usage.credits, "extra_usage": usage.extra_usage}
         return usage, next_state(entry, now, windows=usage.windows,
@@ -315,3 +314,14 @@ class OAuthUsageTracker:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def _unexpected(account: AuthAccount, error: Exception) -> AccountUsage:
+    """An exception nobody planned for, as the account's error. Its message is not logged (it
+    could quote a header, token included): only its type and where it was raised."""
+    logger.error("%s: unexpected %s while fetching usage", account.id, type(error).__name__)
+    logger.debug("%s: raised at\n%s", account.id,
+                 "".join(traceback.format_tb(error.__traceback__)).rstrip())
+    return AccountUsage(id=account.id, provider=account.provider, email=account.email,
+                        error="Unexpected error while fetching usage (%s); run with -vv for "
+                              "details" % type(error).__name__)

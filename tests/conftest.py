@@ -28,6 +28,18 @@ def clean_environment(monkeypatch, tmp_path):
     time.tzset()
 
 
+@pytest.fixture(autouse=True)
+def fresh_refresh_memory():
+    """Each test starts as a new process would: no refresh tokens remembered as unclear, and
+    refreshes allowed."""
+    from oauth_usage_tracker import credentials
+    credentials._unclear.clear()
+    credentials.refuse_new_refreshes(False)
+    yield
+    credentials._unclear.clear()
+    credentials.refuse_new_refreshes(False)
+
+
 @pytest.fixture
 def mocked_responses():
     """A `responses` mock in which every registered response must be used."""

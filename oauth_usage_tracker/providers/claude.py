@@ -182,12 +182,13 @@ def exchange_refresh_token(session: requests.Session, settings: Settings,
                              timeout=settings.timeout, max_body=settings.max_body_bytes,
                              headers=headers, data=body)
     except ProviderError as error:
-        raise TokenRefreshError(str(error)) from None
+        raise TokenRefreshError(str(error), outcome_unknown=not error.unsent) from None
     payload = http.try_json(response)
     if response.status == 200:
         access = payload.get("access_token") if isinstance(payload, dict) else None
         if not isinstance(access, str) or not access.strip():
-            raise TokenRefreshError("Claude token refresh returned no access token (HTTP 200)")
+            raise TokenRefreshError("Claude token refresh returned no access token (HTTP 200)",
+                                    outcome_unknown=True)
         new_refresh = payload.get("refresh_token")
         expires_in = number_value(payload.get("expires_in"))
         return TokenGrant(
@@ -197,7 +198,9 @@ def exchange_refresh_token(session: requests.Session, settings: Settings,
     if isinstance(payload, dict) and payload.get("error") == "invalid_grant":
         raise TokenRefreshError(INVALID_GRANT_MESSAGE, invalid_grant=True, status=response.status)
     error = http.status_error(response, WHAT_TOKEN)
-    raise TokenRefreshError(str(error), status=error.status, retry_after=error.retry_after)
+    # A 5xx may come after the server spent the token; a 4xx is a clear "no".
+    raise TokenRefreshError(str(error), status=error.status, retry_after=error.retry_after,
+                            outcome_unknown=response.status >= 500)
 
 
 def _lacks_scope(response: http.HttpResponse) -> bool:

@@ -147,10 +147,7 @@ def fetch_usage(account: AuthAccount, session: requests.Session, settings: Setti
     if response.status in (401, 403) and not response.is_html:
         raise _rejected(response)
     if response.status != 200:
-        detail = ""
-        if response.is_html:
-            detail = "an HTML page: a Cloudflare challenge blocked the request; try again later"
-        raise http.status_error(response, WHAT, detail)
+        raise http.status_error(response, WHAT)
     now = datetime.now(timezone.utc)
     payload = http.decode_json(response, WHAT)
     windows = parse_usage(payload, now)
