@@ -42,6 +42,7 @@ def discover_accounts(auth_dir: Union[str, "os.PathLike[str]", None] = None,
         raise ConfigurationError("Cannot list auth directory %s (%s)"
                                  % (directory, error.strerror)) from None
     results = _read_all(names, directory, real_directory)
+    _mark_duplicates(results, directory)
     for name in names:
         account = results[name]
         if isinstance(account, Skipped):
@@ -51,6 +52,26 @@ def discover_accounts(auth_dir: Union[str, "os.PathLike[str]", None] = None,
             found[account.provider].append(account)
     return Discovery(codex=tuple(found[Provider.CODEX]), claude=tuple(found[Provider.CLAUDE]),
                      skipped=tuple(skipped), auth_dir=directory)
+
+
+def _mark_duplicates(results: Dict[str, Union[AuthAccount, Skipped, None]],
+                     directory: str) -> None:
+    """One file under two names (a symlink, a hard link) is one account: the second name would
+    make a run send its refresh token twice. Keep the regular file's name, skip the others."""
+    first: Dict[Tuple[int, int], str] = {}
+    by_links_last = sorted((name for name, found in results.items()
+                            if isinstance(found, AuthAccount)),
+                           key=lambda name: (os.path.islink(os.path.join(directory, name)), name))
+    for name in by_links_last:
+        try:
+            info = os.stat(os.path.join(directory, name))
+        except OSError:
+            continue
+        key = (info.st_dev, info.st_ino)
+        if key in first:
+            results[name] = Skipped(name, "duplicate of '%s'" % first[key])
+        else:
+            first[key] = name
 
 
 def _read_all(names: List[str], directory: str, real_directory: str

@@ -9,15 +9,14 @@ import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import FrozenSet, Iterator, List, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, FrozenSet, Iterator, List, Mapping, Optional
 
-from typing import TYPE_CHECKING
 
-from . import __version__, files
+from . import __version__, credentials, files
 from .accounts import AUTH_DIR_ENV, discover_accounts, select_accounts
 from .config import Settings
 from .errors import ConfigurationError
-from .models import AccountUsage, Discovery, Provider
+from .models import Discovery, Provider
 from .report import USAGE_ERROR, Report, exit_status
 
 if TYPE_CHECKING:  # the tracker pulls in requests: imported when a run needs it, so that
@@ -152,11 +151,10 @@ class Run:
         kept, _ = select_accounts(codex + claude, self.settings.include_expired)
         return frozenset(account.id for account in kept)
 
-    def report(self, discovery: Discovery, results: Sequence[AccountUsage],
-               started: float) -> Report:
-        codex, claude = self.selected(discovery)
-        _, filtered = select_accounts(codex + claude, self.settings.include_expired)
-        return Report(accounts=tuple(results), skipped=discovery.skipped + tuple(filtered),
+    def report(self, discovery: Discovery, handle: "RefreshHandle", started: float) -> Report:
+        """The report of a finished refresh: its results, what discovery skipped and what the
+        refresh left out."""
+        return Report(accounts=tuple(handle.result()), skipped=discovery.skipped + handle.skipped,
                       generated_at=datetime.now(timezone.utc),
                       duration_seconds=time.monotonic() - started,
                       max_stale_seconds=self.args.max_stale)
@@ -195,63 +193,74 @@ class Run:
     def once(self, tracker: "OAuthUsageTracker") -> int:
         started = time.monotonic()
         discovery = discover_accounts(self.auth_dir)
-        codex, claude = self.selected(discovery)
-        results = tracker.refresh_and_wait(codex, claude)
-        self.last_report = self.report(discovery, results, started)
+        handle = tracker.refresh(*self.selected(discovery))
+        self.last_report = self.report(discovery, handle, started)
         return self.emit(self.last_report)
 
-    def watch(self, tracker: "OAuthUsageTracker") -> int:
+    def watch(self, tracker: "OAuthUsageTracker", shutdown: "Shutdown") -> int:
         from .watch import Watcher
-        stop = threading.Event()
         directory = discover_accounts(self.auth_dir).auth_dir
 
-        def on_report(discovery: Discovery, handle: "RefreshHandle", started: float) -> None:
-            self.emit(self.report(discovery, handle.result(), started))
-
         watcher = Watcher(tracker, directory, self.args.watch, self.enabled_ids,
-                          lambda discovery: tracker.refresh(*self.selected(discovery)), on_report)
-        with _signals_set(stop):
-            watcher.run(stop)
-        logger.info("Stopping: waiting for in-flight requests and token writes")
+                          lambda discovery: tracker.refresh(*self.selected(discovery)),
+                          lambda *finished: self.emit(self.report(*finished)))
+        watcher.run(lambda: shutdown.requested)
         return 0
 
-    def execute(self) -> int:
+    def execute(self, shutdown: "Shutdown") -> int:
+        """Run once or watch; on the way out, whatever happened, running fetches finish (and
+        with them any token write) before this returns."""
         from .tracker import OAuthUsageTracker
-        with OAuthUsageTracker(settings=self.settings, state_dir=self.state_dir,
-                               max_age=self.args.max_age) as tracker:
+        tracker = OAuthUsageTracker(settings=self.settings, state_dir=self.state_dir,
+                                    max_age=self.args.max_age)
+        try:
             if self.args.watch:
-                return self.watch(tracker)
+                return self.watch(tracker, shutdown)
             return self.once(tracker)
+        finally:
+            shutdown.raise_first = False  # from here on a signal must not cut the wait short
+            if shutdown.requested:
+                logger.info("Stopping: waiting for running requests and token writes")
+                credentials.refuse_new_refreshes()
+            tracker.close()
 
 
-@contextmanager
-def _signals_set(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM and SIGINT set `stop` (for --watch) instead of interrupting."""
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for number in (signal.SIGTERM, signal.SIGINT):
-            previous[number] = signal.signal(number, lambda *_: stop.set())
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+class Shutdown:
+    """SIGTERM and SIGINT, acted on once. The first one stops the run: a one-shot run unwinds
+    like Ctrl-C (pending fetches are cancelled, running ones finish), --watch ends its loop.
+    Later ones are only noted: exiting then could cut off a token write, after which the
+    spent refresh token's successor would be lost."""
 
+    def __init__(self, raise_first: bool):
+        self.raise_first = raise_first
+        self.signal: Optional[int] = None
 
-@contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM raises _Terminated in the main thread, so a one-shot run unwinds like Ctrl-C:
-    pending fetches are cancelled and running ones (token writes included) finish first."""
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        def terminate(*_):
-            raise _Terminated()
-        previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    def handle(self, number: int, _frame) -> None:
+        # Only plain assignments here: a handler that takes a lock the interrupted code holds
+        # would deadlock.
+        if self.signal is not None:
+            os.write(2, b"oauth-usage-tracker: still finishing token writes; not exiting yet\n")
+            return
+        self.signal = number
+        if self.raise_first:
+            raise _Terminated() if number == signal.SIGTERM else KeyboardInterrupt()
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        """Handle both signals for the duration (main thread only; elsewhere, do nothing)."""
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGTERM, signal.SIGINT):
+                previous[number] = signal.signal(number, self.handle)
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
 
 
 def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
@@ -260,7 +269,7 @@ def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
                                  include_expired=args.refresh_expired)
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def run_demo(args: argparse.Namespace, shutdown: Shutdown) -> int:
     """Run the whole pipeline against the built-in fake on sample accounts in a temporary
     directory. Return 0 when the demo behaved as designed (its planted failure included)."""
     from .demo import FakeProviders, create_demo_accounts
@@ -272,7 +281,7 @@ def run_demo(args: argparse.Namespace) -> int:
                                          workers=args.workers, include_expired=True,
                                          allow_token_refresh=not args.no_token_refresh)
         run = Run(args, settings, auth_dir, state_dir=os.path.join(tmp, "state"))
-        status = run.execute()
+        status = run.execute(shutdown)
     if not args.json and not args.quiet:
         sys.stderr.write("demo: a loopback fake answered for both providers; Carol's expired "
                          "token was refreshed and frank@example.com fails on purpose.\n")
@@ -290,11 +299,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else USAGE_ERROR
     configure_logging(args.verbose, args.quiet)
+    shutdown = Shutdown(raise_first=not args.watch)
     try:
-        with _sigterm_interrupts():
+        with shutdown.installed():
             if args.demo:
-                return run_demo(args)
-            return Run(args, _settings(args, os.environ), args.auth_dir).execute()
+                return run_demo(args, shutdown)
+            return Run(args, _settings(args, os.environ), args.auth_dir).execute(shutdown)
     except ConfigurationError as error:
         logger.error("%s", error)
         return USAGE_ERROR

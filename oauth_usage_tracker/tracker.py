@@ -19,7 +19,7 @@ from . import http
 from .accounts import select_accounts
 from .config import Settings
 from .errors import RefreshSuperseded, UsageTrackerError
-from .models import AccountUsage, AuthAccount, Provider
+from .models import AccountUsage, AuthAccount, Provider, Skipped
 from .state import (AccountState, StateStore, cooldown_message, default_state_dir, from_store,
                     next_state)
 
@@ -38,8 +38,10 @@ def sort_key(usage: AccountUsage) -> Tuple[str, str, str]:
 class RefreshHandle:
     """What `refresh()` returns: wait on it for that generation's published list."""
 
-    def __init__(self, generation: int):
+    def __init__(self, generation: int, skipped: Sequence[Skipped] = ()):
         self.generation = generation
+        #: The accounts this refresh left out (`disabled`, `expired`), decided once, at its start.
+        self.skipped: Tuple[Skipped, ...] = tuple(skipped)
         self._event = threading.Event()
         self._accounts: Optional[List[AccountUsage]] = None
 
@@ -172,15 +174,15 @@ class OAuthUsageTracker:
                 claude_accounts: Sequence[AuthAccount] = ()) -> RefreshHandle:
         """Start fetching the given accounts (enabled, and not expired unless include_expired),
         superseding any refresh in flight, and return at once with a RefreshHandle."""
-        kept, _ = select_accounts(list(codex_accounts) + list(claude_accounts),
-                                  self.settings.include_expired)
+        kept, skipped = select_accounts(list(codex_accounts) + list(claude_accounts),
+                                        self.settings.include_expired)
         with self._lock:
             if self._closed:
                 raise RuntimeError("This OAuthUsageTracker is closed")
             self._generation += 1
             generation = self._generation
             stale_futures, self._futures = self._futures, []
-            previous, self._handle = self._handle, RefreshHandle(generation)
+            previous, self._handle = self._handle, RefreshHandle(generation, skipped)
             handle = self._handle
         for future in stale_futures:
             future.cancel()

@@ -1,7 +1,6 @@
 """`--watch`: refresh on an interval, and at once when the set of enabled accounts changes."""
 import logging
 import os
-import threading
 import time
 from typing import Callable, FrozenSet, Optional, Tuple
 
@@ -28,7 +27,7 @@ def directory_fingerprint(auth_dir: str) -> Optional[Fingerprint]:
 
 
 class Watcher:
-    """Drives a tracker until `stop` is set. `start_refresh(discovery)` must call
+    """Drives a tracker until told to stop. `start_refresh(discovery)` must call
     tracker.refresh(...) with the accounts to query and return the handle; `enabled(discovery)`
     returns the ids that would be queried; `on_report(discovery, handle, started)` is called
     once per finished (not superseded) refresh."""
@@ -46,15 +45,16 @@ class Watcher:
         self.on_report = on_report
         self.poll = poll
 
-    def run(self, stop: threading.Event) -> None:
-        """Loop until `stop` is set: re-discover when the directory changed, refresh when due or
-        when the enabled set changed, report each refresh that finished."""
+    def run(self, should_stop: Callable[[], bool]) -> None:
+        """Loop until `should_stop()`: re-discover when the directory changed, refresh when due
+        (and the previous refresh finished) or at once when the enabled set changed, report each
+        refresh that finished."""
         seen_fingerprint: Optional[Fingerprint] = None
         discovery: Optional[Discovery] = None
         enabled: Optional[FrozenSet[str]] = None
         due = 0.0
         pending: Optional[Tuple[Discovery, RefreshHandle, float]] = None
-        while not stop.is_set():
+        while not should_stop():
             changed = False
             fingerprint = directory_fingerprint(self.auth_dir)
             if fingerprint != seen_fingerprint or discovery is None:
@@ -70,11 +70,15 @@ class Watcher:
                     if changed:
                         logger.info("The set of enabled accounts changed; refreshing now")
                     enabled = now_enabled
-            if discovery is not None and (changed or time.monotonic() >= due):
+            # Only a change of accounts cuts a refresh short: one slower than the interval
+            # must still finish and report, or a slow pool would never report at all.
+            if discovery is not None and (changed or (pending is None
+                                                      and time.monotonic() >= due)):
                 due = time.monotonic() + self.interval
                 pending = (discovery, self.start_refresh(discovery), time.monotonic())
             if pending is not None and pending[1].done():
                 if not pending[1].superseded:
                     self.on_report(*pending)
                 pending = None
-            stop.wait(self.poll if pending is None else min(self.poll, 0.05))
+            # A plain sleep: the signal handler only sets a flag, and it wakes this up.
+            time.sleep(self.poll if pending is None else min(self.poll, 0.05))

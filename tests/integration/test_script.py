@@ -248,3 +248,76 @@ def test_sigterm_during_token_refresh_waits_for_the_write(auth_dir):
         written = json.loads(path.read_text())
         assert written["refresh_token"].startswith("demo-refresh-")  # the rotated one, on disk
         assert fake.count(demo.TOKEN_PATH) == 1
+
+
+def _slow_refresh_run(auth_dir, fake, extra_args):
+    fake.add_account(demo.FakeAccount("claude", "term@example.com"), "demo-term", "demo-term-r")
+    fake.expire_access("demo-term")
+    path = Path(demo.write_credential(str(auth_dir), "claude", "term@example.com", "demo-term",
+                                      "demo-term-r", NOW - timedelta(minutes=1)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OAUTH_USAGE_TRACKER_")}
+    env.update(fake.environ())
+    command = ([SCRIPT] if SCRIPT else [sys.executable, "-m", "oauth_usage_tracker"]) + [
+        "--auth-dir", str(auth_dir), "--refresh-expired", "--json"] + extra_args
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    return path, process
+
+
+@pytest.mark.parametrize("number, extra_args, status", [
+    (signal.SIGINT, [], 130), (signal.SIGTERM, [], 143),
+    (signal.SIGTERM, ["--watch", "3600", "--output", "/dev/null"], 0),
+    (signal.SIGINT, ["--watch", "3600", "--output", "/dev/null"], 0),
+])
+def test_repeated_signals_during_token_refresh_still_wait_for_the_write(auth_dir, number,
+                                                                        extra_args, status):
+    """A second (and third) Ctrl-C or SIGTERM while the refresh is on the wire must not cut the
+    write short: the run exits only once the rotated tokens are on disk."""
+    with demo.FakeProviders(latency=1.5) as fake:
+        path, process = _slow_refresh_run(auth_dir, fake, extra_args)
+        try:
+            assert _wait_for(lambda: fake.count(demo.TOKEN_PATH) == 1)
+            for _ in range(3):
+                process.send_signal(number)
+                time.sleep(0.2)
+            _, stderr = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+        assert process.returncode == status, stderr
+        assert "Traceback" not in stderr
+        assert "still finishing token writes" in stderr
+        assert json.loads(path.read_text())["refresh_token"].startswith("demo-refresh-")
+        assert fake.count(demo.TOKEN_PATH) == 1
+
+
+def test_watch_reports_even_when_a_refresh_takes_longer_than_the_interval(fake, auth_dir,
+                                                                          tmp_path):
+    fake.latency = 1.2
+    demo.populate(fake, str(auth_dir), claude=1, codex=1)
+    output = tmp_path / "report.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OAUTH_USAGE_TRACKER_")}
+    env.update(fake.environ())
+    command = ([SCRIPT] if SCRIPT else [sys.executable, "-m", "oauth_usage_tracker"]) + [
+        "--auth-dir", str(auth_dir), "--json", "--output", str(output), "--watch", "0.5"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        assert _wait_for(output.exists, timeout=15)
+        assert len(json.loads(output.read_text())["accounts"]) == 2
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0
+
+
+def test_demo_ignores_a_dead_http_proxy(tmp_path):
+    dead = "http://127.0.0.1:9"
+    result = run(["--demo", "--json"], {"HTTP_PROXY": dead, "HTTPS_PROXY": dead,
+                                        "http_proxy": dead, "https_proxy": dead}, home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)["accounts"]) == 5
