@@ -7,11 +7,12 @@ an error, and the bearer token must not travel anywhere else.
 import email.utils
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.cookiejar import DefaultCookiePolicy
-from typing import Any, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 from urllib.parse import urlsplit
 
 import requests
@@ -42,9 +43,35 @@ class BearerAuth(requests.auth.AuthBase):
         return "BearerAuth(<hidden>)"
 
 
-class _NoRedirectSession(requests.Session):
-    """Even with allow_redirects=False, requests walks its redirect code to fill
-    `Response.next`, reading the 3xx body past our cap; there is never a target here."""
+class _Session(requests.Session):
+    """A Session that reads the environment once, not on every request.
+
+    requests, with `trust_env`, scans the whole environment for proxies on every request (two
+    scans each); with hundreds of accounts that is most of the client's CPU. Here proxies are
+    worked out once per endpoint from the same variables (HTTPS_PROXY, NO_PROXY…), the CA bundle
+    variables are honoured as requests would, and ~/.netrc is never applied (the bearer token is
+    set explicitly). Loopback endpoints never go through a proxy: it would see the tokens.
+
+    Even with allow_redirects=False, requests walks its redirect code to fill `Response.next`,
+    reading the 3xx body past our cap; there is never a target here.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.trust_env = False
+        self.verify = (os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+                       or True)
+        self._proxies: Dict[str, Dict[str, Optional[str]]] = {}
+
+    def proxies_for(self, url: str) -> Dict[str, Optional[str]]:
+        """The proxies for an endpoint URL, from the environment as it was at first use."""
+        if url not in self._proxies:
+            if is_loopback_host(urlsplit(url).hostname or ""):
+                self._proxies[url] = dict(_NO_PROXY)
+            else:
+                self._proxies[url] = dict(requests.utils.get_environ_proxies(url)) or dict(
+                    _NO_PROXY)
+        return self._proxies[url]
 
     def get_redirect_target(self, resp):
         return None
@@ -54,7 +81,7 @@ def make_session(pool_size: int) -> requests.Session:
     """Given the number of workers, return a Session whose connection pool holds that many
     connections per host and never opens more (callers wait for a free one), with no retries and
     no cookie jar shared between accounts."""
-    session = _NoRedirectSession()
+    session = _Session()
     adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(1, pool_size), max_retries=0,
                           pool_block=True)
     session.mount("https://", adapter)
@@ -86,9 +113,7 @@ def send(session: requests.Session, method: str, url: str, *, what: str, timeout
     the request in messages ("Codex usage"). Raise ProviderError for a timeout (the whole
     exchange, body included, gets `timeout` seconds), a dead connection or a body over the cap."""
     deadline = time.monotonic() + timeout
-    # A loopback endpoint (the demo, a local mirror) is never reached through $HTTP_PROXY: the
-    # proxy would see the tokens in plain text.
-    proxies = _NO_PROXY if is_loopback_host(urlsplit(url).hostname or "") else None
+    proxies = session.proxies_for(url) if isinstance(session, _Session) else None
     try:
         with session.request(method, url, headers=dict(headers or {}), auth=auth, data=data,
                              timeout=timeout, stream=True, allow_redirects=False,

@@ -246,3 +246,25 @@ def test_status_error_keeps_decoded_json_body():
     error = module.status_error(response(400, b'{"error": "x"}'), "Codex usage")
     assert str(error) == "Codex usage API returned 400"
     assert error.body == {"error": "x"}
+
+
+def test_session_proxies_read_once_and_loopback_never_proxied(monkeypatch):
+    from oauth_usage_tracker import http as module_http
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    monkeypatch.setenv("NO_PROXY", "mirror.example")
+    with module_http.make_session(2) as session:
+        assert session.trust_env is False
+        assert session.proxies_for("https://api.anthropic.com/x")["https"] == \
+            "http://127.0.0.1:3128"
+        assert session.proxies_for("http://127.0.0.1:8080/x") == {"http": None, "https": None}
+        assert session.proxies_for("https://mirror.example/x") == {"http": None, "https": None}
+        monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9999")
+        assert session.proxies_for("https://api.anthropic.com/x")["https"] == \
+            "http://127.0.0.1:3128"
+
+
+def test_session_honours_ca_bundle_variable(monkeypatch):
+    from oauth_usage_tracker import http as module_http
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/custom.pem")
+    with module_http.make_session(1) as session:
+        assert session.verify == "/etc/ssl/custom.pem"
