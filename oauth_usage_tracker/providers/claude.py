@@ -258,7 +258,7 @@ def fetch_usage(account: AuthAccount, session: requests.Session, settings: Setti
                 result = _refresh(account, seen, session, settings)
                 token, refreshed, rotated = result.access_token, True, result.rotated
                 response = _read_usage(session, settings, token)
-            if response.status in (401, 403):
+            if response.status in (401, 403) and not response.is_html:
                 message = (SCOPE_MESSAGE if _lacks_scope(response) else
                            "Claude usage returned %d after refresh retry" % response.status)
                 raise ProviderError(message, status=response.status, login_problem=True)
