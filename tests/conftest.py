@@ -41,6 +41,15 @@ def fresh_refresh_memory():
 
 
 @pytest.fixture
+def session():
+    """A session from the package's factory (two connections per host), closed afterwards."""
+    from oauth_usage_tracker import http
+    session = http.make_session(2)
+    yield session
+    session.close()
+
+
+@pytest.fixture
 def mocked_responses():
     """A `responses` mock in which every registered response must be used."""
     with responses_lib.RequestsMock(assert_all_requests_are_fired=True) as mock:

@@ -2,14 +2,14 @@
 import functools
 import json
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from urllib.parse import parse_qs
 
 import pytest
 import requests
 from freezegun import freeze_time
 
-from oauth_usage_tracker import credentials, http
+from oauth_usage_tracker import credentials
 from oauth_usage_tracker.accounts import discover_accounts
 from oauth_usage_tracker.config import Settings
 from oauth_usage_tracker.errors import (CredentialError, ProviderError, TokenRefreshError,
@@ -33,13 +33,6 @@ ONLY_ACCESS = load_payload("claude_token_no_refresh")["access_token"]
 
 INVALID_GRANT = "Claude token was rejected (invalid_grant); log in again with CLIProxyAPI"
 SCOPE = "Claude token lacks the user:profile scope that the usage endpoint needs"
-
-
-@pytest.fixture
-def session():
-    session = http.make_session(2)
-    yield session
-    session.close()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import pytest
 import requests
 from freezegun import freeze_time
 
-from oauth_usage_tracker import http
 from oauth_usage_tracker.accounts import discover_accounts
 from oauth_usage_tracker.config import Settings
 from oauth_usage_tracker.errors import CredentialError, ProviderError
@@ -18,13 +17,6 @@ from support import CODEX_ACCESS, codex_credentials, load_payload, payload_text,
 URL = "https://chatgpt.com/backend-api/wham/usage"
 NOW = datetime(2026, 10, 1, 12, 0, 0, tzinfo=timezone.utc)  # the payloads' assumed "now"
 SETTINGS = Settings(timeout=1)
-
-
-@pytest.fixture
-def session():
-    session = http.make_session(2)
-    yield session
-    session.close()
 
 
 def make_account(auth_dir, **extra):

@@ -11,13 +11,6 @@ URL = "https://api.example.test/usage"
 NOW = datetime(2026, 10, 1, 12, 0, 0, tzinfo=timezone.utc)
 
 
-@pytest.fixture
-def session():
-    session = module.make_session(2)
-    yield session
-    session.close()
-
-
 def send(session, **overrides):
     arguments = dict(what="Test usage", timeout=1, max_body=1024)
     arguments.update(overrides)

@@ -46,13 +46,6 @@ def assert_clean(texts):
 
 
 @pytest.fixture
-def session():
-    session = http.make_session(2)
-    yield session
-    session.close()
-
-
-@pytest.fixture
 def captured(caplog):
     """Every log record of every logger at DEBUG, as formatted text."""
     caplog.set_level(logging.DEBUG)

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -33,14 +34,34 @@ def accounts(fake, auth_dir):
     return auth_dir
 
 
-def run(args, env_extra=None, timeout=60, home=None):
+COMMAND = [SCRIPT] if SCRIPT else [sys.executable, "-m", "oauth_usage_tracker"]
+
+
+def script_env(env_extra=None, home=None):
     env = {k: v for k, v in os.environ.items() if not k.startswith("OAUTH_USAGE_TRACKER_")}
     env.update(env_extra or {})
     if home is not None:
         env["HOME"] = str(home)
-    command = [SCRIPT] if SCRIPT else [sys.executable, "-m", "oauth_usage_tracker"]
-    return subprocess.run(command + list(args), env=env, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return env
+
+
+def run(args, env_extra=None, timeout=60, home=None):
+    return subprocess.run(COMMAND + list(args), env=script_env(env_extra, home),
+                          capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+@contextmanager
+def started(args, env_extra):
+    """The script running in the background; killed if the test leaves it running."""
+    process = subprocess.Popen(COMMAND + list(args), env=script_env(env_extra),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
 
 
 def test_demo_in_fresh_home_shows_dashboard_and_writes_nothing_outside_temp(tmp_path):
@@ -189,106 +210,65 @@ def _wait_for(predicate, timeout=15.0):
 
 def test_watch_picks_up_new_file_and_exits_0_on_sigterm(fake, accounts, tmp_path):
     output = tmp_path / "report.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OAUTH_USAGE_TRACKER_")}
-    env.update(fake.environ())
-    command = ([SCRIPT] if SCRIPT else [sys.executable, "-m", "oauth_usage_tracker"]) + [
-        "--auth-dir", str(accounts), "--json", "--output", str(output), "--watch", "3600"]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
-    try:
-        def emails():
-            try:
-                return {a["email"] for a in json.loads(output.read_text())["accounts"]}
-            except (OSError, ValueError):
-                return set()
+
+    def emails():
+        try:
+            return {a["email"] for a in json.loads(output.read_text())["accounts"]}
+        except (OSError, ValueError):
+            return set()
+
+    args = ["--auth-dir", str(accounts), "--json", "--output", str(output), "--watch", "3600"]
+    with started(args, fake.environ()) as process:
         assert _wait_for(lambda: len(emails()) == 4)
         # The new account is registered with the fake before its file appears.
         fake.add_account(demo.FakeAccount("codex", "new@example.com"), "demo-new", "demo-new-r")
         demo.write_credential(str(accounts), "codex", "new@example.com", "demo-new",
                               "demo-new-r", NOW + timedelta(days=1))
-        started = time.monotonic()
+        begun = time.monotonic()
         assert _wait_for(lambda: "new@example.com" in emails(), timeout=10)
-        print("watch picked up the new file in %.2f s" % (time.monotonic() - started))
+        print("watch picked up the new file in %.2f s" % (time.monotonic() - begun))
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr
 
 
-def test_sigterm_during_token_refresh_waits_for_the_write(auth_dir):
-    """The refresh request is on the wire when SIGTERM arrives: the run must finish writing the
-    rotated tokens before it exits, or the spent refresh token's successor is lost."""
-    with demo.FakeProviders(latency=1.0) as fake:
-        fake.add_account(demo.FakeAccount("claude", "term@example.com"), "demo-term",
-                         "demo-term-r")
-        fake.expire_access("demo-term")
-        path = Path(demo.write_credential(str(auth_dir), "claude", "term@example.com",
-                                          "demo-term", "demo-term-r",
-                                          NOW - timedelta(minutes=1)))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OAUTH_USAGE_TRACKER_")}
-        env.update(fake.environ())
-        command = ([SCRIPT] if SCRIPT else [sys.executable, "-m", "oauth_usage_tracker"]) + [
-            "--auth-dir", str(auth_dir), "--refresh-expired", "--json"]
-        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
-        try:
-            assert _wait_for(lambda: fake.count(demo.TOKEN_PATH) == 1)
-            process.send_signal(signal.SIGTERM)
-            _, stderr = process.communicate(timeout=30)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
-        assert process.returncode == 128 + signal.SIGTERM, stderr
-        assert "Traceback" not in stderr
-        written = json.loads(path.read_text())
-        assert written["refresh_token"].startswith("demo-refresh-")  # the rotated one, on disk
-        assert fake.count(demo.TOKEN_PATH) == 1
-
-
-def _slow_refresh_run(auth_dir, fake, extra_args):
+@contextmanager
+def slow_refresh_run(auth_dir, fake, extra_args=()):
+    """The script refreshing one expired Claude token against a slow token endpoint; yields
+    (credential path, process) once the refresh request is on the wire."""
     fake.add_account(demo.FakeAccount("claude", "term@example.com"), "demo-term", "demo-term-r")
     fake.expire_access("demo-term")
     path = Path(demo.write_credential(str(auth_dir), "claude", "term@example.com", "demo-term",
                                       "demo-term-r", NOW - timedelta(minutes=1)))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OAUTH_USAGE_TRACKER_")}
-    env.update(fake.environ())
-    command = ([SCRIPT] if SCRIPT else [sys.executable, "-m", "oauth_usage_tracker"]) + [
-        "--auth-dir", str(auth_dir), "--refresh-expired", "--json"] + extra_args
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
-    return path, process
+    args = ["--auth-dir", str(auth_dir), "--refresh-expired", "--json"] + list(extra_args)
+    with started(args, fake.environ()) as process:
+        assert _wait_for(lambda: fake.count(demo.TOKEN_PATH) == 1)
+        yield path, process
 
 
-@pytest.mark.parametrize("number, extra_args, status", [
-    (signal.SIGINT, [], 130), (signal.SIGTERM, [], 143),
-    (signal.SIGTERM, ["--watch", "3600", "--output", "/dev/null"], 0),
-    (signal.SIGINT, ["--watch", "3600", "--output", "/dev/null"], 0),
+@pytest.mark.parametrize("number, extra_args, status, repeats", [
+    (signal.SIGTERM, [], 143, 1), (signal.SIGINT, [], 130, 3), (signal.SIGTERM, [], 143, 3),
+    (signal.SIGTERM, ["--watch", "3600", "--output", "/dev/null"], 0, 3),
+    (signal.SIGINT, ["--watch", "3600", "--output", "/dev/null"], 0, 3),
 ])
-def test_repeated_signals_during_token_refresh_still_wait_for_the_write(auth_dir, number,
-                                                                        extra_args, status):
-    """A second (and third) Ctrl-C or SIGTERM while the refresh is on the wire must not cut the
-    write short: the run exits only once the rotated tokens are on disk."""
+def test_signals_during_token_refresh_wait_for_the_write(auth_dir, number, extra_args, status,
+                                                         repeats):
+    """The refresh request is on the wire when the signal arrives (once, or three times): the
+    run exits only once the rotated tokens are on disk, or the spent refresh token's successor
+    is lost."""
     with demo.FakeProviders(latency=1.5) as fake:
-        path, process = _slow_refresh_run(auth_dir, fake, extra_args)
-        try:
-            assert _wait_for(lambda: fake.count(demo.TOKEN_PATH) == 1)
-            for _ in range(3):
+        with slow_refresh_run(auth_dir, fake, extra_args) as (path, process):
+            for _ in range(repeats):
                 process.send_signal(number)
                 time.sleep(0.2)
             _, stderr = process.communicate(timeout=30)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
         assert process.returncode == status, stderr
         assert "Traceback" not in stderr
-        assert "still finishing token writes" in stderr
-        assert json.loads(path.read_text())["refresh_token"].startswith("demo-refresh-")
+        if repeats > 1:
+            assert "still finishing token writes" in stderr
+        written = json.loads(path.read_text())
+        assert written["refresh_token"].startswith("demo-refresh-")  # the rotated one, on disk
         assert fake.count(demo.TOKEN_PATH) == 1
 
 
@@ -297,21 +277,12 @@ def test_watch_reports_even_when_a_refresh_takes_longer_than_the_interval(fake, 
     fake.latency = 1.2
     demo.populate(fake, str(auth_dir), claude=1, codex=1)
     output = tmp_path / "report.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OAUTH_USAGE_TRACKER_")}
-    env.update(fake.environ())
-    command = ([SCRIPT] if SCRIPT else [sys.executable, "-m", "oauth_usage_tracker"]) + [
-        "--auth-dir", str(auth_dir), "--json", "--output", str(output), "--watch", "0.5"]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
-    try:
+    args = ["--auth-dir", str(auth_dir), "--json", "--output", str(output), "--watch", "0.5"]
+    with started(args, fake.environ()) as process:
         assert _wait_for(output.exists, timeout=15)
         assert len(json.loads(output.read_text())["accounts"]) == 2
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
     assert process.returncode == 0
 
 
