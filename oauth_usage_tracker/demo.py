@@ -16,6 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, List, Optional
 from urllib.parse import parse_qs
 
+from .parsing import format_timestamp
+
 CODEX_PATH = "/backend-api/wham/usage"
 CLAUDE_PATH = "/api/oauth/usage"
 TOKEN_PATH = "/v1/oauth/token"
@@ -260,15 +262,11 @@ def codex_payload(used: List[float], now: datetime) -> dict:
     }
 
 
-def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def write_credential(directory: str, provider: str, email: str, access: str, refresh: str,
                      expired: datetime, **extra) -> str:
     """Write one CLIProxyAPI-shaped credential file (compact, sorted keys, mode 0600)."""
     data = {"access_token": access, "disabled": False, "email": email,
-            "expired": _rfc3339(expired), "id_token": "", "last_refresh": _rfc3339(
+            "expired": format_timestamp(expired), "id_token": "", "last_refresh": format_timestamp(
                 expired - timedelta(hours=8)), "refresh_token": refresh, "type": provider}
     if provider == "codex":
         data["account_id"] = "demo-%s" % email.split("@")[0]

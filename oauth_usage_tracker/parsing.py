@@ -80,6 +80,12 @@ def _from_iso_match(match: "re.Match[str]") -> Optional[datetime]:
         return None
 
 
+def slug(text: str) -> str:
+    """Given a name, return it as a stable machine key: lower case, runs of anything but letters
+    and digits as one `_` (`GPT-5.3-Codex-Spark` is `gpt_5_3_codex_spark`)."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
 def format_timestamp(moment: datetime) -> str:
     """Given an aware datetime, return RFC 3339 in UTC with `Z` and whole seconds."""
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

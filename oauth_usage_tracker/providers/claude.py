@@ -17,7 +17,7 @@ from ..config import CLAUDE_CLIENT_ID, Settings
 from ..credentials import TokenGrant, read_json_object, token_field
 from ..errors import CredentialError, ProviderError, TokenRefreshError, UsageTrackerError
 from ..models import AccountUsage, AuthAccount, UsageWindow
-from ..parsing import make_window, number_value, parse_timestamp
+from ..parsing import make_window, number_value, parse_timestamp, slug
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +69,6 @@ def codename_title(key: str) -> str:
 def _words(key: str) -> str:
     return " ".join(word.capitalize() for word in re.split(r"[_\W]+", key) if word) or key
 
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
 def _limit_window(entry: Dict[str, Any], key: str, title: str,
@@ -125,7 +122,7 @@ def parse_usage(payload: Any, now: datetime) -> List[UsageWindow]:
             key, title = "seven_day", "Weekly"
         elif kind == "weekly_scoped" and _scoped_name(entry):
             name = _scoped_name(entry)
-            key, title = "weekly_scoped:" + _slug(name), "Weekly (%s)" % name
+            key, title = "weekly_scoped:" + slug(name), "Weekly (%s)" % name
         else:
             continue
         if title in windows:

@@ -13,7 +13,7 @@ from ..credentials import read_json_object, token_field
 from ..errors import CredentialError, ProviderError
 from ..models import AccountUsage, AuthAccount, UsageWindow
 from ..parsing import (clamp_percent, format_timestamp, make_window, number_value,
-                       parse_generic_windows, parse_timestamp)
+                       parse_generic_windows, parse_timestamp, slug)
 
 WHAT = "Codex usage"
 NO_WINDOWS = "Usage response did not include quota windows"
@@ -61,9 +61,6 @@ def _rate_limit_windows(rate_limit: Any, now: datetime, key_prefix: str = "",
     return windows
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
-
 
 def parse_usage(payload: Any, now: datetime) -> List[UsageWindow]:
     """Given a decoded wham/usage body and now, return its windows: `rate_limit.primary_window`
@@ -77,9 +74,9 @@ def parse_usage(payload: Any, now: datetime) -> List[UsageWindow]:
     extra = payload.get("additional_rate_limits")
     for entry in extra if isinstance(extra, list) else []:
         name = entry.get("limit_name") if isinstance(entry, dict) else None
-        if isinstance(name, str) and _slug(name):
+        if isinstance(name, str) and slug(name):
             windows.extend(_rate_limit_windows(entry.get("rate_limit"), now,
-                                               _slug(name) + ":", name.strip() + " "))
+                                               slug(name) + ":", name.strip() + " "))
     titles = set()
     return [w for w in windows if not (w.title in titles or titles.add(w.title))]
 
