@@ -20,6 +20,53 @@ class Provider(str, enum.Enum):
         return self.value.capitalize()
 
 
+class AccountState(str, enum.Enum):
+    """The one state of a credential file in a run: the same word in the table, JSON, logs and
+    metrics (SPEC §13)."""
+
+    OK = "ok"
+    STALE = "stale"
+    RATE_LIMITED = "rate_limited"
+    BLOCKED = "blocked"
+    ERROR = "error"
+    LOGIN_FAILED = "login_failed"
+    EXPIRED = "expired"
+    DISABLED = "disabled"
+    UNREADABLE = "unreadable"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def needs_human(self) -> bool:
+        """True when only a person can fix it (log in again, repair the file)."""
+        return self in (AccountState.LOGIN_FAILED, AccountState.EXPIRED, AccountState.UNREADABLE)
+
+
+#: The `source` of accounts read from the local auth directory (a remote proxy's is its host:port).
+LOCAL_SOURCE = "local"
+
+#: Window keys that limit the whole account (not one model): the effective remaining percent is
+#: the minimum over these (SPEC §14).
+ACCOUNT_WIDE_KEYS = frozenset({"five_hour", "seven_day", "primary_window", "secondary_window"})
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How fast a window is being used against how much of it has elapsed (SPEC §14)."""
+
+    expected_used_percent: float
+    """The elapsed share of the window, as a percentage."""
+    delta_percent: float
+    """Used minus expected: positive means ahead of an even pace."""
+    projected_exhaustion: Optional[datetime] = None
+    """When the window reaches 100 % at the rate the projection uses (None: usage is 0)."""
+    runs_out_before_reset: bool = False
+    """True when `projected_exhaustion` comes before the window resets."""
+    basis: str = "window"
+    """`window` (rate since the window started) or `recent` (rate from stored readings)."""
+
+
 @dataclass(frozen=True)
 class UsageWindow:
     """One quota window of one account."""
@@ -40,6 +87,8 @@ class UsageWindow:
     """Whether this limit is the one currently binding (Claude limits)."""
     locked_reason: Optional[str] = None
     """Why the server locked this window, when it says."""
+    pace: Optional[Pace] = field(default=None, compare=False)
+    """The pace projection, when the window's length is known (set after the fetch)."""
 
     @property
     def remaining_percent(self) -> Optional[float]:
@@ -77,6 +126,18 @@ class AccountUsage:
     extra_usage: Optional[Dict[str, Any]] = None
     """Claude extra usage when enabled: `used`, `limit` (major units), `currency`,
     `utilization`."""
+    state: Optional[AccountState] = None
+    """The account's state in this run (None while loading)."""
+    source: str = LOCAL_SOURCE
+    """Where the account comes from: `local`, or a remote proxy's host:port."""
+
+    @property
+    def effective_remaining_percent(self) -> Optional[float]:
+        """The least remaining percent over the account-wide windows, or None when none is
+        known: what is really left to use (a model-scoped window alone never decides it)."""
+        values = [w.remaining_percent for w in self.windows
+                  if w.key in ACCOUNT_WIDE_KEYS and w.remaining_percent is not None]
+        return min(values) if values else None
 
 
 @dataclass(frozen=True)
@@ -93,6 +154,8 @@ class AuthAccount:
     expired: Optional[datetime] = None
     """When the access token expires (aware), or None when the file does not say."""
     is_disabled: bool = False
+    source: str = LOCAL_SOURCE
+    """Where the account comes from: `local`, or a remote proxy's host:port."""
 
     @property
     def is_expired(self) -> bool:
@@ -109,6 +172,9 @@ class Skipped:
     """`disabled`, `expired`, `unsupported type '<type>'` or `unreadable: <why>`."""
     provider: Optional[Provider] = None
     email: Optional[str] = None
+    state: Optional[AccountState] = None
+    """`disabled`, `expired` or `unreadable`; None for a file that is no account (unsupported)."""
+    source: str = LOCAL_SOURCE
 
 
 @dataclass(frozen=True)

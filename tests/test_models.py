@@ -159,7 +159,8 @@ def test_is_expired_offset_expiry_compares_as_instant():
 
 def test_auth_account_fields_hold_no_token():
     names = {f.name for f in dataclasses.fields(AuthAccount)}
-    assert names == {"id", "provider", "email", "display_name", "path", "expired", "is_disabled"}
+    assert names == {"id", "provider", "email", "display_name", "path", "expired", "is_disabled",
+                     "source"}
     assert not any("token" in name for name in names)
 
 
@@ -198,3 +199,19 @@ def test_discovery_accounts_lists_claude_then_codex():
 
 def test_discovery_empty_has_no_accounts():
     assert module.Discovery().accounts == ()
+
+
+def test_account_state_needs_human_only_for_login_expired_unreadable():
+    from oauth_usage_tracker.models import AccountState
+    assert {s.value for s in AccountState if s.needs_human} == {"login_failed", "expired",
+                                                                 "unreadable"}
+    assert str(AccountState.RATE_LIMITED) == "rate_limited"
+
+
+def test_effective_remaining_percent_ignores_model_scoped_windows():
+    from oauth_usage_tracker.models import AccountUsage, Provider, UsageWindow
+    usage = AccountUsage(id="a.json", provider=Provider.CLAUDE, windows=(
+        UsageWindow("five_hour", "5-hour", 30.0), UsageWindow("seven_day", "Weekly", 55.0),
+        UsageWindow("seven_day_opus", "Weekly (Opus)", 99.0)))
+    assert usage.effective_remaining_percent == 45.0
+    assert AccountUsage(id="b.json", provider=Provider.CODEX).effective_remaining_percent is None
