@@ -20,6 +20,7 @@ from .models import Discovery, Provider
 from .report import USAGE_ERROR, Report, exit_status
 
 if TYPE_CHECKING:  # the tracker pulls in requests: imported when a run needs it, so that
+    from .notify import Notifier
     from .tracker import OAuthUsageTracker, RefreshHandle  # --version and --help start fast
 
 logger = logging.getLogger("oauth_usage_tracker")
@@ -76,6 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default 0: always ask)")
     parser.add_argument("--watch", type=_positive_float, metavar="SECONDS",
                         help="keep running: refresh every SECONDS and when accounts change")
+    parser.add_argument("--on-event", action="append", type=_command, metavar="CMD",
+                        help="run CMD (split like a shell would, run without one) for each event, "
+                             "the event's JSON on stdin, its type in $OAUTH_USAGE_EVENT "
+                             "(repeatable)")
+    parser.add_argument("--events-log", metavar="FILE", help="append each event to FILE as a "
+                                                             "JSON line")
+    parser.add_argument("--event-below", type=_percent, default=10.0, metavar="PCT",
+                        help="quota_low when a window has less than PCT %% left (default 10)")
+    parser.add_argument("--failing-after", type=_non_negative_float, default=1800.0,
+                        metavar="SECONDS", help="account_failing once a failure has lasted this "
+                                                "long (default 1800)")
     parser.add_argument("--demo", action="store_true",
                         help="run against a built-in fake of both providers (no network)")
     parser.add_argument("-v", "--verbose", action="count", default=0,
@@ -104,6 +116,21 @@ def _non_negative_float(text: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError("must be zero or a positive number")
     return value
+
+
+def _percent(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError("must be a percentage above 0, at most 100")
+    return value
+
+
+def _command(text: str) -> List[str]:
+    from .notify import split_command
+    try:
+        return split_command(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError("not a command: %s" % error) from None
 
 
 _CONTROL = {c: "?" for c in list(range(32)) + list(range(127, 160)) if chr(c) not in "\n\t"}
@@ -139,6 +166,7 @@ class Run:
         self.settings = settings
         self.auth_dir = auth_dir
         self.last_report: Optional[Report] = None
+        self.notifier: Optional["Notifier"] = None
         self.providers = frozenset(Provider(p) for p in (args.provider or [p.value for p in Provider]))
 
     def selected(self, discovery: Discovery):
@@ -190,12 +218,19 @@ class Run:
             logger.debug("%s failed: %s", account.id, account.error)
         return exit_status(report, self.args.fail_below)
 
+    def finish(self, report: Report) -> int:
+        """Emit a finished run's report, then its events (which never change the status)."""
+        status = self.emit(report)
+        if self.notifier is not None:
+            self.notifier.handle_report(report)
+        return status
+
     def once(self, tracker: "OAuthUsageTracker") -> int:
         started = time.monotonic()
         discovery = discover_accounts(self.auth_dir)
         handle = tracker.refresh(*self.selected(discovery))
         self.last_report = self.report(discovery, handle, started)
-        return self.emit(self.last_report)
+        return self.finish(self.last_report)
 
     def watch(self, tracker: "OAuthUsageTracker", shutdown: "Shutdown") -> int:
         from .watch import Watcher
@@ -203,7 +238,7 @@ class Run:
 
         watcher = Watcher(tracker, directory, self.args.watch, self.enabled_ids,
                           lambda discovery: tracker.refresh(*self.selected(discovery)),
-                          lambda *finished: self.emit(self.report(*finished)))
+                          lambda *finished: self.finish(self.report(*finished)))
         watcher.run(lambda: shutdown.requested)
         return 0
 
@@ -213,6 +248,8 @@ class Run:
         from .tracker import OAuthUsageTracker
         tracker = OAuthUsageTracker(settings=self.settings, state_dir=self.state_dir,
                                     max_age=self.args.max_age)
+        if self.args.on_event or self.args.events_log:
+            self.notifier = _notifier(self.args, tracker)
         try:
             if self.args.watch:
                 return self.watch(tracker, shutdown)
@@ -261,6 +298,17 @@ class Shutdown:
         finally:
             for number, handler in previous.items():
                 signal.signal(number, handler)
+
+
+def _notifier(args: argparse.Namespace, tracker: "OAuthUsageTracker") -> "Notifier":
+    """The event delivery of a run: memory in the tracker's state store, when it has one."""
+    from .events import EventLedger, Thresholds
+    from .notify import Notifier
+    if tracker.state is None and not args.watch:
+        logger.warning("--no-state: events are decided without memory of earlier runs, so "
+                       "each run announces what it finds as new")
+    ledger = EventLedger(tracker.state, Thresholds(args.event_below, args.failing_after))
+    return Notifier(ledger, args.on_event or (), args.events_log)
 
 
 def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:

@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple, TypeVar
 
 from . import files
 from .models import AccountUsage, AuthAccount, Provider, UsageWindow
@@ -22,6 +22,7 @@ from .parsing import (clamp_percent, format_timestamp, number_value, parse_times
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
+EVENTS_FILE = "events.json"
 VERSION = 1
 MIN_COOLDOWN = 60.0
 DEFAULT_COOLDOWN = 300.0
@@ -30,6 +31,7 @@ MAX_STATE_BYTES = 16 * 1024 * 1024
 LOCK_TIMEOUT = 10.0
 
 Key = Tuple[str, str]  # (provider value, credential file id)
+T = TypeVar("T")
 
 
 def default_state_dir(environ: Optional[Mapping[str, str]] = None) -> str:
@@ -129,20 +131,11 @@ class StateStore:
         self.path = os.path.join(self.directory, STATE_FILE)
 
     def _read_raw(self) -> Dict[str, Any]:
-        try:
-            data = files.read_capped(self.path, MAX_STATE_BYTES)
-        except FileNotFoundError:
-            return {}
-        except OSError as error:
-            logger.warning("Ignoring the state file %s (%s); it will be rewritten", self.path,
-                           error.strerror or error)
-            return {}
-        try:
-            parsed = json.loads(data.decode("utf-8"))
-            if not isinstance(parsed, dict) or not isinstance(parsed.get("accounts"), dict):
-                raise ValueError("not a state object")
-        except (ValueError, RecursionError):
-            logger.warning("Ignoring the corrupt state file %s; it will be rewritten", self.path)
+        parsed = _read_object(self.path)
+        if not isinstance(parsed.get("accounts"), dict):
+            if parsed:
+                logger.warning("Ignoring the corrupt state file %s; it will be rewritten",
+                               self.path)
             return {}
         return parsed["accounts"]
 
@@ -177,6 +170,50 @@ class StateStore:
         except Exception as error:  # state is an optimisation: never fail a run for it
             logger.warning("Cannot write the state file %s (%s)", self.path,
                            getattr(error, "strerror", None) or type(error).__name__)
+
+
+    def update_events(self, change: Callable[[Dict[str, Any]], Tuple[T, Dict[str, Any]]]) -> T:
+        """Given change(stored) -> (result, new stored), apply it to the events memory file
+        (`events.json`) under its own lock: read, change, write atomically; return the result.
+        Two processes recording at once run one after the other, so each sees the other's
+        memory. Failures to lock or write are logged, never raised: the result is returned
+        anyway (an event announced twice is better than one lost)."""
+        import filelock
+        path = os.path.join(self.directory, EVENTS_FILE)
+        decided = []
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            with filelock.FileLock(path + ".lock", timeout=LOCK_TIMEOUT):
+                result, stored = change(_read_object(path))
+                decided.append(result)
+                data = json.dumps(stored, separators=(",", ":"), sort_keys=True)
+                files.atomic_write(path, data.encode("utf-8"), default_mode=0o600)
+        except Exception as error:  # memory is bookkeeping: never fail a run for it
+            logger.warning("Cannot update the events memory %s (%s); events may repeat", path,
+                           getattr(error, "strerror", None) or type(error).__name__)
+        # Without the lock, decide against what can be read: better than a blank memory.
+        return decided[0] if decided else change(_read_object(path))[0]
+
+
+def _read_object(path: str) -> Dict[str, Any]:
+    """Given a state file's path, return its JSON object; {} when it is missing, and (with a
+    warning) when it cannot be read or is not a JSON object."""
+    try:
+        data = files.read_capped(path, MAX_STATE_BYTES)
+    except FileNotFoundError:
+        return {}
+    except OSError as error:
+        logger.warning("Ignoring the state file %s (%s); it will be rewritten", path,
+                       error.strerror or error)
+        return {}
+    try:
+        parsed = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):
+        parsed = None
+    if not isinstance(parsed, dict):
+        logger.warning("Ignoring the corrupt state file %s; it will be rewritten", path)
+        return {}
+    return parsed
 
 
 def next_state(previous: Optional[AccountState], now: datetime, windows=None, extra=None,
