@@ -7,6 +7,7 @@ import logging
 from .config import Settings
 from .errors import (ConfigurationError, CredentialError, LockTimeout, ProviderError,
                      RefreshSuperseded, TokenRefreshError, UsageTrackerError)
+from .events import Event, EventType, Thresholds
 from .models import AccountUsage, AuthAccount, Discovery, Provider, Skipped, UsageWindow
 
 __version__ = "0.1.0"
@@ -26,6 +27,7 @@ def __getattr__(name):
 
 __all__ = [
     "AccountUsage", "AuthAccount", "ConfigurationError", "CredentialError", "Discovery",
+    "Event", "EventType", "Thresholds",
     "LockTimeout", "OAuthUsageTracker", "Provider", "ProviderError", "RefreshHandle",
     "RefreshSuperseded", "Settings", "Skipped", "TokenRefreshError", "UsageTrackerError",
     "UsageWindow", "__version__", "discover_accounts",

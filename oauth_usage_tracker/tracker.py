@@ -19,6 +19,7 @@ from . import http
 from .accounts import select_accounts
 from .config import Settings
 from .errors import RefreshSuperseded, UsageTrackerError
+from .events import Event, EventLedger, Thresholds
 from .models import AccountUsage, AuthAccount, Provider, Skipped
 from .state import (AccountState, StateStore, cooldown_message, default_state_dir, from_store,
                     next_state)
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_WORKERS = 16
 Listener = Callable[[List[AccountUsage], bool], None]
+EventListener = Callable[[Event], None]
 Fetcher = Callable[..., AccountUsage]
 
 
@@ -95,7 +97,7 @@ class OAuthUsageTracker:
                  environ: Optional[Mapping[str, str]] = None,
                  fetchers: Optional[Mapping[Provider, Fetcher]] = None,
                  state_dir: Union[str, "os.PathLike[str]", bool, None] = True,
-                 max_age: float = 0.0):
+                 max_age: float = 0.0, event_thresholds: Optional[Thresholds] = None):
         self.settings = settings or Settings.from_environ(
             environ, workers=workers, timeout=timeout, allow_token_refresh=allow_token_refresh,
             include_expired=include_expired)
@@ -105,6 +107,10 @@ class OAuthUsageTracker:
         self.state: Optional[StateStore] = StateStore(os.fspath(state_dir)) if state_dir else None
         #: A stored result younger than this many seconds is reused instead of asking again.
         self.max_age = max_age
+        # What earlier refreshes announced: in the state store (shared with the script and other
+        # processes on the same directory) or, without one, in this object.
+        self._ledger = EventLedger(self.state, event_thresholds or Thresholds())
+        self._event_listeners: List[EventListener] = []
         if fetchers is None:
             from .providers import FETCHERS
             fetchers = FETCHERS
@@ -148,6 +154,37 @@ class OAuthUsageTracker:
                     self._listeners.remove(callback)
         return unsubscribe
 
+    def subscribe_events(self, callback: EventListener) -> Callable[[], None]:
+        """Given a callback(event), call it with each event (SPEC §15) of every refresh that
+        finishes, decided against what earlier refreshes announced; return a function that
+        unsubscribes it. Events are decided only while someone is subscribed. Callbacks run on
+        the tracker's threads, in event order, before the refresh publishes its results (so
+        they have all run when refresh_and_wait returns); a callback that raises is logged and
+        ignored."""
+        with self._lock:
+            self._event_listeners.append(callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if callback in self._event_listeners:
+                    self._event_listeners.remove(callback)
+        return unsubscribe
+
+    def _announce(self, generation: int, usages: List[AccountUsage],
+                  skipped: Sequence[Skipped]) -> None:
+        """Decide and deliver the events of a finished, still current refresh."""
+        with self._lock:
+            callbacks = list(self._event_listeners)
+            current = generation == self._generation
+        if not callbacks or not current:
+            return
+        for event in self._ledger.record(usages, skipped, datetime.now(timezone.utc)):
+            for callback in callbacks:
+                try:
+                    callback(event)
+                except BaseException:  # a worker thread must survive even SystemExit
+                    logger.exception("An event callback raised; ignoring it")
+
     def _publish(self, generation: int, accounts: List[AccountUsage], is_refreshing: bool,
                  handle: Optional[RefreshHandle] = None) -> bool:
         """Publish a state if `generation` is still the newest; a final state also completes
@@ -189,6 +226,7 @@ class OAuthUsageTracker:
         if previous is not None:
             previous._supersede()
         if not kept:
+            self._announce(generation, [], handle.skipped)
             self._publish(generation, [], False, handle)
             return handle
         placeholders = sorted((AccountUsage(id=a.id, provider=a.provider, email=a.email,
@@ -287,6 +325,7 @@ class OAuthUsageTracker:
         if len(done) < len(batch.results):
             return  # superseded: a newer generation cancelled or skipped some of these
         usages = sorted((usage for usage, _ in done), key=sort_key)
+        self._announce(batch.generation, usages, batch.handle.skipped)
         self._publish(batch.generation, usages, False, batch.handle)
 
     # --- lifetime -----------------------------------------------------------------------------
