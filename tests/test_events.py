@@ -4,6 +4,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from oauth_usage_tracker import event_memory
 from oauth_usage_tracker import events as module
 from oauth_usage_tracker.events import EventType, Thresholds
 from oauth_usage_tracker.models import (AccountState, AccountUsage, Pace, Provider, Skipped,
@@ -36,8 +37,8 @@ class Runs:
         found, self.memory = module.decide(self.memory, list(accounts), list(skipped), now,
                                            self.thresholds)
         # The memory survives a round trip through its JSON (as it does between processes).
-        self.memory = module.memory_from_json(json.loads(json.dumps(
-            module.memory_to_json(self.memory))))
+        self.memory = event_memory.memory_from_json(json.loads(json.dumps(
+            event_memory.memory_to_json(self.memory))))
         return [event.type.value for event in found]
 
 
@@ -277,7 +278,7 @@ def test_decide_without_state_falls_back_to_error_flags():
 def test_memory_is_bounded_in_marks_and_accounts(monkeypatch):
     many = [window(99.0, RESET, key="k%d" % i, title="W%d" % i) for i in range(200)]
     _, memory = module.decide({}, [usage(*many)], [], T0)
-    assert len(memory[("local", ID)].low) == module.MAX_MARKS
+    assert len(memory[("local", ID)].low) == event_memory.MAX_MARKS
     monkeypatch.setattr(module, "MAX_ACCOUNTS", 5)
     _, memory = module.decide({}, [usage(window(20.0), id="a%d.json" % i) for i in range(9)],
                               [], T0)
@@ -285,17 +286,17 @@ def test_memory_is_bounded_in_marks_and_accounts(monkeypatch):
 
 
 def test_memory_from_json_ignores_damage():
-    good = module.memory_to_json(module.decide({}, [usage(window(95.0))], [], T0)[1])
+    good = event_memory.memory_to_json(module.decide({}, [usage(window(95.0))], [], T0)[1])
     damaged = {"version": 1, "accounts": good["accounts"] + [
         None, 3, {"source": "local"}, {"source": "local", "id": "x", "seen_at": "garbage"},
         {"source": "local", "id": "y", "seen_at": "2026-11-24T14:00:00Z", "state": "weird",
          "low": [[1, 2], "x", ["five_hour", "garbage"]], "runs_out": {}}]}
-    memory = module.memory_from_json(damaged)
+    memory = event_memory.memory_from_json(damaged)
     assert set(memory) == {("local", ID), ("local", "y")}
     assert memory[("local", "y")].state is None
     assert memory[("local", "y")].low == (("five_hour", None),)
     for junk in (None, [], {"accounts": {}}, "text"):
-        assert module.memory_from_json(junk) == {}
+        assert event_memory.memory_from_json(junk) == {}
 
 
 def test_ledger_in_memory_and_in_store_fire_each_change_once(tmp_path):

@@ -188,3 +188,12 @@ def test_split_command_refuses_empty_and_broken_quotes(value, capsys):
 def test_split_command_splits_like_a_shell_without_expanding():
     assert module.split_command("curl -d \"$X y\" 'a b' c\\ d") == ["curl", "-d", "$X y", "a b",
                                                                   "c d"]
+
+
+def test_main_with_no_state_warns_that_each_run_starts_without_memory(tmp_path, capsys):
+    auth = tmp_path / "auth"
+    auth.mkdir()
+    status = main(["--auth-dir", str(auth), "--no-state", "--json",
+                   "--events-log", str(tmp_path / "events.jsonl")])
+    assert status == 0
+    assert "--no-state: events are decided without memory" in capsys.readouterr().err
