@@ -30,6 +30,7 @@ from .event_memory import (MAX_MARKS, AccountMemory, Key, Mark, Memory, memory_f
                            memory_to_json)
 from .models import AccountState, AccountUsage, Provider, Skipped, UsageWindow
 from .parsing import format_timestamp
+from .text import printable
 
 if TYPE_CHECKING:
     from .state import StateStore
@@ -113,7 +114,11 @@ class Event:
 
     @property
     def message(self) -> str:
-        """One sentence for people (a push title, a mail subject)."""
+        """One sentence for people (a push title, a mail subject), printable: no control
+        character from a file or a server can forge a line or a header in it."""
+        return printable(self._sentence())
+
+    def _sentence(self) -> str:
         who = "%s %s" % (self.provider.label if self.provider else "File",
                          self.email or self.account_id)
         window, state = self.window, _value(self.state)

@@ -59,7 +59,7 @@ def command_environment(event: Event, environ: Mapping[str, str]) -> Dict[str, s
     env = {name: value for name, value in environ.items()
            if name not in SECRET_NAMES and not name.startswith(SECRET_PREFIXES)}
     env[EVENT_ENV] = event.type.value
-    env[MESSAGE_ENV] = printable(event.message)
+    env[MESSAGE_ENV] = event.message
     return env
 
 

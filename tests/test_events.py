@@ -21,8 +21,9 @@ def window(used, reset=RESET, key="five_hour", title="5-hour", runs_out=None):
     return UsageWindow(key, title, used, reset, pace=pace)
 
 
-def usage(*windows, state=AccountState.OK, error=None, id=ID, **extra):
-    return AccountUsage(id=id, provider=Provider.CLAUDE, email="alice@example.com",
+def usage(*windows, state=AccountState.OK, error=None, id=ID, email="alice@example.com",
+          **extra):
+    return AccountUsage(id=id, provider=Provider.CLAUDE, email=email,
                         windows=tuple(windows), error=error, state=state, **extra)
 
 
@@ -337,3 +338,10 @@ def test_event_message_names_account_window_and_state():
     assert found[0].message.startswith("Claude alice@example.com: 5-hour window has 5% left")
     found, _ = module.decide({}, [], [Skipped("x.json", "unreadable: not JSON")], T0)
     assert found[0].message == "File x.json: login needs attention (unreadable): unreadable: not JSON"
+
+
+def test_event_message_is_printable_even_for_hostile_text():
+    odd = usage(window(95.0), email="evil@example.com\r\nBcc: all@example.com\x1b[2J")
+    [event] = module.decide({}, [odd], [], T0)[0]
+    assert "\n" not in event.message and "\r" not in event.message
+    assert "\x1b" not in event.message and event.to_json()["message"] == event.message
