@@ -345,3 +345,20 @@ def test_event_message_is_printable_even_for_hostile_text():
     [event] = module.decide({}, [odd], [], T0)[0]
     assert "\n" not in event.message and "\r" not in event.message
     assert "\x1b" not in event.message and event.to_json()["message"] == event.message
+
+
+def test_ledger_two_processes_recording_at_once_announce_a_change_once(tmp_path):
+    import threading
+    ledgers = [module.EventLedger(StateStore(str(tmp_path / "state"))) for _ in range(4)]
+    start = threading.Barrier(len(ledgers))
+    found = []
+
+    def record(ledger):
+        start.wait(10)
+        found.extend(ledger.record([usage(window(95.0))], [], T0))
+    threads = [threading.Thread(target=record, args=(ledger,)) for ledger in ledgers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert [event.type for event in found] == [EventType.QUOTA_LOW]
