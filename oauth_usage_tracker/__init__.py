@@ -7,14 +7,14 @@ import logging
 from .config import Settings
 from .errors import (ConfigurationError, CredentialError, LockTimeout, ProviderError,
                      RefreshSuperseded, TokenRefreshError, UsageTrackerError)
-from .events import Event, EventType, Thresholds
 from .models import AccountUsage, AuthAccount, Discovery, Provider, Skipped, UsageWindow
 
 __version__ = "0.1.0"
 
 # Imported on first use, so that `--version`, `--help` and a bad flag do not pay for requests.
 _LAZY = {"OAuthUsageTracker": "tracker", "RefreshHandle": "tracker",
-         "discover_accounts": "accounts"}
+         "discover_accounts": "accounts", "Event": "events", "EventType": "events",
+         "Thresholds": "events"}
 
 
 def __getattr__(name):
