@@ -105,3 +105,12 @@ def assert_no_secrets(*texts):
         for secret in SECRETS:
             assert secret not in text
             assert secret[12:36] not in text
+
+
+def process_gone(pid):
+    """True when process `pid` has exited (reaped, or a zombie waiting for its parent)."""
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True

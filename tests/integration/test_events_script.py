@@ -11,7 +11,7 @@ import pytest
 
 from oauth_usage_tracker import demo
 
-from support import assert_no_secrets
+from support import assert_no_secrets, process_gone
 from test_script import _wait_for, run, started
 
 NOW = datetime.now(timezone.utc)
@@ -166,3 +166,26 @@ def test_no_consumer_keeps_no_events_memory(auth_dir, tmp_path):
                      fake.environ())
     assert result.returncode == 0, result.stderr
     assert not Path(tmp_path / "s" / "events.json").exists()
+
+
+def test_sigterm_while_a_hook_runs_ends_the_run_and_the_hook(auth_dir, tmp_path):
+    pid_file = tmp_path / "hook.pid"
+    slow = tmp_path / "slow.sh"
+    slow.write_text('#!/bin/sh\nsleep 60 &\necho $! > "%s.tmp"\nmv "%s.tmp" "%s"\nwait\n'
+                    % (pid_file, pid_file, pid_file))
+    slow.chmod(0o755)
+    with StoryFake() as fake:
+        cast(fake, auth_dir)
+        fake.steps["ann"] = 1  # quota_low at once
+        args = ["--auth-dir", str(auth_dir), "--state-dir", str(tmp_path / "s"), "--json",
+                "--on-event", str(slow)]
+        with started(args, fake.environ()) as process:
+            assert _wait_for(pid_file.exists, timeout=60), process.stderr
+            begun = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 143, stderr
+    assert time.monotonic() - begun < 15  # not the hook's 30 s deadline, nor its 60 s sleep
+    assert "Traceback" not in stderr
+    child = int(pid_file.read_text())
+    assert _wait_for(lambda: process_gone(child), timeout=10), "the hook's child outlived the run"
