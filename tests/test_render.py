@@ -37,12 +37,14 @@ def test_render_json_matches_spec_shape():
             {"key": "five_hour", "title": "5-hour", "used_percent": 37.0,
              "remaining_percent": 63.0, "reset_date": "2026-11-24T17:00:00Z",
              "reset_text": "in 3 hours (Nov 24, 2026, 5:00 PM)", "severity": None,
-             "is_active": None, "locked_reason": None},
+             "is_active": None, "locked_reason": None, "length_seconds": None, "pace": None},
             {"key": "seven_day", "title": "Weekly", "used_percent": 95.5,
              "remaining_percent": 4.5, "reset_date": None, "reset_text": None,
-             "severity": None, "is_active": None, "locked_reason": None}],
+             "severity": None, "is_active": None, "locked_reason": None,
+             "length_seconds": None, "pace": None}],
         "error": None, "updated_at": "2026-11-24T14:00:00Z", "token_refreshed": False,
-        "stale": False, "fetched_at": None, "plan": None, "credits": None, "extra_usage": None}
+        "stale": False, "fetched_at": None, "plan": None, "credits": None, "extra_usage": None,
+        "effective_remaining_percent": 4.5}
     assert report["accounts"][1]["error"] == "Codex usage request timed out after 15 s"
     assert report["accounts"][1]["updated_at"] is None
     assert report["skipped"] == [
