@@ -119,15 +119,15 @@ def _window_from_json(raw: Any) -> Optional[UsageWindow]:
             or not isinstance(raw.get("title"), str):
         return None
     used = number_value(raw.get("used_percent"))
-    text = {name: raw.get(name) if isinstance(raw.get(name), str) else None
-            for name in ("severity", "locked_reason")}
+    severity, locked = (raw.get(name) if isinstance(raw.get(name), str) else None
+                        for name in ("severity", "locked_reason"))
     active = raw.get("is_active")
     length = number_value(raw.get("length_seconds"))
     return UsageWindow(raw["key"], raw["title"], clamp_percent(used),
                        parse_timestamp(raw.get("reset_date")),
                        is_active=active if isinstance(active, bool) else None,
                        length_seconds=length if length is not None and length > 0 else None,
-                       **text)
+                       severity=severity, locked_reason=locked)
 
 
 def _entry_from_json(raw: Any) -> Optional[AccountState]:
@@ -135,7 +135,7 @@ def _entry_from_json(raw: Any) -> Optional[AccountState]:
         return None
     windows = raw.get("windows") if isinstance(raw.get("windows"), list) else []
     extra = raw.get("extra") if isinstance(raw.get("extra"), dict) else {}
-    readings = raw.get("readings") if isinstance(raw.get("readings"), dict) else {}
+    readings: Dict[Any, Any] = raw["readings"] if isinstance(raw.get("readings"), dict) else {}
     histories = {key: _history_from_json(value) for key, value in readings.items()
                  if isinstance(key, str)}
     return AccountState(
@@ -217,14 +217,17 @@ class StateStore:
                            getattr(error, "strerror", None) or type(error).__name__)
 
 
-def next_state(previous: Optional[AccountState], now: datetime, windows=None, extra=None,
-               rate_limited: bool = False, retry_after: Optional[float] = None) -> AccountState:
+def next_state(previous: Optional[AccountState], now: datetime,
+               windows: Optional[Iterable[UsageWindow]] = None,
+               extra: Optional[Mapping[str, Any]] = None, rate_limited: bool = False,
+               retry_after: Optional[float] = None) -> AccountState:
     """Given an account's previous state and the outcome of a fetch, return its new state:
     good windows replace the stored ones and end any cooldown; a 429 starts (or doubles) one;
     any other failure keeps what was stored."""
     previous = previous or AccountState()
+    windows = tuple(windows or ())
     if windows:
-        return AccountState(windows=tuple(windows), fetched_at=now, extra=dict(extra or {}),
+        return AccountState(windows=windows, fetched_at=now, extra=dict(extra or {}),
                             readings=pace.record(previous.readings, windows, now))
     if rate_limited:
         seconds = cooldown_seconds(retry_after, previous.cooldown_seconds)

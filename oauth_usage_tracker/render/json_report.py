@@ -1,5 +1,6 @@
 """The JSON report, version 1: keys are added, never renamed; times are UTC with `Z`."""
 import json
+from datetime import datetime
 from typing import Any, Dict, Optional
 
 from .. import pool
@@ -10,7 +11,7 @@ from ..report import Report
 VERSION = 1
 
 
-def _time(moment) -> Optional[str]:
+def _time(moment: Optional[datetime]) -> Optional[str]:
     return format_timestamp(moment) if moment is not None else None
 
 
