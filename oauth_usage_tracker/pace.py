@@ -170,7 +170,7 @@ def remember(history: Optional[WindowHistory], window: UsageWindow,
     if window.reset_date is None or window.used_percent is None or window.rolled_over:
         return None
     if history is not None and same_period(history, window):
-        base = history
+        base = replace(history, readings=history.readings[-MAX_READINGS:])
     else:
         base = WindowHistory(reset=window.reset_date,
                              previous=_last_of_previous_period(history, window))

@@ -268,3 +268,42 @@ def test_tracker_attaches_window_pace_then_recent_pace_from_the_state_store(tmp_
     assert recent.projected_exhaustion == NOW + timedelta(minutes=140)
     assert recent.runs_out_before_reset is False
     assert "access" not in (tmp_path / "state" / "state.json").read_text()
+
+
+# --- properties ------------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+PERCENT = st.floats(min_value=0, max_value=100, allow_nan=False)
+MOMENT = st.integers(min_value=-40 * 86400, max_value=40 * 86400).map(
+    lambda seconds: NOW + timedelta(seconds=seconds))
+
+
+@settings(max_examples=300, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(used=st.one_of(st.none(), PERCENT), reset=st.one_of(st.none(), MOMENT),
+       length=st.one_of(st.none(), st.floats(min_value=-10, max_value=40 * 86400,
+                                             allow_nan=False)),
+       points=st.lists(st.tuples(MOMENT, PERCENT), max_size=20),
+       previous=st.one_of(st.none(), st.tuples(MOMENT, PERCENT)),
+       history_reset=st.one_of(st.none(), MOMENT))
+def test_pace_and_remember_are_total_and_consistent(used, reset, length, points, previous,
+                                                    history_reset):
+    w = UsageWindow("five_hour", "5-hour", used, reset, length_seconds=length)
+    history = None
+    if history_reset is not None:
+        history = module.WindowHistory(
+            history_reset, tuple(module.Reading(at, u) for at, u in sorted(points)),
+            module.Reading(*previous) if previous else None)
+    result = module.pace(w, NOW, history)
+    if result is not None:
+        assert 5.0 - 1e-9 <= result.expected_used_percent <= 100.0
+        assert result.basis in ("window", "recent")
+        if result.runs_out_before_reset:
+            assert result.projected_exhaustion is not None
+            assert NOW <= result.projected_exhaustion < reset
+    stored = module.remember(history, w, NOW)
+    if stored is not None:
+        assert len(stored.readings) <= module.MAX_READINGS
+        assert [r.at for r in stored.readings] == sorted(r.at for r in stored.readings)
