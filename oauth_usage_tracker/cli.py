@@ -17,7 +17,8 @@ from .accounts import AUTH_DIR_ENV, discover_accounts, select_accounts
 from .config import Settings
 from .errors import ConfigurationError
 from .models import Discovery, Provider
-from .report import USAGE_ERROR, Report, exit_status
+from .pool import SORTS
+from .report import DEFAULT_USABLE_ABOVE, USAGE_ERROR, Report, exit_status
 
 if TYPE_CHECKING:  # the tracker pulls in requests: imported when a run needs it, so that
     from .tracker import OAuthUsageTracker, RefreshHandle  # --version and --help start fast
@@ -66,10 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--layout", choices=("blocks", "lines", "auto"), default="auto",
                         help="table layout: a block per account, one line per account, or "
                              "auto (blocks up to 10 accounts; default)")
-    parser.add_argument("--sort", choices=("name", "headroom", "reset"), default="name",
+    parser.add_argument("--sort", choices=SORTS, default="name",
                         help="table order: provider and e-mail (default), most headroom "
                              "first, or soonest reset of the limiting window first")
-    parser.add_argument("--usable-above", type=_percent, default=10.0, metavar="PCT",
+    parser.add_argument("--usable-above", type=_percent, default=DEFAULT_USABLE_ABOVE,
+                        metavar="PCT",
                         help="an account with at least PCT %% effective remaining counts as "
                              "usable in the summary (default 10)")
     parser.add_argument("--state-dir", metavar="DIR",

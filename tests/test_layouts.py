@@ -174,3 +174,17 @@ def test_cli_flags_default_and_refuse_bad_values():
     for bad in (["--layout", "grid"], ["--sort", "random"], ["--usable-above", "101"],
                 ["--usable-above", "nan"], ["--usable-above", "-1"]):
         assert cli.main(bad) == 2
+
+
+def test_blocks_pace_note_says_when_and_is_left_out_when_nothing_is_left():
+    five = window("five_hour", "5-hour", 60.0, 3600, FIVE)   # 80 % elapsed, 60 % used: no
+    week = window("seven_day", "Weekly", 90.0, 2 * 86400, WEEK)  # 90 % in 5 of 7 days: yes
+    empty = window("seven_day_opus", "Weekly (Opus)", 100.0, 2 * 86400, WEEK)
+    account = AccountUsage(id="claude-a.json", provider=Provider.CLAUDE, email="a@example.com",
+                           windows=(five, week, empty))
+    text = render_table(Report(accounts=(account,), skipped=(), generated_at=NOW))
+    notes = [line.strip() for line in text.splitlines() if "at this pace" in line]
+    # 90 points in 5 days: the last 10 take 0.56 days, about 13 hours.
+    assert notes == ["! at this pace, runs out in 13 hours (Nov 25, 2026, 3:20 AM)"]
+    later = Report(accounts=(account,), skipped=(), generated_at=NOW + timedelta(days=1))
+    assert "! at this pace, ran out 11 hours ago" in render_table(later)

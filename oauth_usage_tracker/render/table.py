@@ -53,10 +53,10 @@ def _pace_line(window: UsageWindow, title_width: int, paint: _Painter, now: date
     """The note under a window that runs out before its reset at the current pace."""
     pace = window.pace
     assert pace is not None and pace.projected_exhaustion is not None
-    when = reset_text(pace.projected_exhaustion, now) if pace.projected_exhaustion > now \
-        else "now"
-    return "  %-*s  %s" % (title_width, "", paint("! at this pace, runs out %s" % when,
-                                                  "red"))
+    # Stale values keep the pace of their reading, whose projection may lie in the past now.
+    verb = "runs out" if pace.projected_exhaustion > now else "ran out"
+    return "  %-*s  %s" % (title_width, "", paint("! at this pace, %s %s" % (
+        verb, reset_text(pace.projected_exhaustion, now)), "red"))
 
 
 def _window_line(window: UsageWindow, title_width: int, paint: _Painter) -> str:
@@ -124,7 +124,7 @@ def _account_block(account: AccountUsage, paint: _Painter, now: datetime) -> Lis
     width = max((len(window.title) for window in account.windows), default=0)
     for window in account.windows:
         lines.append(_window_line(window, width, paint))
-        if lines_layout.runs_out(window):
+        if lines_layout.runs_out(window) and window.remaining_percent:  # 0 % left says it
             lines.append(_pace_line(window, width, paint, now))
     lines.extend(_detail_lines(account))
     return lines
