@@ -17,7 +17,8 @@ from .accounts import AUTH_DIR_ENV, discover_accounts, select_accounts
 from .config import Settings
 from .errors import ConfigurationError
 from .models import Discovery, Provider
-from .report import USAGE_ERROR, Report, exit_status
+from .pool import SORTS
+from .report import DEFAULT_USABLE_ABOVE, USAGE_ERROR, Report, exit_status
 
 if TYPE_CHECKING:  # the tracker pulls in requests: imported when a run needs it, so that
     from .notify import Notifier
@@ -62,7 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--refresh-expired", action="store_true",
                         help="query expired accounts too (Claude ones are refreshed first)")
     parser.add_argument("--fail-below", type=float, metavar="PCT",
-                        help="exit 3 when a window has less than PCT %% left")
+                        help="exit 3 when an account's effective remaining (the least of its "
+                             "account-wide windows) is below PCT %%")
+    parser.add_argument("--layout", choices=("blocks", "lines", "auto"), default="auto",
+                        help="table layout: a block per account, one line per account, or "
+                             "auto (blocks up to 10 accounts; default)")
+    parser.add_argument("--sort", choices=SORTS, default="name",
+                        help="table order: provider and e-mail (default), most headroom "
+                             "first, or soonest reset of the limiting window first")
+    parser.add_argument("--usable-above", type=_percent, default=DEFAULT_USABLE_ABOVE,
+                        metavar="PCT",
+                        help="an account with at least PCT %% effective remaining counts as "
+                             "usable in the summary (default 10)")
     parser.add_argument("--state-dir", metavar="DIR",
                         help="where cooldowns and last good values are kept (default "
                              "$XDG_STATE_HOME/oauth-usage-tracker, else "
@@ -108,6 +120,13 @@ def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError("must be a positive number")
+    return value
+
+
+def _percent(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError("must be a percentage from 0 to 100")
     return value
 
 
@@ -185,7 +204,8 @@ class Run:
         return Report(accounts=tuple(handle.result()), skipped=discovery.skipped + handle.skipped,
                       generated_at=datetime.now(timezone.utc),
                       duration_seconds=time.monotonic() - started,
-                      max_stale_seconds=self.args.max_stale)
+                      max_stale_seconds=self.args.max_stale,
+                      usable_above=self.args.usable_above)
 
     def emit(self, report: Report) -> int:
         """Print or write the report (and metrics); return the exit status."""
@@ -195,7 +215,8 @@ class Run:
         else:
             colour = (self.args.output is None and sys.stdout.isatty()
                       and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb")
-            text = render_table(report, colour=colour)
+            text = render_table(report, colour=colour, layout=self.args.layout,
+                                sort=self.args.sort)
             if not colour:
                 text = text.translate(_CONTROL)
         # Lone surrogates (a file name that is not UTF-8, a "\\ud800" escape in a file) would
@@ -332,7 +353,9 @@ def run_demo(args: argparse.Namespace, shutdown: Shutdown) -> int:
         status = run.execute(shutdown)
     if not args.json and not args.quiet:
         sys.stderr.write("demo: a loopback fake answered for both providers; Carol's expired "
-                         "token was refreshed and frank@example.com fails on purpose.\n")
+                         "token was refreshed, her 5-hour window runs out before it resets, "
+                         "dave is idle, erin frees up in 15 minutes, and frank@example.com "
+                         "fails on purpose.\n")
     planted = {"codex-frank@example.com.json"}
     as_designed = run.last_report is not None and all(
         bool(account.error) == (account.id in planted) for account in run.last_report.accounts)

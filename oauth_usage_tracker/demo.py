@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 from urllib.parse import parse_qs
 
 from .parsing import format_timestamp
@@ -21,6 +21,10 @@ from .parsing import format_timestamp
 CODEX_PATH = "/backend-api/wham/usage"
 CLAUDE_PATH = "/api/oauth/usage"
 TOKEN_PATH = "/v1/oauth/token"
+
+#: Default seconds to the resets: the 5-hour window 53 % through, the weekly one 45 %.
+FIVE_HOUR_RESET = 8400.0
+WEEKLY_RESET = 334800.0
 
 CLOUDFLARE_PAGE = (b"<!DOCTYPE html><html lang=\"en-US\"><head><title>Just a moment...</title>"
                    b"</head><body>Enable JavaScript and cookies to continue</body></html>")
@@ -37,6 +41,8 @@ class FakeAccount:
     """`ok`, `cloudflare`, `rate_limited`, `server_error` or `scope`."""
     retry_after: Optional[str] = "300"
     """The Retry-After header of a `rate_limited` answer (None: no header)."""
+    resets: Tuple[float, float] = (FIVE_HOUR_RESET, WEEKLY_RESET)
+    """Seconds from each answer to the 5-hour and the weekly reset."""
 
 
 def _json(data) -> bytes:
@@ -191,8 +197,8 @@ class FakeProviders:
                 "message": "OAuth token does not meet scope requirement user:profile"}})
         now = datetime.now(timezone.utc)
         if claude:
-            return 200, {}, _json(claude_payload(account.used, now))
-        return 200, {}, _json(codex_payload(account.used, now))
+            return 200, {}, _json(claude_payload(account.used, now, account.resets))
+        return 200, {}, _json(codex_payload(account.used, now, account.resets))
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -226,37 +232,44 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat(timespec="microseconds")
 
 
-def claude_payload(used: List[float], now: datetime) -> dict:
-    """A current-shape oauth/usage body with the given 5-hour and weekly utilization."""
+def claude_payload(used: List[float], now: datetime,
+                   resets: Sequence[float] = (FIVE_HOUR_RESET, WEEKLY_RESET)) -> dict:
+    """A current-shape oauth/usage body with the given 5-hour and weekly utilization, resetting
+    `resets` seconds from now."""
     five, week = (list(used) + [0.0, 0.0])[:2]
+    five_reset = _iso(now + timedelta(seconds=resets[0]))
+    week_reset = _iso(now + timedelta(seconds=resets[1]))
     return {
-        "five_hour": {"utilization": five, "resets_at": _iso(now + timedelta(hours=2, minutes=20))},
-        "seven_day": {"utilization": week, "resets_at": _iso(now + timedelta(days=3, hours=21))},
+        "five_hour": {"utilization": five, "resets_at": five_reset},
+        "seven_day": {"utilization": week, "resets_at": week_reset},
         "seven_day_oauth_apps": None, "seven_day_opus": None,
-        "seven_day_sonnet": {"utilization": round(week / 3, 1),
-                             "resets_at": _iso(now + timedelta(days=3, hours=21))},
+        "seven_day_sonnet": {"utilization": round(week / 3, 1), "resets_at": week_reset},
         "seven_day_cowork": None, "seven_day_omelette": None,
         "extra_usage": {"is_enabled": False, "monthly_limit": None, "used_credits": None,
                         "utilization": None},
         "limits": [{"kind": "weekly_scoped", "group": "weekly", "percent": int(week // 2),
                     "severity": "normal", "is_active": False,
-                    "resets_at": _iso(now + timedelta(days=3, hours=21)),
+                    "resets_at": week_reset,
                     "scope": {"model": {"id": None, "display_name": "Opus"}, "surface": None}}],
     }
 
 
-def codex_payload(used: List[float], now: datetime) -> dict:
-    """A current-shape wham/usage body with the given primary and secondary used_percent."""
+def codex_payload(used: List[float], now: datetime,
+                  resets: Sequence[float] = (FIVE_HOUR_RESET, WEEKLY_RESET)) -> dict:
+    """A current-shape wham/usage body with the given primary and secondary used_percent,
+    resetting `resets` seconds from now."""
     five, week = (list(used) + [0.0, 0.0])[:2]
     stamp = int(now.timestamp())
+    five_after, week_after = int(resets[0]), int(resets[1])
     return {
         "plan_type": "plus",
         "rate_limit": {
             "allowed": True, "limit_reached": False,
             "primary_window": {"used_percent": five, "limit_window_seconds": 18000,
-                               "reset_after_seconds": 8400, "reset_at": stamp + 8400},
+                               "reset_after_seconds": five_after, "reset_at": stamp + five_after},
             "secondary_window": {"used_percent": week, "limit_window_seconds": 604800,
-                                 "reset_after_seconds": 334800, "reset_at": stamp + 334800},
+                                 "reset_after_seconds": week_after,
+                                 "reset_at": stamp + week_after},
         },
         "credits": {"has_credits": False, "unlimited": False, "balance": "0"},
     }
@@ -296,21 +309,25 @@ def populate(fake: FakeProviders, directory: str, claude: int, codex: int,
 
 def create_demo_accounts(fake: FakeProviders, directory: str,
                          now: Optional[datetime] = None) -> None:
-    """The `--demo` cast: two healthy Claude accounts (one with an expired token that will be
-    refreshed), two Codex accounts, one Codex account behind a Cloudflare challenge, one disabled
-    account and one file of a provider this tool does not track."""
+    """The `--demo` cast, a pool with a story: alice uses her quota at an even pace; Carol
+    (whose expired token will be refreshed) burns her 5-hour window so fast that it runs out
+    before it resets; dave is idle; erin has nearly emptied her 5-hour window, which resets in
+    15 minutes and frees her; frank is behind a Cloudflare challenge. Plus one disabled account
+    and one file of a provider this tool does not track."""
     now = now or datetime.now(timezone.utc)
+    even, soon = (FIVE_HOUR_RESET, WEEKLY_RESET), (900.0, WEEKLY_RESET)
     cast = [
-        ("claude", "alice@example.com", [37.0, 62.0], "ok", now + timedelta(hours=6)),
-        ("claude", "Carol@example.com", [88.0, 71.0], "ok", now - timedelta(minutes=20)),
-        ("codex", "dave@example.com", [23.0, 41.0], "ok", now + timedelta(days=5)),
-        ("codex", "erin@example.com", [97.0, 64.0], "ok", now + timedelta(days=5)),
-        ("codex", "frank@example.com", [0.0, 0.0], "cloudflare", now + timedelta(days=5)),
+        ("claude", "alice@example.com", [20.0, 30.0], even, "ok", now + timedelta(hours=6)),
+        ("claude", "Carol@example.com", [88.0, 41.0], even, "ok", now - timedelta(minutes=20)),
+        ("codex", "dave@example.com", [0.0, 0.0], even, "ok", now + timedelta(days=5)),
+        ("codex", "erin@example.com", [93.0, 40.0], soon, "ok", now + timedelta(days=5)),
+        ("codex", "frank@example.com", [0.0, 0.0], even, "cloudflare", now + timedelta(days=5)),
     ]
-    for provider, email, used, behaviour, expired in cast:
+    for provider, email, used, resets, behaviour, expired in cast:
         name = email.split("@")[0].lower()
         access, refresh = "demo-access-%s" % name, "demo-refresh-%s" % name
-        fake.add_account(FakeAccount(provider, email, used, behaviour), access, refresh)
+        fake.add_account(FakeAccount(provider, email, used, behaviour, resets=resets), access,
+                         refresh)
         if expired <= now:
             fake.expire_access(access)
         write_credential(directory, provider, email, access, refresh, expired)

@@ -47,8 +47,17 @@ class AccountState(str, enum.Enum):
 LOCAL_SOURCE = "local"
 
 #: Window keys that limit the whole account (not one model): the effective remaining percent is
-#: the minimum over these (SPEC §14).
-ACCOUNT_WIDE_KEYS = frozenset({"five_hour", "seven_day", "primary_window", "secondary_window"})
+#: the minimum over these (SPEC §14). Claude `five_hour`/`seven_day` (also what `limits[]`
+#: `session`/`weekly_all` become), Codex `primary_window`/`secondary_window` (whatever their
+#: length), and the generic parser's titled equivalents (`five_hour`, `session`, `weekly`, `full`).
+#: Keys with a prefix (`seven_day_opus`, `weekly_scoped:<model>`, `<limit slug>:primary_window`)
+#: are scoped to a model or a metered feature and never limit the whole account.
+ACCOUNT_WIDE_KEYS = frozenset({"five_hour", "seven_day", "primary_window", "secondary_window",
+                               "session", "weekly", "full"})
+
+#: Window lengths by title, for windows whose length the server does not state.
+FIVE_HOURS = 5 * 3600
+ONE_WEEK = 7 * 86400
 
 
 @dataclass(frozen=True)
@@ -88,7 +97,14 @@ class UsageWindow:
     locked_reason: Optional[str] = None
     """Why the server locked this window, when it says."""
     pace: Optional[Pace] = field(default=None, compare=False)
-    """The pace projection, when the window's length is known (set after the fetch)."""
+    """The pace projection, when the window's length is known (set by the tracker after the
+    fetch, from the reading and the state store's earlier readings)."""
+    length_seconds: Optional[float] = field(default=None, compare=False)
+    """How long one period of the window lasts (18000 for 5-hour, 604800 for weekly, Codex
+    `limit_window_seconds`), or None when unknown. Set by the parsers."""
+    rolled_over: bool = field(default=False, compare=False)
+    """True when this is a stored window whose reset has passed since it was read: it shows
+    0 % used by assumption, not by a reading (`parsing.roll_over`)."""
 
     @property
     def remaining_percent(self) -> Optional[float]:
@@ -132,12 +148,19 @@ class AccountUsage:
     """Where the account comes from: `local`, or a remote proxy's host:port."""
 
     @property
+    def account_wide_windows(self) -> Tuple[UsageWindow, ...]:
+        """The windows that limit the whole account and carry a reading: account-wide keys
+        with a known percentage, rolled-over stale windows left out (their 0 % used is an
+        assumption: the window reset, but nobody has read it since)."""
+        return tuple(w for w in self.windows if w.key in ACCOUNT_WIDE_KEYS
+                     and w.remaining_percent is not None and not w.rolled_over)
+
+    @property
     def effective_remaining_percent(self) -> Optional[float]:
         """The least remaining percent over the account-wide windows, or None when none is
         known: what is really left to use (a model-scoped window alone never decides it)."""
-        values = [w.remaining_percent for w in self.windows
-                  if w.key in ACCOUNT_WIDE_KEYS and w.remaining_percent is not None]
-        return min(values) if values else None
+        values = [w.remaining_percent for w in self.account_wide_windows]
+        return min(v for v in values if v is not None) if values else None
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import re
 from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from .models import UsageWindow
+from .models import FIVE_HOURS, ONE_WEEK, UsageWindow
 
 # Epoch numbers above this are milliseconds (10**10 s is the year 2286).
 _MILLISECONDS_ABOVE = 10 ** 10
@@ -124,7 +124,8 @@ def _absolute(date: datetime) -> str:
 
 
 def make_window(key: str, title: str, used_percent: Optional[float],
-                reset_date: Optional[datetime], now: datetime) -> Optional[UsageWindow]:
+                reset_date: Optional[datetime], now: datetime,
+                length_seconds: Optional[float] = None) -> Optional[UsageWindow]:
     """Given a window's parts, return the UsageWindow (percentage clamped, reset text made), or
     None when it has neither a usable percentage nor a reset moment."""
     used = clamp_percent(used_percent)
@@ -132,7 +133,20 @@ def make_window(key: str, title: str, used_percent: Optional[float],
         return None
     text = reset_text(reset_date, now) if reset_date is not None else None
     return UsageWindow(key=key, title=title, used_percent=used, reset_date=reset_date,
-                       reset_text=text)
+                       reset_text=text, length_seconds=length_seconds)
+
+
+def title_length(title: str) -> Optional[float]:
+    """Given a window title, return the window's length in seconds when the title states it
+    ("5-hour", "Weekly", "Weekly (Opus)", "N-hour", "N-day"), else None."""
+    if title == "5-hour" or title.startswith("5-hour ("):
+        return float(FIVE_HOURS)
+    if title == "Weekly" or title.startswith("Weekly ("):
+        return float(ONE_WEEK)
+    match = re.fullmatch(r"(\d+)-(hour|day)", title)
+    if match:
+        return float(int(match.group(1)) * (3600 if match.group(2) == "hour" else 86400))
+    return None
 
 
 def roll_over(window: UsageWindow, now: datetime) -> UsageWindow:
@@ -142,7 +156,8 @@ def roll_over(window: UsageWindow, now: datetime) -> UsageWindow:
         return window
     return UsageWindow(key=window.key, title=window.title, used_percent=0.0,
                        reset_date=window.reset_date,
-                       reset_text="reset " + reset_text(window.reset_date, now))
+                       reset_text="reset " + reset_text(window.reset_date, now),
+                       length_seconds=window.length_seconds, rolled_over=True)
 
 
 # --- the generic parser (for bodies of a shape we do not know) ---------------------------------
@@ -253,7 +268,7 @@ def parse_generic_windows(payload: Any, now: datetime) -> List[UsageWindow]:
         title = _title_for(path, obj)
         if title is None or title in found:
             continue
-        window = make_window(_GENERIC_KEYS[title], title, used, reset, now)
+        window = make_window(_GENERIC_KEYS[title], title, used, reset, now, title_length(title))
         if window is not None:
             found[title] = window
     return [found[title] for title in GENERIC_ORDER if title in found]

@@ -7,6 +7,7 @@ from .models import AccountUsage, Skipped
 
 OK, FAILED, USAGE_ERROR, BELOW_THRESHOLD = 0, 1, 2, 3
 DEFAULT_MAX_STALE = 3600.0
+DEFAULT_USABLE_ABOVE = 10.0
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,8 @@ class Report:
 
     max_stale_seconds: float = DEFAULT_MAX_STALE
     """Stale values younger than this stand in for a failed fetch without failing the run."""
+    usable_above: float = DEFAULT_USABLE_ABOVE
+    """An account with at least this effective remaining percent counts as usable (§14)."""
 
     def is_failure(self, account: AccountUsage) -> bool:
         """True when the account failed: an error, unless it is no login problem and stale
@@ -45,18 +48,19 @@ class Report:
 
 
 def below_threshold(report: Report, fail_below: float) -> bool:
-    """True when a window of an account that did not fail has less than `fail_below` percent
-    left (acceptably stale values count: they are the best figures there are)."""
-    return any(window.remaining_percent is not None and window.remaining_percent < fail_below
-               for account in report.accounts if not report.is_failure(account)
-               for window in account.windows)
+    """True when an account that did not fail has an effective remaining percent (the least
+    over its account-wide windows) below `fail_below`. A model-scoped window alone never trips
+    it; acceptably stale values count (they are the best figures there are)."""
+    return any(account.effective_remaining_percent is not None
+               and account.effective_remaining_percent < fail_below
+               for account in report.accounts if not report.is_failure(account))
 
 
 def exit_status(report: Report, fail_below: Optional[float] = None) -> int:
     """Given a report, return 0 when every queried account returned windows (or none was to be
     queried, stale values younger than max_stale included), 1 when one failed or a credential
-    file was unreadable, 3 when `fail_below` is given
-    and a window has less left (3 wins over 1)."""
+    file was unreadable, 3 when `fail_below` is given and an account's effective remaining
+    percent is below it (3 wins over 1)."""
     if fail_below is not None and below_threshold(report, fail_below):
         return BELOW_THRESHOLD
     if report.failed or report.unreadable:

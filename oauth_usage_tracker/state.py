@@ -12,10 +12,11 @@ import logging
 import os
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, TypeVar
 
-from . import files
+from . import files, pace
 from .models import AccountUsage, AuthAccount, Provider, UsageWindow
+from .pace import Reading, WindowHistory
 from .parsing import (clamp_percent, format_timestamp, number_value, parse_timestamp,
                       reset_text, roll_over)
 
@@ -66,6 +67,8 @@ class AccountState:
     """The length of the running (or last) 429 cooldown, for doubling."""
     extra: Dict[str, Any] = field(default_factory=dict)
     """Account details from the last good fetch (plan, credits…), as JSON."""
+    readings: Dict[str, WindowHistory] = field(default_factory=dict)
+    """Earlier readings of each window's current period, by window key, for the pace."""
 
     def cooling_down(self, now: datetime) -> bool:
         """True while a cooldown is running."""
@@ -83,7 +86,34 @@ def _window_to_json(window: UsageWindow) -> Dict[str, Any]:
     return {"key": window.key, "title": window.title, "used_percent": window.used_percent,
             "reset_date": format_timestamp(window.reset_date) if window.reset_date else None,
             "severity": window.severity, "is_active": window.is_active,
-            "locked_reason": window.locked_reason}
+            "locked_reason": window.locked_reason, "length_seconds": window.length_seconds}
+
+
+def _reading_to_json(reading: Reading) -> List[Any]:
+    return [format_timestamp(reading.at), reading.used_percent]
+
+
+def _reading_from_json(raw: Any) -> Optional[Reading]:
+    if not isinstance(raw, list) or len(raw) != 2:
+        return None
+    at, used = parse_timestamp(raw[0]), clamp_percent(number_value(raw[1]))
+    return Reading(at, used) if at is not None and used is not None else None
+
+
+def _history_to_json(history: WindowHistory) -> Dict[str, Any]:
+    return {"reset": format_timestamp(history.reset),
+            "readings": [_reading_to_json(r) for r in history.readings],
+            "previous": _reading_to_json(history.previous) if history.previous else None}
+
+
+def _history_from_json(raw: Any) -> Optional[WindowHistory]:
+    reset = parse_timestamp(raw.get("reset")) if isinstance(raw, dict) else None
+    if reset is None:
+        return None
+    readings = raw.get("readings") if isinstance(raw.get("readings"), list) else []
+    kept = [r for r in map(_reading_from_json, readings[-pace.MAX_READINGS:]) if r is not None]
+    return WindowHistory(reset=reset, readings=tuple(sorted(kept, key=lambda r: r.at)),
+                         previous=_reading_from_json(raw.get("previous")))
 
 
 def _window_from_json(raw: Any) -> Optional[UsageWindow]:
@@ -91,12 +121,15 @@ def _window_from_json(raw: Any) -> Optional[UsageWindow]:
             or not isinstance(raw.get("title"), str):
         return None
     used = number_value(raw.get("used_percent"))
-    text = {name: raw.get(name) if isinstance(raw.get(name), str) else None
-            for name in ("severity", "locked_reason")}
+    severity, locked = (raw.get(name) if isinstance(raw.get(name), str) else None
+                        for name in ("severity", "locked_reason"))
     active = raw.get("is_active")
+    length = number_value(raw.get("length_seconds"))
     return UsageWindow(raw["key"], raw["title"], clamp_percent(used),
                        parse_timestamp(raw.get("reset_date")),
-                       is_active=active if isinstance(active, bool) else None, **text)
+                       is_active=active if isinstance(active, bool) else None,
+                       length_seconds=length if length is not None and length > 0 else None,
+                       severity=severity, locked_reason=locked)
 
 
 def _entry_from_json(raw: Any) -> Optional[AccountState]:
@@ -104,11 +137,15 @@ def _entry_from_json(raw: Any) -> Optional[AccountState]:
         return None
     windows = raw.get("windows") if isinstance(raw.get("windows"), list) else []
     extra = raw.get("extra") if isinstance(raw.get("extra"), dict) else {}
+    readings: Dict[Any, Any] = raw["readings"] if isinstance(raw.get("readings"), dict) else {}
+    histories = {key: _history_from_json(value) for key, value in readings.items()
+                 if isinstance(key, str)}
     return AccountState(
         windows=tuple(w for w in map(_window_from_json, windows) if w is not None),
         fetched_at=parse_timestamp(raw.get("fetched_at")),
         cooldown_until=parse_timestamp(raw.get("cooldown_until")),
-        cooldown_seconds=number_value(raw.get("cooldown_seconds")), extra=extra)
+        cooldown_seconds=number_value(raw.get("cooldown_seconds")), extra=extra,
+        readings={key: value for key, value in histories.items() if value is not None})
 
 
 def _entry_to_json(entry: AccountState) -> Dict[str, Any]:
@@ -116,7 +153,8 @@ def _entry_to_json(entry: AccountState) -> Dict[str, Any]:
             "fetched_at": format_timestamp(entry.fetched_at) if entry.fetched_at else None,
             "cooldown_until": (format_timestamp(entry.cooldown_until)
                                if entry.cooldown_until else None),
-            "cooldown_seconds": entry.cooldown_seconds, "extra": entry.extra}
+            "cooldown_seconds": entry.cooldown_seconds, "extra": entry.extra,
+            "readings": {key: _history_to_json(value) for key, value in entry.readings.items()}}
 
 
 def _key_text(key: Key) -> str:
@@ -216,18 +254,23 @@ def _read_object(path: str) -> Dict[str, Any]:
     return parsed
 
 
-def next_state(previous: Optional[AccountState], now: datetime, windows=None, extra=None,
-               rate_limited: bool = False, retry_after: Optional[float] = None) -> AccountState:
+def next_state(previous: Optional[AccountState], now: datetime,
+               windows: Optional[Iterable[UsageWindow]] = None,
+               extra: Optional[Mapping[str, Any]] = None, rate_limited: bool = False,
+               retry_after: Optional[float] = None) -> AccountState:
     """Given an account's previous state and the outcome of a fetch, return its new state:
     good windows replace the stored ones and end any cooldown; a 429 starts (or doubles) one;
     any other failure keeps what was stored."""
     previous = previous or AccountState()
+    windows = tuple(windows or ())
     if windows:
-        return AccountState(windows=tuple(windows), fetched_at=now, extra=dict(extra or {}))
+        return AccountState(windows=windows, fetched_at=now, extra=dict(extra or {}),
+                            readings=pace.record(previous.readings, windows, now))
     if rate_limited:
         seconds = cooldown_seconds(retry_after, previous.cooldown_seconds)
         return AccountState(previous.windows, previous.fetched_at,
-                            now + timedelta(seconds=seconds), seconds, previous.extra)
+                            now + timedelta(seconds=seconds), seconds, previous.extra,
+                            previous.readings)
     return previous
 
 
@@ -235,12 +278,16 @@ def from_store(account: AuthAccount, entry: AccountState, now: datetime, stale: 
                error: Optional[str] = None, login_problem: bool = False,
                token_refreshed: bool = False) -> AccountUsage:
     """Given an account and its stored state, return the AccountUsage that shows the stored
-    windows as they stand now (`stale` when they stand in for a failed or skipped fetch)."""
+    windows as they stand now (`stale` when they stand in for a failed or skipped fetch), each
+    with the pace it had when it was read (none for a window that has rolled over since)."""
     # Checked by type: the state file is ours, but a damaged one must not break the table.
     details = {name: entry.extra.get(name) if isinstance(entry.extra.get(name), kind) else None
                for name, kind in (("plan", str), ("credits", dict), ("extra_usage", dict))}
+    windows = entry.windows_at(now)
+    if entry.fetched_at is not None:
+        windows = pace.attach(windows, entry.fetched_at, entry.readings)
     return AccountUsage(id=account.id, provider=account.provider, email=account.email,
-                        windows=entry.windows_at(now), error=error,
+                        windows=windows, error=error,
                         updated_at=entry.fetched_at, token_refreshed=token_refreshed,
                         stale=stale and bool(entry.windows), fetched_at=entry.fetched_at,
                         login_problem=login_problem, **details)

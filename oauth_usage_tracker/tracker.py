@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from functools import partial
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from . import http
+from . import http, pace
 from .accounts import select_accounts
 from .config import Settings
 from .errors import RefreshSuperseded, UsageTrackerError
@@ -305,7 +305,9 @@ class OAuthUsageTracker:
             return from_store(account, new_entry, now, stale=True, error=str(error),
                               login_problem=error.login_problem,
                               token_refreshed=error.token_refreshed), new_entry
-        usage = replace(usage, fetched_at=usage.updated_at or now)
+        readings = entry.readings if entry is not None else {}
+        usage = replace(usage, fetched_at=usage.updated_at or now,
+                        windows=pace.attach(usage.windows, usage.updated_at or now, readings))
         details = {"plan": usage.plan, "credits": usage.credits, "extra_usage": usage.extra_usage}
         return usage, next_state(entry, now, windows=usage.windows,
                                  extra={k: v for k, v in details.items() if v is not None})

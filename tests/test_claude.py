@@ -645,3 +645,14 @@ def test_refresh_keeps_every_other_key_of_the_file(auth_dir, session, mocked_res
     assert on_disk == original
     assert type(on_disk["weight"]) is float and type(on_disk["priority"]) is int
     assert os.stat(path).st_mode & 0o777 == 0o600
+
+
+def test_parse_usage_sets_window_lengths_from_titles():
+    from oauth_usage_tracker.providers.claude import parse_usage
+    now = datetime(2026, 11, 24, 14, 0, tzinfo=timezone.utc)
+    windows = parse_usage({"five_hour": {"utilization": 1, "resets_at": None},
+                           "seven_day_opus": {"utilization": 2, "resets_at": None},
+                           "nimbus_quill": {"utilization": 3, "resets_at": None},
+                           "extra_usage": {"is_enabled": True, "utilization": 4}}, now)
+    assert {w.key: w.length_seconds for w in windows} == {
+        "five_hour": 18000, "seven_day_opus": 604800, "nimbus_quill": None, "extra_usage": None}

@@ -400,3 +400,15 @@ def test_fetch_usage_connection_refused_says_so(auth_dir, session, mocked_respon
         "HTTPSConnectionPool: Max retries exceeded ([Errno 111] Connection refused)"))
     error = fetch_error(auth_dir, session)
     assert str(error) == "Codex usage request failed: connection refused"
+
+
+def test_parse_window_length_from_limit_window_seconds_else_title():
+    from oauth_usage_tracker.providers.codex import parse_window
+    now = datetime(2026, 11, 24, 14, 0, tzinfo=timezone.utc)
+    monthly = parse_window("primary_window", "5-hour",
+                           {"used_percent": 5, "limit_window_seconds": 2592000,
+                            "reset_after_seconds": 600}, now)
+    assert (monthly.title, monthly.length_seconds) == ("30-day", 2592000)
+    unstated = parse_window("secondary_window", "Weekly", {"used_percent": 5,
+                                                           "reset_after_seconds": 600}, now)
+    assert unstated.length_seconds == 604800

@@ -215,3 +215,30 @@ def test_effective_remaining_percent_ignores_model_scoped_windows():
         UsageWindow("seven_day_opus", "Weekly (Opus)", 99.0)))
     assert usage.effective_remaining_percent == 45.0
     assert AccountUsage(id="b.json", provider=Provider.CODEX).effective_remaining_percent is None
+
+
+def test_effective_remaining_percent_counts_titled_equivalents_not_feature_limits():
+    from oauth_usage_tracker.models import AccountUsage, Provider, UsageWindow
+    codex = AccountUsage(id="c.json", provider=Provider.CODEX, windows=(
+        UsageWindow("primary_window", "5-hour", 20.0),
+        UsageWindow("gpt_5_3_codex_spark:primary_window", "GPT-5.3-Codex-Spark 5-hour", 99.0),
+        UsageWindow("gpt_5_3_codex_spark:secondary_window", "GPT-5.3-Codex-Spark Weekly", 97.0)))
+    assert codex.effective_remaining_percent == 80.0
+    generic = AccountUsage(id="g.json", provider=Provider.CODEX, windows=(
+        UsageWindow("weekly", "Weekly", 70.0), UsageWindow("full", "Full", 10.0)))
+    assert generic.effective_remaining_percent == 30.0
+    scoped_only = AccountUsage(id="s.json", provider=Provider.CLAUDE, windows=(
+        UsageWindow("weekly_scoped:opus", "Weekly (Opus)", 100.0),))
+    assert scoped_only.effective_remaining_percent is None
+
+
+def test_effective_remaining_percent_ignores_rolled_over_stale_windows():
+    from oauth_usage_tracker.parsing import roll_over
+    now = datetime(2026, 11, 24, 14, 0, tzinfo=timezone.utc)
+    five = roll_over(UsageWindow("five_hour", "5-hour", 95.0, now - timedelta(minutes=5)), now)
+    week = UsageWindow("seven_day", "Weekly", 40.0, now + timedelta(days=2))
+    assert five.rolled_over and five.remaining_percent == 100.0
+    both = AccountUsage(id="a.json", provider=Provider.CLAUDE, windows=(five, week), stale=True)
+    assert both.effective_remaining_percent == 60.0
+    alone = AccountUsage(id="a.json", provider=Provider.CLAUDE, windows=(five,), stale=True)
+    assert alone.effective_remaining_percent is None

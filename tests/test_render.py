@@ -37,12 +37,14 @@ def test_render_json_matches_spec_shape():
             {"key": "five_hour", "title": "5-hour", "used_percent": 37.0,
              "remaining_percent": 63.0, "reset_date": "2026-11-24T17:00:00Z",
              "reset_text": "in 3 hours (Nov 24, 2026, 5:00 PM)", "severity": None,
-             "is_active": None, "locked_reason": None},
+             "is_active": None, "locked_reason": None, "length_seconds": None, "pace": None},
             {"key": "seven_day", "title": "Weekly", "used_percent": 95.5,
              "remaining_percent": 4.5, "reset_date": None, "reset_text": None,
-             "severity": None, "is_active": None, "locked_reason": None}],
+             "severity": None, "is_active": None, "locked_reason": None,
+             "length_seconds": None, "pace": None}],
         "error": None, "updated_at": "2026-11-24T14:00:00Z", "token_refreshed": False,
-        "stale": False, "fetched_at": None, "plan": None, "credits": None, "extra_usage": None}
+        "stale": False, "fetched_at": None, "plan": None, "credits": None, "extra_usage": None,
+        "effective_remaining_percent": 4.5}
     assert report["accounts"][1]["error"] == "Codex usage request timed out after 15 s"
     assert report["accounts"][1]["updated_at"] is None
     assert report["skipped"] == [
@@ -57,7 +59,7 @@ def test_render_table_blocks_errors_and_skipped_without_colour():
     assert "\x1b[" not in text
     lines = text.splitlines()
     assert lines[0] == "2 accounts, 1 failed, 2 skipped (2026-11-24 14:00 UTC)"
-    assert "Claude  alice@example.com" in lines
+    assert "Claude  alice@example.com  4.5% left" in lines
     five = next(line for line in lines if "5-hour" in line)
     assert "63% left" in five and five.endswith("resets in 3 hours (Nov 24, 2026, 5:00 PM)")
     assert any("Weekly" in line and "4.5% left" in line for line in lines)
@@ -111,7 +113,7 @@ def test_stale_account_in_json_table_and_prometheus():
     report = Report(accounts=(stale,), skipped=(), generated_at=NOW)
     account = json.loads(json_report.render_json(report))["accounts"][0]
     assert account["stale"] is True and account["fetched_at"] == "2026-11-24T13:48:00Z"
-    assert "Claude  s@example.com  (stale: values from 12 minutes ago)" in \
+    assert "Claude  s@example.com  80% left  (stale: values from 12 minutes ago)" in \
         table.render_table(report)
     families = {f.name: f for f in text_string_to_metric_families(
         prometheus.render_prometheus(report))}

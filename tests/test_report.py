@@ -51,3 +51,15 @@ def test_exit_status_unknown_percent_never_crosses_threshold():
     unknown = AccountUsage(id="a.json", provider=Provider.CODEX,
                            windows=(UsageWindow("primary_window", "5-hour", None),))
     assert module.exit_status(make([unknown]), fail_below=100) == 0
+
+
+def test_exit_status_fail_below_compares_effective_remaining_not_model_scoped_windows():
+    scoped = AccountUsage(id="a.json", provider=Provider.CLAUDE, windows=(
+        UsageWindow("five_hour", "5-hour", 20.0), UsageWindow("seven_day", "Weekly", 30.0),
+        UsageWindow("seven_day_opus", "Weekly (Opus)", 100.0)))
+    assert scoped.effective_remaining_percent == 70.0
+    assert module.exit_status(make([scoped]), fail_below=10) == 0
+    assert module.exit_status(make([scoped]), fail_below=70.5) == 3
+    codex_feature = AccountUsage(id="c.json", provider=Provider.CODEX, windows=(
+        UsageWindow("spark:primary_window", "Spark 5-hour", 100.0),))
+    assert module.exit_status(make([codex_feature]), fail_below=50) == 0

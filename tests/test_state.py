@@ -252,3 +252,53 @@ def test_state_file_never_holds_a_token(tmp_path):
     assert "claude/claude-a@example.com.json" in text
     assert_no_secrets(text)
     assert CLAUDE_ACCESS not in text and "token" not in text
+
+
+def test_store_round_trip_keeps_window_length_and_bounded_readings(tmp_path):
+    from oauth_usage_tracker import pace
+    store = module.StateStore(str(tmp_path / "state"))
+    reset = NOW + timedelta(hours=4)
+    entry = None
+    for minute in range(0, 200, 5):
+        window = UsageWindow("five_hour", "5-hour", minute / 4, reset, length_seconds=18000.0)
+        entry = module.next_state(entry, NOW + timedelta(minutes=minute), windows=[window])
+    store.save([(("claude", "claude-a.json"), entry)])
+    loaded = store.load()[("claude", "claude-a.json")]
+    assert loaded.windows[0].length_seconds == 18000.0
+    history = loaded.readings["five_hour"]
+    assert history == entry.readings["five_hour"]
+    assert len(history.readings) == pace.MAX_READINGS
+    assert history.readings[-1] == pace.Reading(NOW + timedelta(minutes=195), 195 / 4)
+    limited = module.next_state(loaded, NOW + timedelta(minutes=200), rate_limited=True)
+    assert limited.readings == loaded.readings
+
+
+def test_store_damaged_readings_are_dropped_not_fatal(tmp_path):
+    import json
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "state.json").write_text(json.dumps({"version": 1, "accounts": {"claude/a.json": {
+        "windows": [], "readings": {"five_hour": {"reset": "garbage", "readings": []},
+                                    "seven_day": {"reset": "2026-11-25T00:00:00Z",
+                                                  "readings": [["x", 1], [1, "y"], 5,
+                                                               ["2026-11-24T10:00:00Z", 7]],
+                                                  "previous": "nope"},
+                                    "7": [1, 2]}}}}))
+    loaded = module.StateStore(str(state)).load()[("claude", "a.json")]
+    assert set(loaded.readings) == {"seven_day"}
+    assert [r.used_percent for r in loaded.readings["seven_day"].readings] == [7.0]
+    assert loaded.readings["seven_day"].previous is None
+
+
+def test_from_store_gives_stale_windows_their_pace_at_fetch_time_but_not_rolled_over_ones():
+    from oauth_usage_tracker.models import AuthAccount
+    five = UsageWindow("five_hour", "5-hour", 80.0, NOW + timedelta(hours=1), length_seconds=18000.0)
+    week = UsageWindow("seven_day", "Weekly", 40.0, NOW + timedelta(days=3),
+                       length_seconds=604800.0)
+    entry = module.next_state(None, NOW, windows=[five, week])
+    account = AuthAccount("claude-a.json", Provider.CLAUDE, "a@x", "a@x", "/nonexistent")
+    usage = module.from_store(account, entry, NOW + timedelta(hours=2), stale=True, error="429")
+    rolled, weekly = usage.windows
+    assert rolled.rolled_over and rolled.pace is None
+    assert weekly.pace is not None
+    assert weekly.pace.expected_used_percent == pytest.approx(100 * 4 / 7)

@@ -17,7 +17,7 @@ from ..config import CLAUDE_CLIENT_ID, Settings
 from ..credentials import TokenGrant, read_json_object, token_field
 from ..errors import CredentialError, ProviderError, TokenRefreshError, UsageTrackerError
 from ..models import AccountUsage, AuthAccount, UsageWindow
-from ..parsing import make_window, number_value, parse_timestamp, slug
+from ..parsing import make_window, number_value, parse_timestamp, slug, title_length
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,8 @@ def parse_bucket(key: str, title: str, raw: Any, now: datetime) -> Optional[Usag
     used = number_value(raw.get("utilization"))
     if used is None:
         return None
-    window = make_window(key, title, used, parse_timestamp(raw.get("resets_at")), now)
+    window = make_window(key, title, used, parse_timestamp(raw.get("resets_at")), now,
+                         title_length(title))
     locked = raw.get("locked_reason")
     if window is not None and isinstance(locked, str) and locked.strip():
         window = replace(window, locked_reason=locked.strip())
@@ -75,7 +76,7 @@ def _limit_window(entry: Dict[str, Any], key: str, title: str,
                   now: datetime) -> Optional[UsageWindow]:
     """One `limits[]` entry as a window; `percent` is already a percentage."""
     window = make_window(key, title, number_value(entry.get("percent")),
-                         parse_timestamp(entry.get("resets_at")), now)
+                         parse_timestamp(entry.get("resets_at")), now, title_length(title))
     return window and _with_limit_flags(window, entry)
 
 

@@ -13,7 +13,7 @@ from ..credentials import read_json_object, token_field
 from ..errors import CredentialError, ProviderError
 from ..models import AccountUsage, AuthAccount, UsageWindow
 from ..parsing import (clamp_percent, format_timestamp, make_window, number_value,
-                       parse_generic_windows, parse_timestamp, slug)
+                       parse_generic_windows, parse_timestamp, slug, title_length)
 
 WHAT = "Codex usage"
 NO_WINDOWS = "Usage response did not include quota windows"
@@ -40,13 +40,16 @@ def parse_window(key: str, fallback_title: str, raw: Any, now: datetime) -> Opti
     null or tells nothing. `used_percent` is already a percentage."""
     if not isinstance(raw, dict):
         return None
-    title = window_title(number_value(raw.get("limit_window_seconds")), fallback_title)
+    seconds = number_value(raw.get("limit_window_seconds"))
+    title = window_title(seconds, fallback_title)
+    # The stated length wins; without one, the position's usual length (as the title says).
+    length = seconds if seconds is not None and 0 < seconds < 10 ** 9 else title_length(title)
     reset = parse_timestamp(raw.get("reset_at"))
     if reset is None:
         after = number_value(raw.get("reset_after_seconds"))
         if after is not None and 0 <= after < 10 ** 9:
             reset = now + timedelta(seconds=after)
-    return make_window(key, title, number_value(raw.get("used_percent")), reset, now)
+    return make_window(key, title, number_value(raw.get("used_percent")), reset, now, length)
 
 
 def _rate_limit_windows(rate_limit: Any, now: datetime, key_prefix: str = "",

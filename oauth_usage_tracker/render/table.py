@@ -2,10 +2,16 @@
 from datetime import datetime, timedelta
 from typing import List, Optional
 
+from .. import pool
 from ..models import AccountUsage, UsageWindow
+from ..parsing import reset_text
 from ..report import Report
+from . import lines as lines_layout
 
 BAR_WIDTH = 20
+LAYOUTS = ("auto", "blocks", "lines")
+#: `auto` shows blocks up to this many accounts, one line per account above.
+AUTO_BLOCKS = 10
 _RESET = "\033[0m"
 _COLOURS = {"red": "\033[31m", "yellow": "\033[33m", "green": "\033[32m", "bold": "\033[1m",
             "dim": "\033[2m"}
@@ -41,6 +47,16 @@ def _bar(remaining: Optional[float]) -> str:
 
 def _percent(value: float) -> str:
     return ("%.1f" % value).rstrip("0").rstrip(".")
+
+
+def _pace_line(window: UsageWindow, title_width: int, paint: _Painter, now: datetime) -> str:
+    """The note under a window that runs out before its reset at the current pace."""
+    pace = window.pace
+    assert pace is not None and pace.projected_exhaustion is not None
+    # Stale values keep the pace of their reading, whose projection may lie in the past now.
+    verb = "runs out" if pace.projected_exhaustion > now else "ran out"
+    return "  %-*s  %s" % (title_width, "", paint("! at this pace, %s %s" % (
+        verb, reset_text(pace.projected_exhaustion, now)), "red"))
 
 
 def _window_line(window: UsageWindow, title_width: int, paint: _Painter) -> str:
@@ -92,6 +108,9 @@ def _account_block(account: AccountUsage, paint: _Painter, now: datetime) -> Lis
     header = "%s  %s" % (paint(account.provider.label, "bold"), account.email or account.id)
     if account.plan:
         header += "  [%s]" % account.plan
+    effective = account.effective_remaining_percent
+    if effective is not None:
+        header += "  " + paint("%s%% left" % _percent(effective), _level(effective))
     notes = []
     if account.token_refreshed:
         notes.append("token refreshed")
@@ -103,24 +122,38 @@ def _account_block(account: AccountUsage, paint: _Painter, now: datetime) -> Lis
     if account.error:
         lines.append("  " + paint("error: " + account.error, "red"))
     width = max((len(window.title) for window in account.windows), default=0)
-    lines.extend(_window_line(window, width, paint) for window in account.windows)
+    for window in account.windows:
+        lines.append(_window_line(window, width, paint))
+        if lines_layout.runs_out(window) and window.remaining_percent:  # 0 % left says it
+            lines.append(_pace_line(window, width, paint, now))
     lines.extend(_detail_lines(account))
     return lines
 
 
-def render_table(report: Report, colour: bool = False) -> str:
-    """Given a report, return the table for people; ANSI colour only when `colour` is true."""
+def render_table(report: Report, colour: bool = False, layout: str = "auto",
+                 sort: str = "name") -> str:
+    """Given a report, return the table for people: the summary, then the accounts in `sort`
+    order (pool.SORTS) as `blocks` or `lines` (`auto`: blocks up to AUTO_BLOCKS accounts,
+    lines above), then the skipped files; ANSI colour only when `colour` is true."""
+    if layout not in LAYOUTS:
+        raise ValueError("unknown layout %r" % layout)
     paint = _Painter(colour)
     failed = len(report.failed)
     summary = "%d account%s, %d failed, %d skipped (%s UTC)" % (
         len(report.accounts), "" if len(report.accounts) == 1 else "s", failed,
         len(report.skipped), report.generated_at.strftime("%Y-%m-%d %H:%M"))
-    lines = [summary, ""]
+    lines = [summary] + lines_layout.summary_lines(report, paint) + [""]
     if not report.accounts:
         lines.extend(["No accounts to query.", ""])
-    for account in report.accounts:
-        lines.extend(_account_block(account, paint, report.generated_at))
-        lines.append("")
+    accounts = pool.sort_accounts(report.accounts, sort)
+    if layout == "lines" or (layout == "auto" and len(accounts) > AUTO_BLOCKS):
+        if accounts:
+            lines.extend(lines_layout.render_lines(accounts, report.generated_at, paint, _level))
+            lines.append("")
+    else:
+        for account in accounts:
+            lines.extend(_account_block(account, paint, report.generated_at))
+            lines.append("")
     if report.skipped:
         lines.append(paint("Skipped", "bold"))
         width = max(len(skipped.id) for skipped in report.skipped)

@@ -175,5 +175,6 @@ def test_python_snippet_gets_the_events(auth_dir, tmp_path, monkeypatch):
             monkeypatch.setenv(name, value)
         namespace = {}
         exec(compile(snippet, "README.md", "exec"), namespace)
-    assert namespace["event"].type.value == "quota_low"
+    # 95 % used early in the window: quota_low, then the pace's runs_out_before_reset.
+    assert namespace["event"].type.value in ("quota_low", "runs_out_before_reset")
     assert namespace["event"].to_json()["window"]["key"] == "primary_window"

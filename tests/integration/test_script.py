@@ -1,6 +1,7 @@
 """The installed script, end to end, in subprocesses against the loopback fake of both providers."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -70,12 +71,29 @@ def test_demo_in_fresh_home_shows_dashboard_and_writes_nothing_outside_temp(tmp_
     result = run(["--demo"], home=home)
     assert result.returncode == 0, result.stderr
     assert "alice@example.com" in result.stdout
-    assert "Carol@example.com  (token refreshed)" in result.stdout
+    assert "Carol@example.com  12% left  (token refreshed)" in result.stdout
+    # The story: Carol's 5-hour window runs out before it resets; dave is idle; erin frees up.
+    carol = result.stdout[result.stdout.index("Carol@"):result.stdout.index("dave@")]
+    assert "! at this pace, runs out in 2" in carol
+    assert "Codex  dave@example.com  [plus]  100% left" in result.stdout
+    assert re.search(r"\n {8}next to free up in 1[45]m: erin@example.com\n", result.stdout)
     assert "5-hour" in result.stdout and "% left" in result.stdout
     assert "error: Codex usage API returned 403" in result.stdout
     assert "unsupported type 'gemini'" in result.stdout
     assert "\x1b[" not in result.stdout  # not a TTY: no colour
     assert list(home.iterdir()) == []
+
+
+def test_demo_lines_layout_sorted_by_headroom_fits_80_columns(tmp_path):
+    result = run(["--demo", "--layout", "lines", "--sort", "headroom"], home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    order = [line[2:].split()[1] for line in lines
+             if line[2:].split()[:1] in (["claude"], ["codex"])]
+    assert order == ["dave@example.com", "alice@example.com", "Carol@example.com",
+                     "erin@example.com", "frank@example.com"]
+    assert any(line.startswith("! claude  Carol@example.com") for line in lines)
 
 
 def test_demo_json_is_a_version_1_report(tmp_path):

@@ -1,0 +1,198 @@
+"""Pace: how fast a quota window is being used against how much of it has elapsed. Pure.
+
+A window of known length L that resets at R started at R − L. At the moment `at` of a reading,
+the elapsed share is (at − (R − L)) / L; an even pace would have used that share. The projection
+runs the usage on to 100 % at a rate: the rate since the window started (basis `window`), or,
+when the state store holds earlier readings of the same period, the rate since the oldest of
+them (basis `recent`, which follows a burst or a pause sooner).
+
+Awkward cases, decided here once:
+- unknown length, no reset moment, no percentage: no pace;
+- a reset moment in the past (the reading is of a period that has ended, or a stored window
+  rolled over): no pace;
+- a reset further away than one window length (the stated length does not fit): no pace;
+- less than 5 % of the window elapsed (it just reset): no pace, too early to tell;
+- usage 0: a pace (expected and delta), but no projected moment: nothing is being used;
+- usage already at 100 %: it ran out now, before its reset;
+- the rollover artefact: right after a reset the endpoint can answer with the old period's high
+  utilisation and the new reset moment. A reading in the first 5 % of a period that is at
+  least as high as the last reading of the period before is taken for that artefact: it gets
+  no pace (as any reading that early) and is not stored as a reading, so it never skews the
+  recent rate later. The figure itself is reported as the server sent it.
+"""
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Dict, Iterable, Mapping, Optional, Tuple
+
+from .models import Pace, UsageWindow
+
+#: Below this elapsed share of a window, a projection says nothing useful.
+MIN_ELAPSED_SHARE = 0.05
+#: Readings kept per window and period (about an hour at a 5-minute cron for a 5-hour window).
+MAX_READINGS = 12
+#: Stored readings are at least this share of the window apart (5 minutes for a 5-hour window,
+#: 2.8 hours for a weekly one), and the recent rate spans at least that much.
+READING_SPACING_SHARE = 1.0 / 60
+#: Two reset moments this close are the same period (Claude's `resets_at` jitters by a fraction
+#: of a second between reads, a Codex reset computed from `reset_after_seconds` by a second or two).
+SAME_PERIOD_SECONDS = 300.0
+#: A reading this many points below the previous period's last one still counts as the artefact.
+ARTEFACT_TOLERANCE = 0.5
+#: Projections further than this many window lengths away are no projection at all.
+MAX_PROJECTION_LENGTHS = 100
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One stored reading of a window: when, and how much was used."""
+
+    at: datetime
+    used_percent: float
+
+
+@dataclass(frozen=True)
+class WindowHistory:
+    """The earlier readings of one window (by key) in its current period. Never a token."""
+
+    reset: datetime
+    """The reset moment that identifies the period."""
+    readings: Tuple[Reading, ...] = ()
+    """Oldest first, at most MAX_READINGS, about READING_SPACING_SHARE of the window apart."""
+    previous: Optional[Reading] = None
+    """The last reading of the period before, to recognise the rollover artefact."""
+
+
+def elapsed_share(window: UsageWindow, at: datetime) -> Optional[float]:
+    """Given a window and the moment it was read, return the share (0–1) of its period that had
+    elapsed, or None when its length or reset is unknown, the reset is not after `at`, or the
+    reset is further away than one length (the length cannot be right)."""
+    length = window.length_seconds
+    if length is None or not length > 0 or window.reset_date is None:
+        return None
+    left = (window.reset_date - at).total_seconds()
+    if left <= 0 or left > length:
+        return None
+    return 1.0 - left / length
+
+
+def same_period(history: Optional[WindowHistory], window: UsageWindow) -> bool:
+    """True when `history` belongs to the period that `window` reports on."""
+    return (history is not None and window.reset_date is not None
+            and abs((history.reset - window.reset_date).total_seconds()) <= SAME_PERIOD_SECONDS)
+
+
+def _last_of_previous_period(history: Optional[WindowHistory],
+                             window: UsageWindow) -> Optional[Reading]:
+    if history is None or window.reset_date is None:
+        return None
+    if same_period(history, window):
+        # Only while the new period has no reading of its own yet (the artefact may repeat).
+        return None if history.readings else history.previous
+    if history.reset < window.reset_date:
+        return history.readings[-1] if history.readings else history.previous
+    return None
+
+
+def is_rollover_artefact(window: UsageWindow, at: datetime,
+                         history: Optional[WindowHistory]) -> bool:
+    """Given a reading and the window's stored history, return True when it looks like the
+    rollover artefact: in the first 5 % of a new period, usage at least as high as the last
+    reading of the period before (which was above 0)."""
+    share = elapsed_share(window, at)
+    used = window.used_percent
+    if share is None or share >= MIN_ELAPSED_SHARE or used is None or not used > 0:
+        return False
+    last = _last_of_previous_period(history, window)
+    return last is not None and last.used_percent > 0 \
+        and used >= last.used_percent - ARTEFACT_TOLERANCE
+
+
+def _recent_rate(window: UsageWindow, at: datetime, used: float, length: float,
+                 history: Optional[WindowHistory]) -> Optional[float]:
+    """Percentage points per second since the oldest stored reading of this period that is at
+    least one spacing older than `at`, or None when there is none."""
+    if not same_period(history, window):
+        return None
+    assert history is not None
+    spacing = length * READING_SPACING_SHARE
+    earlier = [r for r in history.readings if (at - r.at).total_seconds() >= spacing]
+    if not earlier:
+        return None
+    first = earlier[0]
+    return (used - first.used_percent) / (at - first.at).total_seconds()
+
+
+def pace(window: UsageWindow, at: datetime,
+         history: Optional[WindowHistory] = None) -> Optional[Pace]:
+    """Given a window, the moment it was read and its stored history, return its Pace, or None
+    when it cannot be told (see the module docstring for every case)."""
+    used = window.used_percent
+    share = elapsed_share(window, at)
+    if window.rolled_over or used is None or share is None or share < MIN_ELAPSED_SHARE:
+        return None
+    assert window.length_seconds is not None and window.reset_date is not None
+    length = window.length_seconds
+    expected = share * 100.0
+    rate = used / (share * length)
+    basis = "window"
+    recent = _recent_rate(window, at, used, length, history)
+    if recent is not None:
+        rate, basis = recent, "recent"
+    projected: Optional[datetime] = None
+    if used >= 100.0:
+        projected = at
+    elif rate > 0:
+        seconds = (100.0 - used) / rate
+        if seconds <= MAX_PROJECTION_LENGTHS * length:
+            projected = at + timedelta(seconds=seconds)
+    return Pace(expected_used_percent=expected, delta_percent=used - expected,
+                projected_exhaustion=projected,
+                runs_out_before_reset=projected is not None and projected < window.reset_date,
+                basis=basis)
+
+
+def attach(windows: Iterable[UsageWindow], at: datetime,
+           histories: Mapping[str, WindowHistory]) -> Tuple[UsageWindow, ...]:
+    """Given windows read at `at` and the stored histories by window key, return the windows
+    with their `pace` filled in (None where it cannot be told)."""
+    return tuple(replace(window, pace=pace(window, at, histories.get(window.key)))
+                 for window in windows)
+
+
+def remember(history: Optional[WindowHistory], window: UsageWindow,
+             at: datetime) -> Optional[WindowHistory]:
+    """Given a window's stored history and a new reading of it at `at`, return the history to
+    store: a new period starts a new one (keeping the old period's last reading as `previous`);
+    the newest stored reading is replaced while it is less than one spacing after the one
+    before it, so stored readings stay a spacing apart and the newest is always the latest; at most MAX_READINGS are kept; the rollover artefact
+    and readings older than the newest stored one are not stored. None when the window has no
+    reset moment or percentage (nothing ties a reading to a period)."""
+    if window.reset_date is None or window.used_percent is None or window.rolled_over:
+        return None
+    if history is not None and same_period(history, window):
+        base = replace(history, readings=history.readings[-MAX_READINGS:])
+    else:
+        base = WindowHistory(reset=window.reset_date,
+                             previous=_last_of_previous_period(history, window))
+    if is_rollover_artefact(window, at, history):
+        return base
+    readings = base.readings
+    if readings and at <= readings[-1].at:
+        return base
+    spacing = (window.length_seconds or 0.0) * READING_SPACING_SHARE
+    if len(readings) >= 2 and (readings[-1].at - readings[-2].at).total_seconds() < spacing:
+        readings = readings[:-1]  # the newest was only a stand-in for the latest reading
+    readings = (readings + (Reading(at, window.used_percent),))[-MAX_READINGS:]
+    return replace(base, readings=readings)
+
+
+def record(histories: Mapping[str, WindowHistory], windows: Iterable[UsageWindow],
+           at: datetime) -> Dict[str, WindowHistory]:
+    """Given the stored histories and the windows just read at `at`, return the histories to
+    store: one per window key that has a reset moment; keys no longer reported are dropped."""
+    result = {}
+    for window in windows:
+        updated = remember(histories.get(window.key), window, at)
+        if updated is not None:
+            result[window.key] = updated
+    return result
