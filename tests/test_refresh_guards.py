@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from oauth_usage_tracker import accounts, credentials
+from oauth_usage_tracker import accounts, credentials, refresh as writer
 from oauth_usage_tracker.errors import CredentialError, TokenRefreshError
 from support import CLAUDE_REFRESH, claude_credentials, write_compact
 
@@ -16,7 +16,7 @@ NOW = datetime(2026, 11, 24, 14, 0, tzinfo=timezone.utc)
 
 def refresh(path, exchange):
     seen = credentials.read_json_object(str(path))
-    return credentials.refresh_tokens(str(path), seen, exchange, lambda: NOW, lock_timeout=5,
+    return writer.refresh_tokens(str(path), seen, exchange, lambda: NOW, lock_timeout=5,
                                       invalid_grant_wait=0.05)
 
 
@@ -60,7 +60,7 @@ def test_refresh_tokens_unclear_token_rotated_by_another_writer_is_used(tmp_path
 def test_refresh_tokens_refused_during_shutdown_sends_nothing(tmp_path):
     path = write_compact(tmp_path / "claude-a.json", claude_credentials())
     before = path.read_bytes()
-    credentials.refuse_new_refreshes()
+    writer.GUARD.refuse_new()
     exchange = Exchange(credentials.TokenGrant("new-access", "new-refresh", 3600))
     with pytest.raises(CredentialError, match="Stopping"):
         refresh(path, exchange)
@@ -73,7 +73,7 @@ def test_refresh_tokens_account_disabled_meanwhile_is_not_refreshed(tmp_path):
     write_compact(path, claude_credentials(disabled=True))
     exchange = Exchange(credentials.TokenGrant("new-access", "new-refresh", 3600))
     with pytest.raises(CredentialError, match="disabled"):
-        credentials.refresh_tokens(str(path), seen, exchange, lambda: NOW, lock_timeout=5)
+        writer.refresh_tokens(str(path), seen, exchange, lambda: NOW, lock_timeout=5)
     assert exchange.sent == []
 
 
@@ -92,7 +92,7 @@ def test_refresh_tokens_same_expiry_written_differently_is_not_a_rotation(tmp_pa
                          claude_credentials(expired="2026-11-24T15:39:03+02:00"))
     seen = dict(credentials.read_json_object(str(path)), expired="2026-11-24T13:39:03Z")
     exchange = Exchange(credentials.TokenGrant("new-access", "new-refresh", 3600))
-    assert credentials.refresh_tokens(str(path), seen, exchange, lambda: NOW, 5).rotated
+    assert writer.refresh_tokens(str(path), seen, exchange, lambda: NOW, 5).rotated
     assert exchange.sent == [CLAUDE_REFRESH]
 
 
