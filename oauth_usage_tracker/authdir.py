@@ -89,7 +89,11 @@ class AuthDirectory:
             return name
         if not stat.S_ISLNK(info.st_mode):
             raise UnsafeFile("The credential file is no longer a regular file; not refreshing")
-        target = os.readlink(name, dir_fd=self.fd)
+        try:
+            target = os.readlink(name, dir_fd=self.fd)
+        except OSError:  # no longer a symlink: swapped between the lstat and now
+            raise UnsafeFile("The credential file was replaced meanwhile; not refreshing") \
+                from None
         head, base = os.path.split(target)
         here = os.fstat(self.fd)
         try:
@@ -116,13 +120,14 @@ class AuthDirectory:
             fd = os.open(name, flags | _O_NOFOLLOW | _O_CLOEXEC | os.O_NONBLOCK, dir_fd=self.fd)
         except OSError as error:
             if error.errno == errno.ELOOP:
-                raise UnsafeFile("%s is now a symlink; not refreshing" % _kind(name)) from None
+                raise UnsafeFile("%s is now a symlink; not refreshing"
+                                 % _kind(name).capitalize()) from None
             raise CredentialError("Cannot open %s (%s)" % (_kind(name), _why(error))) from None
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
             os.close(fd)
             raise UnsafeFile("%s is not a regular file with a single name; not refreshing"
-                             % _kind(name))
+                             % _kind(name).capitalize())
         return fd, info
 
     def read(self, fd: int, limit: int) -> bytes:
@@ -156,8 +161,14 @@ class AuthDirectory:
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
-                raise UnsafeFile("The lock file is not a regular file; not refreshing")
-            if created or info.st_uid == os.geteuid():
+                raise UnsafeFile("The lock file was replaced or removed meanwhile; not refreshing")
+            if created:
+                # Only a lock file this call created is touched. An existing one, even one of
+                # ours with a single link, may be another file by now:
+                #   attacker: ln /etc/some-root-file a.json.lock   (if it may: protected_hardlinks)
+                #   root: open a.json.lock (O_EXCL fails, plain open succeeds)
+                #   attacker: rm a.json.lock            -> the inode is down to its outside link
+                #   root: fstat: regular, one link, root's own -> fchown would give it away
                 os.fchmod(fd, mode & 0o666)
                 if os.geteuid() == 0 and (info.st_uid, info.st_gid) != owner:
                     # Root's lock file goes to the credential's owner, so that the proxy's
@@ -237,10 +248,10 @@ class AuthDirectory:
 
 def _kind(name: str) -> str:
     if name.endswith(LOCK_SUFFIX):
-        return "The lock file"
+        return "the lock file"
     if name.endswith(".tmp"):
-        return "The temporary file"
-    return "The credential file"
+        return "the temporary file"
+    return "the credential file"
 
 
 def write_all(fd: int, data: bytes) -> None:

@@ -111,36 +111,46 @@ OTHER_UID = OTHER_GID = 65534  # nobody / nogroup: the "second uid" of the privi
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
-def run_as(uid, gid, function, *args):
-    """Run `function(*args)` in a forked child that has dropped to `uid`/`gid` (needs root) and
-    return what it returned, or the text of the exception it raised as `("raised", type, text)`.
-    The result travels back as JSON through a pipe; the child always ends with os._exit."""
-    reader, writer = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        status = 0
-        try:
-            os.close(reader)
-            os.setgroups([])
-            os.setgid(gid)
-            os.setuid(uid)
+class AsUid:
+    """`function(*args)` running in a forked child that has dropped to `uid`/`gid` (needs root).
+    `result()` waits for it and returns what it returned, or `["raised", type, text]`; the
+    result travels back as JSON through a pipe, and the child always ends with os._exit."""
+
+    def __init__(self, uid, gid, function, *args):
+        reader, writer = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # pragma: no cover - the child
+            status = 0
             try:
-                outcome = function(*args)
-            except Exception as error:  # the test reads what went wrong
-                outcome = ["raised", type(error).__name__, str(error)]
-            os.write(writer, json.dumps(outcome).encode("utf-8"))
-        except BaseException:
-            status = 70
-        finally:
-            os._exit(status)
-    os.close(writer)
-    chunks = []
-    while True:
-        chunk = os.read(reader, 65536)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(reader)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, "child failed: %r" % status
-    return json.loads(b"".join(chunks).decode("utf-8"))
+                os.close(reader)
+                os.setgroups([])
+                os.setgid(gid)
+                os.setuid(uid)
+                try:
+                    outcome = function(*args)
+                except Exception as error:  # the test reads what went wrong
+                    outcome = ["raised", type(error).__name__, str(error)]
+                os.write(writer, json.dumps(outcome).encode("utf-8"))
+            except BaseException:
+                status = 70
+            finally:
+                os._exit(status)
+        os.close(writer)
+        self._reader = reader
+
+    def result(self):
+        chunks = []
+        while True:
+            chunk = os.read(self._reader, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(self._reader)
+        _, status = os.waitpid(self.pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, "child failed: %r" % status
+        return json.loads(b"".join(chunks).decode("utf-8"))
+
+
+def run_as(uid, gid, function, *args):
+    """Run `function(*args)` as `uid`/`gid` in a forked child and return its result (AsUid)."""
+    return AsUid(uid, gid, function, *args).result()

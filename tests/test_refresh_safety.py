@@ -329,13 +329,25 @@ def test_planted_lock_name_is_refused_and_nothing_outside_changes(cred, plant):
 
 
 @needs_root
-def test_lock_file_owned_by_another_user_is_left_as_it_is(cred):
+@pytest.mark.parametrize("owner", [(OTHER_UID, OTHER_GID), (0, 0)], ids=["other", "root"])
+def test_existing_lock_file_is_never_chowned_or_chmodded(cred, owner):
+    # One of root's own with a single link may be an outside file whose link in the directory
+    # was just removed: only a lock file the refresh itself created is given owner and mode.
+    give(cred, OTHER_UID, OTHER_GID, 0o600)
     lock = cred.parent / (cred.name + ".lock")
     lock.touch()
-    give(lock, OTHER_UID, OTHER_GID, 0o644)
+    give(lock, owner[0], owner[1], 0o644)
     refresh(cred, Exchange())
     info = os.stat(lock)
-    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (OTHER_UID, OTHER_GID, 0o644)
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == owner + (0o644,)
+
+
+@needs_root
+def test_lock_file_root_creates_goes_to_the_credential_owner(cred):
+    give(cred, OTHER_UID, OTHER_GID, 0o600)
+    refresh(cred, Exchange())
+    info = os.stat(cred.parent / (cred.name + ".lock"))
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (OTHER_UID, OTHER_GID, 0o600)
 
 
 # --- symlinked credential names -----------------------------------------------------------------
