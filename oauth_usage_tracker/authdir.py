@@ -61,7 +61,7 @@ class AuthDirectory:
     """An open auth directory. Use as a context manager; every method works on names of this
     directory through its descriptor."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str) -> None:
         try:
             self.fd = os.open(path, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
         except OSError as error:

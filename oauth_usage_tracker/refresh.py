@@ -191,6 +191,7 @@ def _refresh_locked(auth: AuthDirectory, name: str, seen: Dict[str, Any],
             "An earlier refresh of this token got no clear answer, so it is not sent again; "
             "check the account in CLIProxyAPI, or log in again")
     temp, temp_fd = _prepare(auth, name, current, original, info, now())
+    renamed = False
     try:
         with GUARD.critical():
             try:
@@ -207,12 +208,12 @@ def _refresh_locked(auth: AuthDirectory, name: str, seen: Dict[str, Any],
                 logger.info("%s: refresh token was rotated by another writer meanwhile; using "
                             "its tokens", name)
                 return RefreshResult(access_token=adopted, rotated=False)
-            if _write_back(auth, name, temp, temp_fd, current, original, info, grant, now()):
-                temp = None
+            renamed = _write_back(auth, name, temp, temp_fd, current, original, info, grant,
+                                  now())
         return RefreshResult(access_token=grant.access_token, rotated=True)
     finally:
         os.close(temp_fd)
-        if temp is not None:
+        if not renamed:
             auth.unlink(temp)
 
 
