@@ -29,15 +29,16 @@ directory at any moment, so a name is never trusted twice. The rules, and the ra
   name planted in advance (a symlink, a FIFO, a hard link to another file) makes the create fail
   instead of writing through it. Their mode is set with fchmod after the create: the umask does
   not decide who can read a file that holds tokens.
-- A credential name that is a symlink is followed only when it points to a regular file directly
-  in the same directory; from then on the target's own name is used, opened with `O_NOFOLLOW`.
+- A credential name that is a symlink is followed only to a regular file inside the directory
+  (a sub-directory is entered component by component with `O_NOFOLLOW`); from then on the
+  target's own name is used, relative to the directory that holds it.
 """
 import errno
 import os
 import secrets
 import stat
 import time
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 from .errors import CredentialError, LockTimeout
 
@@ -46,6 +47,9 @@ LOCK_POLL = 0.05
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_O_NOCTTY = getattr(os, "O_NOCTTY", 0)
+_OUTSIDE = ("The credential file is now a symlink that does not point to a regular file in the "
+            "auth directory")
 
 
 class UnsafeFile(CredentialError):
@@ -82,51 +86,81 @@ class AuthDirectory:
 
     def resolve(self, name: str) -> str:
         """Given the name discovery found, return the name of the regular file it stands for: the
-        name itself, or the target of a symlink that points to a regular file directly in this
-        directory. Raise UnsafeFile for anything else (checked again at every later open)."""
+        name itself, or the target of a symlink to a regular file inside this directory. For a
+        target in a sub-directory, this object moves to that sub-directory, each component
+        opened without following a symlink. Raise UnsafeFile for anything else: the name may
+        have been swapped since discovery checked it."""
         info = self._lstat(name)
         if stat.S_ISREG(info.st_mode):
             return name
         if not stat.S_ISLNK(info.st_mode):
-            raise UnsafeFile("The credential file is no longer a regular file; not refreshing")
+            raise UnsafeFile("The credential file is not a regular file")
         try:
             target = os.readlink(name, dir_fd=self.fd)
         except OSError:  # no longer a symlink: swapped between the lstat and now
-            raise UnsafeFile("The credential file was replaced meanwhile; not refreshing") \
-                from None
-        head, base = os.path.split(target)
-        here = os.fstat(self.fd)
+            raise UnsafeFile("The credential file was replaced meanwhile") from None
+        parts = self._inside(target)
+        fd = self.fd
         try:
-            there = os.stat(head, dir_fd=self.fd) if head else here
+            for part in parts[:-1]:
+                opened = os.open(part, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC,
+                                 dir_fd=fd)
+                if fd != self.fd:
+                    os.close(fd)
+                fd = opened
         except OSError:
-            there = None
-        if there is None or base in ("", ".", "..") or \
-                (there.st_dev, there.st_ino) != (here.st_dev, here.st_ino) or \
-                not stat.S_ISREG(self._lstat(base).st_mode):
-            raise UnsafeFile("The credential file is now a symlink that does not point to a "
-                             "regular file in the auth directory; not refreshing")
-        return base
+            if fd != self.fd:
+                os.close(fd)
+            raise UnsafeFile(_OUTSIDE) from None
+        if fd != self.fd:
+            os.close(self.fd)
+            self.fd, self.path = fd, os.path.join(self.path, *parts[:-1])
+        if not stat.S_ISREG(self._lstat(parts[-1]).st_mode):
+            raise UnsafeFile(_OUTSIDE)
+        return parts[-1]
+
+    def _inside(self, target: str) -> List[str]:
+        """Given a symlink's target, return its path below this directory as components; raise
+        UnsafeFile when it leaves the directory or names it in a roundabout way (`..`, `.`)."""
+        if os.path.isabs(target):
+            for prefix in (os.path.realpath(self.path), os.path.abspath(self.path)):
+                prefix = prefix.rstrip(os.sep) + os.sep
+                if target.startswith(prefix):
+                    target = target[len(prefix):]
+                    break
+            else:
+                raise UnsafeFile(_OUTSIDE)
+        parts = target.split(os.sep)
+        if any(part in ("", ".", "..") for part in parts):
+            raise UnsafeFile(_OUTSIDE)
+        return parts
 
     def _lstat(self, name: str) -> os.stat_result:
         try:
             return os.stat(name, dir_fd=self.fd, follow_symlinks=False)
         except OSError as error:
-            raise UnsafeFile("Cannot find the credential file (%s)" % _why(error)) from None
+            raise UnsafeFile(_why(error)) from None
 
-    def open_regular(self, name: str, flags: int = os.O_RDONLY) -> Tuple[int, os.stat_result]:
-        """Given a name, open it without following a symlink or waiting on a FIFO and return the
-        descriptor and its fstat. Raise UnsafeFile unless it is a regular file with one link."""
+    def open_regular(self, name: str, flags: int = os.O_RDONLY,
+                     single_link: bool = True) -> Tuple[int, os.stat_result]:
+        """Given a name, open it without following a symlink, waiting on a FIFO or taking a
+        terminal, and return the descriptor and its fstat. Raise UnsafeFile unless it is a
+        regular file (with one link, when `single_link`: a file about to be replaced or given an
+        owner must have no other name), CredentialError when it cannot be opened."""
         try:
-            fd = os.open(name, flags | _O_NOFOLLOW | _O_CLOEXEC | os.O_NONBLOCK, dir_fd=self.fd)
+            fd = os.open(name, flags | _O_NOFOLLOW | _O_CLOEXEC | os.O_NONBLOCK | _O_NOCTTY,
+                         dir_fd=self.fd)
         except OSError as error:
             if error.errno == errno.ELOOP:
-                raise UnsafeFile("%s is now a symlink; not refreshing"
-                                 % _kind(name).capitalize()) from None
-            raise CredentialError("Cannot open %s (%s)" % (_kind(name), _why(error))) from None
+                raise UnsafeFile("%s is now a symlink" % _kind(name).capitalize()) from None
+            raise CredentialError(_why(error)) from None
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        if not stat.S_ISREG(info.st_mode):
             os.close(fd)
-            raise UnsafeFile("%s is not a regular file with a single name; not refreshing"
+            raise UnsafeFile("not a regular file")
+        if single_link and info.st_nlink != 1:
+            os.close(fd)
+            raise UnsafeFile("%s is not a regular file with a single name"
                              % _kind(name).capitalize())
         return fd, info
 
@@ -161,7 +195,7 @@ class AuthDirectory:
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
-                raise UnsafeFile("The lock file was replaced or removed meanwhile; not refreshing")
+                raise UnsafeFile("The lock file was replaced or removed meanwhile")
             if created:
                 # Only a lock file this call created is touched. An existing one, even one of
                 # ours with a single link, may be another file by now:

@@ -6,6 +6,7 @@ off; such a read is tried again before it is reported. Rewriting a file (the tok
 `refresh.py`'s alone.
 """
 import json
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any, Dict, Optional
 
 from . import files
+from .authdir import AuthDirectory
 from .errors import CredentialError
 from .parsing import format_timestamp
 
@@ -27,15 +29,49 @@ class UnparsedFile(CredentialError):
     caught mid-rewrite, so it is worth reading again."""
 
 
+def read_capped(path: str, limit: int) -> bytes:
+    """Given a credential file's path, as discovery found it, and a byte limit, return the file's
+    bytes. The name may have been swapped since discovery checked it (for a symlink out of the
+    directory, a FIFO, a device), so it is resolved again through its directory: a symlink only to
+    a regular file inside it, nothing opened through a symlink, only a regular file read. Raise
+    files.FileTooLarge over `limit` bytes, CredentialError or OSError otherwise."""
+    if os.open not in os.supports_dir_fd:  # pragma: no cover - not POSIX
+        return files.read_capped(path, limit)
+    directory, name = os.path.split(os.path.abspath(path))
+    with AuthDirectory(directory) as auth:
+        fd, _ = auth.open_regular(auth.resolve(name), single_link=False)
+        try:
+            data = auth.read(fd, limit)
+        finally:
+            os.close(fd)
+    if len(data) > limit:
+        raise files.FileTooLarge("larger than %d KiB" % (limit // 1024))
+    return data
+
+
 def read_json_once(path: str) -> Dict[str, Any]:
     """Given a credential file's path, read it once and return its JSON object. Raise
     UnparsedFile when it does not parse, CredentialError with a short reason otherwise."""
     try:
-        data = files.read_capped(path, MAX_FILE_BYTES)
+        data = read_capped(path, MAX_FILE_BYTES)
     except files.FileTooLarge as error:
         raise CredentialError(str(error)) from None
     except OSError as error:
         raise CredentialError(error.strerror or type(error).__name__) from None
+    return parse_json(data)
+    # The name was checked by discovery, but it may have been swapped since (for a symlink out
+    # of the directory, a FIFO, a device): it is resolved again, through the directory.
+    directory, name = os.path.split(os.path.abspath(path))
+    with AuthDirectory(directory) as auth:
+        fd, _ = auth.open_regular(auth.resolve(name), single_link=False)
+        try:
+            data = auth.read(fd, MAX_FILE_BYTES)
+        except OSError as error:
+            raise CredentialError(error.strerror or type(error).__name__) from None
+        finally:
+            os.close(fd)
+    if len(data) > MAX_FILE_BYTES:
+        raise CredentialError("larger than %d KiB" % (MAX_FILE_BYTES // 1024))
     return parse_json(data)
 
 

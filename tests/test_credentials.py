@@ -4,7 +4,6 @@ import json
 import pytest
 
 from oauth_usage_tracker import credentials as module
-from oauth_usage_tracker import files
 from oauth_usage_tracker.errors import CredentialError
 
 from support import CLAUDE_REFRESH, claude_credentials, write_compact
@@ -31,7 +30,7 @@ def test_read_json_object_returns_the_object(cred):
 def writer_finishes_after_first_read(monkeypatch, path, complete):
     """Make the first read of `path` see what is on disk now, and CLIProxyAPI's truncate-then-write
     finish right after it; return the list of bytes each read saw."""
-    real_read = files.read_capped
+    real_read = module.read_capped
     reads = []
 
     def read_then_writer_finishes(name, limit):
@@ -40,7 +39,7 @@ def writer_finishes_after_first_read(monkeypatch, path, complete):
         path.write_bytes(complete)
         return data
 
-    monkeypatch.setattr(module.files, "read_capped", read_then_writer_finishes)
+    monkeypatch.setattr(module, "read_capped", read_then_writer_finishes)
     return reads
 
 
@@ -81,9 +80,9 @@ def test_read_json_object_rereads_every_prefix_of_a_real_file(tmp_path, monkeypa
 def test_read_json_object_gives_up_after_the_tries(tmp_path, monkeypatch):
     path = tmp_path / "claude-x.json"
     path.write_bytes(b"")
-    real_read = files.read_capped
+    real_read = module.read_capped
     reads = []
-    monkeypatch.setattr(module.files, "read_capped",
+    monkeypatch.setattr(module, "read_capped",
                         lambda name, limit: reads.append(1) or real_read(name, limit))
     with pytest.raises(CredentialError) as caught:
         module.read_json_object(str(path), tries=4, pause=0.001)
@@ -100,9 +99,9 @@ def test_read_json_object_valid_json_that_is_no_object_fails_at_once(tmp_path, m
                                                                      content, reason):
     path = tmp_path / "claude-x.json"
     path.write_bytes(content)
-    real_read = files.read_capped
+    real_read = module.read_capped
     reads = []
-    monkeypatch.setattr(module.files, "read_capped",
+    monkeypatch.setattr(module, "read_capped",
                         lambda name, limit: reads.append(1) or real_read(name, limit))
     with pytest.raises(CredentialError) as caught:
         module.read_json_object(str(path), tries=5, pause=0.001)
@@ -120,9 +119,9 @@ def test_read_json_object_unparsable_file_is_reread_then_reported(tmp_path, monk
     # it is reported as unreadable."
     path = tmp_path / "claude-x.json"
     path.write_bytes(content)
-    real_read = files.read_capped
+    real_read = module.read_capped
     reads = []
-    monkeypatch.setattr(module.files, "read_capped",
+    monkeypatch.setattr(module, "read_capped",
                         lambda name, limit: reads.append(1) or real_read(name, limit))
     with pytest.raises(CredentialError) as caught:
         module.read_json_object(str(path), tries=4, pause=0.001)

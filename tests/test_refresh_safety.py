@@ -366,8 +366,9 @@ def test_symlink_to_a_file_outside_the_directory_is_refused(cred):
     assert sorted(os.listdir(cred.parent.parent)) == ["auth", "elsewhere.json"]
 
 
-@pytest.mark.parametrize("target", ["sub/claude-b.json", "claude-chain.json"])
-def test_symlink_into_a_subdirectory_or_to_another_link_is_refused(cred, target):
+@pytest.mark.parametrize("target", ["claude-chain.json", "sub/../claude-a.json", "./claude-a.json",
+                                    "sub//claude-b.json"])
+def test_symlink_to_another_link_or_by_a_roundabout_path_is_refused(cred, target):
     (cred.parent / "sub").mkdir()
     write_compact(cred.parent / "sub" / "claude-b.json", claude_credentials())
     (cred.parent / "claude-chain.json").symlink_to(cred.name)
@@ -377,6 +378,52 @@ def test_symlink_into_a_subdirectory_or_to_another_link_is_refused(cred, target)
     with pytest.raises(UnsafeFile):
         module.refresh_tokens(str(link), claude_credentials(), exchange, lambda: NOW, 5)
     assert exchange.sent == []
+
+
+def test_symlink_into_a_subdirectory_rewrites_the_file_there(cred):
+    (cred.parent / "store").mkdir()
+    real = write_compact(cred.parent / "store" / "claude-b.json", claude_credentials())
+    link = cred.parent / "claude-link.json"
+    link.symlink_to("store/claude-b.json")
+    assert module.refresh_tokens(str(link), claude_credentials(), Exchange(), lambda: NOW,
+                                 5).rotated
+    assert link.is_symlink() and json.loads(real.read_text())["refresh_token"] == NEW_REFRESH
+    assert sorted(os.listdir(real.parent)) == ["claude-b.json", "claude-b.json.lock"]
+
+
+def test_subdirectory_swapped_for_a_symlink_out_is_refused(cred):
+    # Discovery saw store/ as a directory; now it is a symlink to a directory outside.
+    outside = cred.parent.parent / "outside"
+    outside.mkdir()
+    victim = write_compact(outside / "claude-b.json", claude_credentials())
+    (cred.parent / "store").symlink_to(outside)
+    link = cred.parent / "claude-link.json"
+    link.symlink_to("store/claude-b.json")
+    before = victim.read_bytes()
+    exchange = Exchange()
+    with pytest.raises(UnsafeFile):
+        module.refresh_tokens(str(link), claude_credentials(), exchange, lambda: NOW, 5)
+    with pytest.raises(UnsafeFile):
+        credentials.read_json_object(str(link))
+    assert exchange.sent == [] and victim.read_bytes() == before
+    assert os.listdir(outside) == ["claude-b.json"]
+
+
+def test_read_after_discovery_refuses_a_name_swapped_for_a_symlink_out(cred):
+    outside = write_compact(cred.parent.parent / "elsewhere.json",
+                            claude_credentials(email="root@example.com"))
+    assert credentials.read_json_object(str(cred))["email"] == "alice@example.com"
+    os.unlink(cred)
+    cred.symlink_to(outside)
+    with pytest.raises(UnsafeFile, match="does not point to a regular file in the auth "):
+        credentials.read_json_object(str(cred))
+
+
+def test_read_after_discovery_refuses_a_fifo_without_waiting(cred):
+    os.unlink(cred)
+    os.mkfifo(cred)
+    with pytest.raises(CredentialError, match="not a regular file"):
+        credentials.read_json_object(str(cred))
 
 
 def test_symlink_by_absolute_path_into_the_same_directory_is_followed(cred):
