@@ -1,6 +1,7 @@
 """Helpers shared by the tests: fake tokens, sample payloads, CLIProxyAPI-shaped files."""
 import json
 import os
+import warnings
 from pathlib import Path
 
 PAYLOADS = Path(__file__).parent / "payloads"
@@ -111,6 +112,14 @@ OTHER_UID = OTHER_GID = 65534  # nobody / nogroup: the "second uid" of the privi
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
+def fork():
+    """os.fork(), without Python 3.12's warning about forking a process that has threads (the
+    children here only drop privileges, run one function and _exit)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return os.fork()
+
+
 class AsUid:
     """`function(*args)` running in a forked child that has dropped to `uid`/`gid` (needs root).
     `result()` waits for it and returns what it returned, or `["raised", type, text]`; the
@@ -118,7 +127,7 @@ class AsUid:
 
     def __init__(self, uid, gid, function, *args):
         reader, writer = os.pipe()
-        self.pid = os.fork()
+        self.pid = fork()
         if self.pid == 0:  # pragma: no cover - the child
             status = 0
             try:

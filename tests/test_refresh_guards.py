@@ -9,7 +9,7 @@ import pytest
 
 from oauth_usage_tracker import accounts, credentials, refresh as writer
 from oauth_usage_tracker.errors import CredentialError, TokenRefreshError
-from support import CLAUDE_REFRESH, claude_credentials, write_compact
+from support import CLAUDE_REFRESH, claude_credentials, fork, write_compact
 
 NOW = datetime(2026, 11, 24, 14, 0, tzinfo=timezone.utc)
 
@@ -130,3 +130,55 @@ def test_discover_accounts_one_file_under_two_names_is_one_account(auth_dir):
     assert sorted((s.id, s.reason) for s in found.skipped) == [
         ("a-symlink.json", "duplicate of '%s'" % real.name),
         ("z-hardlink.json", "duplicate of '%s'" % real.name)]
+
+
+def test_guard_lifecycle_closing_then_reset():
+    guard = writer.RefreshGuard()
+    with guard.critical():
+        assert guard.in_flight() == 1 and guard.wait_idle(timeout=0) is False
+    guard.mark_unclear("token-a")
+    guard.refuse_new()
+    with pytest.raises(CredentialError, match="Stopping"):
+        with guard.critical():
+            pass  # never entered
+    assert guard.in_flight() == 0 and guard.wait_idle(timeout=0) is True
+    assert guard.is_unclear("token-a") and not guard.is_unclear("token-b")
+    guard.reset()
+    assert not guard.is_unclear("token-a")
+    with guard.critical():
+        assert guard.in_flight() == 1
+
+
+def test_child_forked_during_a_refresh_starts_with_none_in_flight(tmp_path):
+    """fork() while another thread is inside a refresh: the child does not inherit that refresh
+    (nor a lock held by it) and can refresh on its own; it keeps the unclear tokens."""
+    import threading
+    path = write_compact(tmp_path / "claude-a.json", claude_credentials())
+    inside, release = threading.Event(), threading.Event()
+
+    def blocked(token):
+        inside.set()
+        release.wait(10)
+        return credentials.TokenGrant("new-access", "new-refresh", 3600)
+
+    writer.GUARD.mark_unclear("spent-elsewhere")
+    thread = threading.Thread(target=refresh, args=(path, blocked))
+    thread.start()
+    assert inside.wait(10)
+    reader, writer_fd = os.pipe()
+    pid = fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            report = [writer.GUARD.in_flight(), writer.GUARD.is_unclear("spent-elsewhere"),
+                      writer.GUARD.wait_idle(timeout=1)]
+            os.write(writer_fd, json.dumps(report).encode())
+        finally:
+            os._exit(0)
+    os.close(writer_fd)
+    with os.fdopen(reader) as handle:
+        report = json.loads(handle.read())
+    os.waitpid(pid, 0)
+    release.set()
+    thread.join(10)
+    assert report == [0, True, True]
+    assert writer.GUARD.in_flight() == 0

@@ -17,7 +17,7 @@ import pytest
 
 from oauth_usage_tracker import demo
 
-from support import IS_ROOT, OTHER_GID, OTHER_UID
+from support import IS_ROOT, OTHER_GID, OTHER_UID, fork
 
 pytestmark = pytest.mark.skipif(not IS_ROOT, reason="needs root to run the script as a second uid")
 
@@ -66,7 +66,7 @@ def run_as_nobody(base: Path, fake: demo.FakeProviders) -> subprocess.CompletedP
     for name in ("oauth_usage_tracker.tracker", "oauth_usage_tracker.render", "json"):
         importlib.import_module(name)
     out, err = base / "home" / "stdout", base / "home" / "stderr"
-    pid = os.fork()
+    pid = fork()
     if pid == 0:  # pragma: no cover - the child
         status = 70
         try:
