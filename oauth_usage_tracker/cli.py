@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, FrozenSet, Iterator, List, Mapping, Optional
 
 
-from . import __version__, credentials, files
+from . import __version__, files, refresh
 from .accounts import AUTH_DIR_ENV, discover_accounts, select_accounts
 from .config import Settings
 from .errors import ConfigurationError
@@ -279,7 +279,7 @@ class Run:
             shutdown.raise_first = False  # from here on a signal must not cut the wait short
             if shutdown.requested:
                 logger.info("Stopping: waiting for running requests and token writes")
-                credentials.refuse_new_refreshes()
+                refresh.GUARD.refuse_new()
             tracker.close()
 
 

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.cookiejar import DefaultCookiePolicy
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Set
 from urllib.parse import urlsplit
 
 import requests
@@ -122,13 +122,12 @@ def send(session: requests.Session, method: str, url: str, *, what: str, timeout
             return HttpResponse(response.status_code, CaseInsensitiveDict(response.headers), body)
     except ProviderError:
         raise
-    except requests.exceptions.Timeout:
-        raise ProviderError("%s request timed out after %s" % (what, seconds(timeout))) from None
+    except requests.exceptions.Timeout as error:
+        raise ProviderError("%s request timed out after %s" % (what, seconds(timeout)),
+                            unsent=never_sent(error)) from None
     except requests.exceptions.ConnectionError as error:
-        problem = _connection_problem(error)
-        raise ProviderError("%s request failed: %s" % (what, problem),
-                            unsent=problem in ("connection refused", "host name not found")) \
-            from None
+        raise ProviderError("%s request failed: %s" % (what, _connection_problem(error)),
+                            unsent=never_sent(error)) from None
     except requests.exceptions.InvalidHeader:
         raise ProviderError("%s request failed: a header holds characters HTTP cannot carry"
                             % what) from None
@@ -166,6 +165,34 @@ def _read_body(response: requests.Response, what: str, max_body: int, deadline: 
         raise ProviderError("%s request failed: the connection broke off mid-response (%s)"
                             % (what, type(error).__name__), status=response.status_code) from None
     return b"".join(chunks)
+
+
+def never_sent(error: BaseException) -> bool:
+    """Given an exception from requests, return True when the request certainly never left this
+    machine: no connection was ever made (refused, no such host, connect timeout). Decided by
+    exception types through requests' and urllib3's wrappers, never by message text. Anything
+    else (a reset, a read timeout, a TLS failure, a proxy error) may come after the request was
+    written: its outcome is unknown."""
+    from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, ProxyError
+    if isinstance(error, requests.exceptions.ConnectTimeout):
+        return True
+    pending: List[object] = [error]
+    seen: Set[int] = set()
+    while pending:
+        item = pending.pop()
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        # NewConnectionError and NameResolutionError are ConnectTimeoutErrors in urllib3 2.
+        if isinstance(item, ConnectTimeoutError):
+            return True
+        if isinstance(item, MaxRetryError):
+            pending.append(item.reason)
+        if isinstance(item, ProxyError):
+            pending.append(item.original_error)
+        pending.extend(item.args)
+        pending.append(item.__cause__)
+    return False
 
 
 def _connection_problem(error: BaseException) -> str:

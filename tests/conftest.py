@@ -32,12 +32,10 @@ def clean_environment(monkeypatch, tmp_path):
 def fresh_refresh_memory():
     """Each test starts as a new process would: no refresh tokens remembered as unclear, and
     refreshes allowed."""
-    from oauth_usage_tracker import credentials
-    credentials._unclear.clear()
-    credentials.refuse_new_refreshes(False)
+    from oauth_usage_tracker.refresh import GUARD
+    GUARD.reset()
     yield
-    credentials._unclear.clear()
-    credentials.refuse_new_refreshes(False)
+    GUARD.reset()
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Helpers shared by the tests: fake tokens, sample payloads, CLIProxyAPI-shaped files."""
 import json
 import os
+import warnings
 from pathlib import Path
 
 PAYLOADS = Path(__file__).parent / "payloads"
@@ -114,3 +115,60 @@ def process_gone(pid):
             return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
     except (FileNotFoundError, ProcessLookupError):
         return True
+
+
+OTHER_UID = OTHER_GID = 65534  # nobody / nogroup: the "second uid" of the privilege tests
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def fork():
+    """os.fork(), without Python 3.12's warning about forking a process that has threads (the
+    children here only drop privileges, run one function and _exit)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return os.fork()
+
+
+class AsUid:
+    """`function(*args)` running in a forked child that has dropped to `uid`/`gid` (needs root).
+    `result()` waits for it and returns what it returned, or `["raised", type, text]`; the
+    result travels back as JSON through a pipe, and the child always ends with os._exit."""
+
+    def __init__(self, uid, gid, function, *args):
+        reader, writer = os.pipe()
+        self.pid = fork()
+        if self.pid == 0:  # pragma: no cover - the child
+            status = 0
+            try:
+                os.close(reader)
+                os.setgroups([])
+                os.setgid(gid)
+                os.setuid(uid)
+                try:
+                    outcome = function(*args)
+                except Exception as error:  # the test reads what went wrong
+                    outcome = ["raised", type(error).__name__, str(error)]
+                os.write(writer, json.dumps(outcome).encode("utf-8"))
+            except BaseException:
+                status = 70
+            finally:
+                os._exit(status)
+        os.close(writer)
+        self._reader = reader
+
+    def result(self):
+        chunks = []
+        while True:
+            chunk = os.read(self._reader, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(self._reader)
+        _, status = os.waitpid(self.pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, "child failed: %r" % status
+        return json.loads(b"".join(chunks).decode("utf-8"))
+
+
+def run_as(uid, gid, function, *args):
+    """Run `function(*args)` as `uid`/`gid` in a forked child and return its result (AsUid)."""
+    return AsUid(uid, gid, function, *args).result()

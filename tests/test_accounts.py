@@ -11,7 +11,6 @@ from freezegun import freeze_time
 
 from oauth_usage_tracker import accounts as module
 from oauth_usage_tracker import credentials
-from oauth_usage_tracker import files
 from oauth_usage_tracker.errors import ConfigurationError
 from oauth_usage_tracker.models import Discovery, Provider
 from support import (SECRETS, assert_no_secrets, claude_credentials, codex_credentials,
@@ -30,14 +29,14 @@ def fast_rereads(monkeypatch):
 def read_log(monkeypatch):
     """Record every capped read, by file name, as the bytes it returned."""
     log = {}
-    real_read = files.read_capped
+    real_read = credentials.read_capped
 
     def recording_read(path, limit):
         data = real_read(path, limit)
         log.setdefault(os.path.basename(os.fspath(path)), []).append(data)
         return data
 
-    monkeypatch.setattr(files, "read_capped", recording_read)
+    monkeypatch.setattr(credentials, "read_capped", recording_read)
     return log
 
 
@@ -657,7 +656,7 @@ class InPlaceWriter(threading.Thread):
 
 def hold_first_read(monkeypatch, name, writer, log):
     """Make the first read of `name` report to `writer`, and return only once it rewrote."""
-    real_read = files.read_capped
+    real_read = credentials.read_capped
 
     def read(path, limit):
         data = real_read(path, limit)
@@ -668,7 +667,7 @@ def hold_first_read(monkeypatch, name, writer, log):
                 assert writer.rewritten.wait(5), "the writer never finished"
         return data
 
-    monkeypatch.setattr(files, "read_capped", read)
+    monkeypatch.setattr(credentials, "read_capped", read)
 
 
 def cut_points(content):

@@ -9,7 +9,7 @@ import pytest
 import requests
 from freezegun import freeze_time
 
-from oauth_usage_tracker import credentials
+from oauth_usage_tracker import refresh as refresh_module
 from oauth_usage_tracker.accounts import discover_accounts
 from oauth_usage_tracker.config import Settings
 from oauth_usage_tracker.errors import (CredentialError, ProviderError, TokenRefreshError,
@@ -38,8 +38,8 @@ SCOPE = "Claude token lacks the user:profile scope that the usage endpoint needs
 @pytest.fixture
 def short_invalid_grant_poll(monkeypatch):
     """The invalid_grant re-read poll lasts 2 s by default; 0.2 s is enough for these tests."""
-    monkeypatch.setattr(credentials, "refresh_tokens",
-                        functools.partial(credentials.refresh_tokens, invalid_grant_wait=0.2))
+    monkeypatch.setattr(refresh_module, "refresh_tokens",
+                        functools.partial(refresh_module.refresh_tokens, invalid_grant_wait=0.2))
 
 
 def make_account(auth_dir, **extra):

@@ -7,16 +7,16 @@ from datetime import datetime, timezone
 
 import pytest
 
-from oauth_usage_tracker import accounts, credentials
+from oauth_usage_tracker import accounts, credentials, refresh as writer
 from oauth_usage_tracker.errors import CredentialError, TokenRefreshError
-from support import CLAUDE_REFRESH, claude_credentials, write_compact
+from support import CLAUDE_REFRESH, claude_credentials, fork, write_compact
 
 NOW = datetime(2026, 11, 24, 14, 0, tzinfo=timezone.utc)
 
 
 def refresh(path, exchange):
     seen = credentials.read_json_object(str(path))
-    return credentials.refresh_tokens(str(path), seen, exchange, lambda: NOW, lock_timeout=5,
+    return writer.refresh_tokens(str(path), seen, exchange, lambda: NOW, lock_timeout=5,
                                       invalid_grant_wait=0.05)
 
 
@@ -60,7 +60,7 @@ def test_refresh_tokens_unclear_token_rotated_by_another_writer_is_used(tmp_path
 def test_refresh_tokens_refused_during_shutdown_sends_nothing(tmp_path):
     path = write_compact(tmp_path / "claude-a.json", claude_credentials())
     before = path.read_bytes()
-    credentials.refuse_new_refreshes()
+    writer.GUARD.refuse_new()
     exchange = Exchange(credentials.TokenGrant("new-access", "new-refresh", 3600))
     with pytest.raises(CredentialError, match="Stopping"):
         refresh(path, exchange)
@@ -73,7 +73,7 @@ def test_refresh_tokens_account_disabled_meanwhile_is_not_refreshed(tmp_path):
     write_compact(path, claude_credentials(disabled=True))
     exchange = Exchange(credentials.TokenGrant("new-access", "new-refresh", 3600))
     with pytest.raises(CredentialError, match="disabled"):
-        credentials.refresh_tokens(str(path), seen, exchange, lambda: NOW, lock_timeout=5)
+        writer.refresh_tokens(str(path), seen, exchange, lambda: NOW, lock_timeout=5)
     assert exchange.sent == []
 
 
@@ -92,7 +92,7 @@ def test_refresh_tokens_same_expiry_written_differently_is_not_a_rotation(tmp_pa
                          claude_credentials(expired="2026-11-24T15:39:03+02:00"))
     seen = dict(credentials.read_json_object(str(path)), expired="2026-11-24T13:39:03Z")
     exchange = Exchange(credentials.TokenGrant("new-access", "new-refresh", 3600))
-    assert credentials.refresh_tokens(str(path), seen, exchange, lambda: NOW, 5).rotated
+    assert writer.refresh_tokens(str(path), seen, exchange, lambda: NOW, 5).rotated
     assert exchange.sent == [CLAUDE_REFRESH]
 
 
@@ -130,3 +130,55 @@ def test_discover_accounts_one_file_under_two_names_is_one_account(auth_dir):
     assert sorted((s.id, s.reason) for s in found.skipped) == [
         ("a-symlink.json", "duplicate of '%s'" % real.name),
         ("z-hardlink.json", "duplicate of '%s'" % real.name)]
+
+
+def test_guard_lifecycle_closing_then_reset():
+    guard = writer.RefreshGuard()
+    with guard.critical():
+        assert guard.in_flight() == 1 and guard.wait_idle(timeout=0) is False
+    guard.mark_unclear("token-a")
+    guard.refuse_new()
+    with pytest.raises(CredentialError, match="Stopping"):
+        with guard.critical():
+            pass  # never entered
+    assert guard.in_flight() == 0 and guard.wait_idle(timeout=0) is True
+    assert guard.is_unclear("token-a") and not guard.is_unclear("token-b")
+    guard.reset()
+    assert not guard.is_unclear("token-a")
+    with guard.critical():
+        assert guard.in_flight() == 1
+
+
+def test_child_forked_during_a_refresh_starts_with_none_in_flight(tmp_path):
+    """fork() while another thread is inside a refresh: the child does not inherit that refresh
+    (nor a lock held by it) and can refresh on its own; it keeps the unclear tokens."""
+    import threading
+    path = write_compact(tmp_path / "claude-a.json", claude_credentials())
+    inside, release = threading.Event(), threading.Event()
+
+    def blocked(token):
+        inside.set()
+        release.wait(10)
+        return credentials.TokenGrant("new-access", "new-refresh", 3600)
+
+    writer.GUARD.mark_unclear("spent-elsewhere")
+    thread = threading.Thread(target=refresh, args=(path, blocked))
+    thread.start()
+    assert inside.wait(10)
+    reader, writer_fd = os.pipe()
+    pid = fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            report = [writer.GUARD.in_flight(), writer.GUARD.is_unclear("spent-elsewhere"),
+                      writer.GUARD.wait_idle(timeout=1)]
+            os.write(writer_fd, json.dumps(report).encode())
+        finally:
+            os._exit(0)
+    os.close(writer_fd)
+    with os.fdopen(reader) as handle:
+        report = json.loads(handle.read())
+    os.waitpid(pid, 0)
+    release.set()
+    thread.join(10)
+    assert report == [0, True, True]
+    assert writer.GUARD.in_flight() == 0

@@ -9,10 +9,12 @@ import traceback
 import pytest
 import requests
 
-from oauth_usage_tracker import credentials, http
+from oauth_usage_tracker import refresh as refresh_module
+from oauth_usage_tracker import http
 from oauth_usage_tracker.accounts import discover_accounts
 from oauth_usage_tracker.config import Settings
-from oauth_usage_tracker.credentials import RefreshResult, TokenGrant
+from oauth_usage_tracker.credentials import TokenGrant
+from oauth_usage_tracker.refresh import RefreshResult
 from oauth_usage_tracker.errors import UsageTrackerError
 from oauth_usage_tracker.providers import claude, codex
 
@@ -55,8 +57,8 @@ def captured(caplog):
 
 @pytest.fixture(autouse=True)
 def short_invalid_grant_poll(monkeypatch):
-    monkeypatch.setattr(credentials, "refresh_tokens",
-                        functools.partial(credentials.refresh_tokens, invalid_grant_wait=0.2))
+    monkeypatch.setattr(refresh_module, "refresh_tokens",
+                        functools.partial(refresh_module.refresh_tokens, invalid_grant_wait=0.2))
 
 
 def outputs(caplog, outcome, auth_dir):

@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import requests
 
-from .. import credentials, http
+from .. import http, refresh
 from ..config import CLAUDE_CLIENT_ID, Settings
 from ..credentials import TokenGrant, read_json_object, token_field
 from ..errors import CredentialError, ProviderError, TokenRefreshError, UsageTrackerError
@@ -206,11 +206,11 @@ def _lacks_scope(response: http.HttpResponse) -> bool:
 
 
 def _refresh(account: AuthAccount, seen: Dict[str, Any], session: requests.Session,
-             settings: Settings) -> credentials.RefreshResult:
+             settings: Settings) -> refresh.RefreshResult:
     def exchange(refresh_token: str) -> TokenGrant:
         return exchange_refresh_token(session, settings, refresh_token)
 
-    result = credentials.refresh_tokens(
+    result = refresh.refresh_tokens(
         account.path, seen, exchange, lambda: datetime.now(timezone.utc), settings.lock_timeout)
     if result.rotated:
         logger.info("%s: Claude tokens refreshed and written back", account.id)

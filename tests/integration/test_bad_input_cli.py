@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from oauth_usage_tracker import accounts, credentials, demo
+from oauth_usage_tracker import refresh as refresh_module
+from oauth_usage_tracker import accounts, demo
 from support import CLAUDE_ACCESS, CLAUDE_REFRESH, CODEX_ACCESS, CODEX_REFRESH, SECRETS
 
 import hostile_server as hs
@@ -323,8 +324,8 @@ def test_every_bad_file_at_once_in_table_mode_keeps_the_healthy_accounts(healthy
                                                                          monkeypatch):
     """The table for people, in-process (re-read pauses shortened), from the same directory."""
     monkeypatch.setattr(accounts, "READ_PAUSE", 0.001)
-    real = credentials.refresh_tokens
-    monkeypatch.setattr(credentials, "refresh_tokens",
+    real = refresh_module.refresh_tokens
+    monkeypatch.setattr(refresh_module, "refresh_tokens",
                         lambda *a, **k: real(*a, **dict(k, invalid_grant_wait=0.1)))
     outside = tmp_path / "outside"
     outside.mkdir()

@@ -14,7 +14,8 @@ from typing import Optional
 
 import pytest
 
-from oauth_usage_tracker import accounts, credentials, demo
+from oauth_usage_tracker import refresh as refresh_module
+from oauth_usage_tracker import accounts, demo
 from support import (CLAUDE_ACCESS, CLAUDE_REFRESH, CODEX_ACCESS, SECRETS,
                      claude_credentials, codex_credentials, write_compact)
 
@@ -58,13 +59,13 @@ class Kind:
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch):
     monkeypatch.setattr(accounts, "READ_PAUSE", 0.001)
-    real = credentials.refresh_tokens
+    real = refresh_module.refresh_tokens
 
     def short_invalid_grant_poll(*args, **kwargs):
         kwargs["invalid_grant_wait"] = 0.2
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(credentials, "refresh_tokens", short_invalid_grant_poll)
+    monkeypatch.setattr(refresh_module, "refresh_tokens", short_invalid_grant_poll)
 
 
 # --- the faults ---------------------------------------------------------------------------------

@@ -1,0 +1,298 @@
+"""File operations of the token refresh, each relative to an open descriptor of the auth directory.
+
+The auth directory belongs to the account that runs CLIProxyAPI, and the refresh often runs as root
+(cron, systemd). Anything running as that account can rename, replace or symlink any name in the
+directory at any moment, so a name is never trusted twice. The rules, and the race each closes:
+
+- The directory is opened once (`O_DIRECTORY`) and every later open, rename and unlink passes
+  `dir_fd=`: a name always means an entry of *this* directory.
+
+      root checks auth/a.json     attacker: mv auth auth.old; ln -s /etc auth
+      root opens auth/a.json   -> would open /etc/a.json; with dir_fd it still opens the entry
+                                  of the directory root checked
+
+- Every file is opened with `O_NOFOLLOW`, then `fstat`ed: a regular file with one link, or
+  refused. A name checked with lstat can be swapped for a symlink before the open:
+
+      root: lstat a.json.lock -> regular file
+      attacker: rm a.json.lock; ln -s /etc/shadow a.json.lock
+      root: open a.json.lock   -> ELOOP with O_NOFOLLOW (without it: /etc/shadow)
+
+- Owner and mode are changed only with `fchown`/`fchmod` on a descriptor held since the open:
+  the inode changed is the one that was checked, never whatever the name points to by then.
+
+      root: open + fstat a.json.lock (its own, one link)
+      attacker: rm a.json.lock; ln -s /etc/shadow a.json.lock
+      root: chown("a.json.lock")  -> /etc/shadow given to the attacker; fchown(fd) -> the lock
+
+- New files (lock, temporary, recovery) are created with `O_CREAT | O_EXCL | O_NOFOLLOW`, so a
+  name planted in advance (a symlink, a FIFO, a hard link to another file) makes the create fail
+  instead of writing through it. Their mode is set with fchmod after the create: the umask does
+  not decide who can read a file that holds tokens.
+- A credential name that is a symlink is followed only to a regular file inside the directory
+  (a sub-directory is entered component by component with `O_NOFOLLOW`); from then on the
+  target's own name is used, relative to the directory that holds it.
+"""
+import errno
+import os
+import secrets
+import stat
+import time
+from typing import List, Optional, Tuple
+
+from .errors import CredentialError, LockTimeout
+
+LOCK_SUFFIX = ".lock"
+LOCK_POLL = 0.05
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_O_NOCTTY = getattr(os, "O_NOCTTY", 0)
+_OUTSIDE = ("The credential file is now a symlink that does not point to a regular file in the "
+            "auth directory")
+
+
+class UnsafeFile(CredentialError):
+    """A name in the auth directory is not the regular file it should be (a symlink out, a FIFO,
+    a file with other hard links…); nothing is done with it."""
+
+
+def _why(error: OSError) -> str:
+    return error.strerror or type(error).__name__
+
+
+class AuthDirectory:
+    """An open auth directory. Use as a context manager; every method works on names of this
+    directory through its descriptor."""
+
+    def __init__(self, path: str) -> None:
+        try:
+            self.fd = os.open(path, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+        except OSError as error:
+            raise CredentialError("Cannot open the auth directory (%s)" % _why(error)) from None
+        self.path = path
+
+    def __enter__(self) -> "AuthDirectory":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the directory's descriptor."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def resolve(self, name: str) -> str:
+        """Given the name discovery found, return the name of the regular file it stands for: the
+        name itself, or the target of a symlink to a regular file inside this directory. For a
+        target in a sub-directory, this object moves to that sub-directory, each component
+        opened without following a symlink. Raise UnsafeFile for anything else: the name may
+        have been swapped since discovery checked it."""
+        info = self._lstat(name)
+        if stat.S_ISREG(info.st_mode):
+            return name
+        if not stat.S_ISLNK(info.st_mode):
+            raise UnsafeFile("The credential file is not a regular file")
+        try:
+            target = os.readlink(name, dir_fd=self.fd)
+        except OSError:  # no longer a symlink: swapped between the lstat and now
+            raise UnsafeFile("The credential file was replaced meanwhile") from None
+        parts = self._inside(target)
+        fd = self.fd
+        try:
+            for part in parts[:-1]:
+                opened = os.open(part, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC,
+                                 dir_fd=fd)
+                if fd != self.fd:
+                    os.close(fd)
+                fd = opened
+        except OSError:
+            if fd != self.fd:
+                os.close(fd)
+            raise UnsafeFile(_OUTSIDE) from None
+        if fd != self.fd:
+            os.close(self.fd)
+            self.fd, self.path = fd, os.path.join(self.path, *parts[:-1])
+        if not stat.S_ISREG(self._lstat(parts[-1]).st_mode):
+            raise UnsafeFile(_OUTSIDE)
+        return parts[-1]
+
+    def _inside(self, target: str) -> List[str]:
+        """Given a symlink's target, return its path below this directory as components; raise
+        UnsafeFile when it leaves the directory or names it in a roundabout way (`..`, `.`)."""
+        if os.path.isabs(target):
+            for prefix in (os.path.realpath(self.path), os.path.abspath(self.path)):
+                prefix = prefix.rstrip(os.sep) + os.sep
+                if target.startswith(prefix):
+                    target = target[len(prefix):]
+                    break
+            else:
+                raise UnsafeFile(_OUTSIDE)
+        parts = target.split(os.sep)
+        if any(part in ("", ".", "..") for part in parts):
+            raise UnsafeFile(_OUTSIDE)
+        return parts
+
+    def _lstat(self, name: str) -> os.stat_result:
+        try:
+            return os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        except OSError as error:
+            raise UnsafeFile(_why(error)) from None
+
+    def open_regular(self, name: str, flags: int = os.O_RDONLY,
+                     single_link: bool = True) -> Tuple[int, os.stat_result]:
+        """Given a name, open it without following a symlink, waiting on a FIFO or taking a
+        terminal, and return the descriptor and its fstat. Raise UnsafeFile unless it is a
+        regular file (with one link, when `single_link`: a file about to be replaced or given an
+        owner must have no other name), CredentialError when it cannot be opened."""
+        try:
+            fd = os.open(name, flags | _O_NOFOLLOW | _O_CLOEXEC | os.O_NONBLOCK | _O_NOCTTY,
+                         dir_fd=self.fd)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise UnsafeFile("%s is now a symlink" % _kind(name).capitalize()) from None
+            raise CredentialError(_why(error)) from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise UnsafeFile("not a regular file")
+        if single_link and info.st_nlink != 1:
+            os.close(fd)
+            raise UnsafeFile("%s is not a regular file with a single name"
+                             % _kind(name).capitalize())
+        return fd, info
+
+    def read(self, fd: int, limit: int) -> bytes:
+        """Given an open file, return up to `limit` + 1 of its bytes from the start."""
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.pread(fd, limit + 1 - size, size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+
+    def lock(self, name: str, mode: int, owner: Tuple[int, int], timeout: float) -> int:
+        """Given a credential name, the lock file's mode and owner, and a timeout, take the
+        exclusive lock on `<name>.lock` (flock, as filelock and earlier versions take it) and
+        return its descriptor; closing it releases the lock. The lock file is never unlinked: a
+        process waiting on an unlinked inode would hold a lock nobody else sees. Raise
+        LockTimeout or CredentialError."""
+        import fcntl
+        lock_name = name + LOCK_SUFFIX
+        created = True
+        try:
+            fd = os.open(lock_name, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC,
+                         0o600, dir_fd=self.fd)
+        except FileExistsError:
+            created = False
+            fd, _ = self.open_regular(lock_name, os.O_RDWR)
+        except OSError as error:
+            raise CredentialError("Cannot create the lock file (%s)" % _why(error)) from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+                raise UnsafeFile("The lock file was replaced or removed meanwhile")
+            if created:
+                # Only a lock file this call created is touched. An existing one, even one of
+                # ours with a single link, may be another file by now:
+                #   attacker: ln /etc/some-root-file a.json.lock   (if it may: protected_hardlinks)
+                #   root: open a.json.lock (O_EXCL fails, plain open succeeds)
+                #   attacker: rm a.json.lock            -> the inode is down to its outside link
+                #   root: fstat: regular, one link, root's own -> fchown would give it away
+                os.fchmod(fd, mode & 0o666)
+                if os.geteuid() == 0 and (info.st_uid, info.st_gid) != owner:
+                    # Root's lock file goes to the credential's owner, so that the proxy's
+                    # own account can still take it later.
+                    os.fchown(fd, *owner)
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return fd
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise LockTimeout("Another process has been refreshing this account's "
+                                          "token for over %g s; try again later" % timeout) \
+                            from None
+                    time.sleep(LOCK_POLL)
+        except OSError as error:
+            os.close(fd)
+            raise CredentialError("Cannot lock the credential file (%s)" % _why(error)) from None
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def create(self, name: str, mode: int, owner: Optional[Tuple[int, int]]) -> int:
+        """Given a new name, a mode and an owner (None: ours), create the file exclusively,
+        set its owner and mode through its descriptor, and return the descriptor. Raise
+        OSError (EEXIST when the name is taken, by anything)."""
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC, 0o600,
+                     dir_fd=self.fd)
+        try:
+            if owner is not None and owner != (os.geteuid(), os.getegid()):
+                os.fchown(fd, *owner)
+            os.fchmod(fd, mode)
+        except BaseException:
+            os.close(fd)
+            self.unlink(name)
+            raise
+        return fd
+
+    def temporary_name(self, name: str) -> str:
+        """A fresh temporary name for `name`: a dot, then `.tmp` at the end, so that no reader's
+        `*.json` glob ever matches it."""
+        return ".%s.%s.tmp" % (name, secrets.token_hex(4))
+
+    def replace(self, source: str, target: str) -> None:
+        """Rename `source` over `target` (both in this directory), then make it durable. A
+        symlink planted at `target` is replaced itself, never followed. Raise OSError."""
+        os.replace(source, target, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        try:
+            os.fsync(self.fd)
+        except OSError:
+            pass
+
+    def unlink(self, name: str) -> None:
+        """Remove a name of ours (a temporary file) if it is still there."""
+        try:
+            os.unlink(name, dir_fd=self.fd)
+        except OSError:
+            pass
+
+    def writable(self, name: str) -> Optional[str]:
+        """Return why this process (its effective ids) cannot write `name` and add files to the
+        directory, or None when it can."""
+        if not os.access(".", os.W_OK | os.X_OK, dir_fd=self.fd, effective_ids=True):
+            return "the auth directory is not writable by this process"
+        if not os.access(name, os.W_OK, dir_fd=self.fd, effective_ids=True,
+                         follow_symlinks=False):
+            return "the credential file is not writable by this process"
+        return None
+
+    def free_bytes(self) -> int:
+        """Return the bytes this process may still write on the directory's file system."""
+        info = os.fstatvfs(self.fd)
+        blocks = info.f_bfree if os.geteuid() == 0 else info.f_bavail
+        return blocks * info.f_frsize
+
+
+def _kind(name: str) -> str:
+    if name.endswith(LOCK_SUFFIX):
+        return "the lock file"
+    if name.endswith(".tmp"):
+        return "the temporary file"
+    return "the credential file"
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Given a descriptor and bytes, write them from offset 0, cut the file to their length and
+    fsync it. Raise OSError."""
+    done = 0
+    while done < len(data):
+        done += os.pwrite(fd, data[done:], done)
+    os.ftruncate(fd, len(data))
+    os.fsync(fd)
