@@ -202,7 +202,7 @@ def refresh_tokens(path: str, seen: Dict[str, Any], exchange: Callable[[str], To
             access = token_field(current, "access_token")
             if access is None:
                 raise CredentialError("The credential file has no access_token; log in again "
-                                      "with CLIProxyAPI")
+                                      "with CLIProxyAPI", login_problem=True)
             logger.info("%s: tokens were already refreshed by another writer; using them",
                         _name(path))
             return RefreshResult(access_token=access, rotated=False)
@@ -211,7 +211,7 @@ def refresh_tokens(path: str, seen: Dict[str, Any], exchange: Callable[[str], To
         refresh_token = token_field(current, "refresh_token")
         if refresh_token is None:
             raise CredentialError("The credential file has no refresh_token; log in again with "
-                                  "CLIProxyAPI")
+                                  "CLIProxyAPI", login_problem=True)
         if _fingerprint(refresh_token) in _unclear:
             raise TokenRefreshError(
                 "An earlier refresh of this token got no clear answer, so it is not sent again; "

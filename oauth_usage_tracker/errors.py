@@ -9,6 +9,10 @@ class UsageTrackerError(Exception):
     login_problem = False
     #: True when the failing fetch had already rotated and written the account's tokens.
     token_refreshed = False
+    #: True when the access token has expired and this run may not refresh it.
+    token_expired = False
+    #: True when an HTML page (a CDN challenge, a login wall) answered instead of the API.
+    blocked = False
 
 
 class ConfigurationError(UsageTrackerError, ValueError):
@@ -17,6 +21,12 @@ class ConfigurationError(UsageTrackerError, ValueError):
 
 class CredentialError(UsageTrackerError):
     """A credential file cannot be read, or lacks what the request needs."""
+
+    def __init__(self, message: str, *, login_problem: bool = False,
+                 token_expired: bool = False):
+        super().__init__(message)
+        self.login_problem = login_problem
+        self.token_expired = token_expired
 
 
 class LockTimeout(CredentialError):
@@ -27,9 +37,11 @@ class TokenRefreshError(UsageTrackerError):
     """The token endpoint did not give new tokens; `invalid_grant` says the login is spent."""
 
     def __init__(self, message: str, *, invalid_grant: bool = False, status: Optional[int] = None,
-                 retry_after: Optional[float] = None, outcome_unknown: bool = False):
+                 retry_after: Optional[float] = None, outcome_unknown: bool = False,
+                 blocked: bool = False):
         super().__init__(message)
         self.invalid_grant = invalid_grant
+        self.blocked = blocked
         #: True when the server may have spent the token without our seeing the answer.
         self.outcome_unknown = outcome_unknown
         self.login_problem = invalid_grant
@@ -42,9 +54,10 @@ class ProviderError(UsageTrackerError):
 
     def __init__(self, message: str, *, status: Optional[int] = None,
                  retry_after: Optional[float] = None, body: object = None,
-                 login_problem: bool = False, unsent: bool = False):
+                 login_problem: bool = False, unsent: bool = False, blocked: bool = False):
         super().__init__(message)
         self.login_problem = login_problem
+        self.blocked = blocked
         #: True when the request certainly never reached the server (refused, no such host).
         self.unsent = unsent
         self.status = status

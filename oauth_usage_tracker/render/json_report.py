@@ -28,13 +28,16 @@ def account_json(account: AccountUsage) -> Dict[str, Any]:
             "error": account.error, "updated_at": _time(account.updated_at),
             "token_refreshed": account.token_refreshed, "stale": account.stale,
             "fetched_at": _time(account.fetched_at), "plan": account.plan,
-            "credits": account.credits, "extra_usage": account.extra_usage}
+            "credits": account.credits, "extra_usage": account.extra_usage,
+            "state": account.state.value if account.state else None,
+            "cooldown_until": _time(account.cooldown_until)}
 
 
 def skipped_json(skipped: Skipped) -> Dict[str, Any]:
     """One skipped file or account as JSON; provider and email are null for non-accounts."""
     return {"id": skipped.id, "provider": skipped.provider.value if skipped.provider else None,
-            "email": skipped.email, "reason": skipped.reason}
+            "email": skipped.email, "reason": skipped.reason,
+            "state": skipped.state.value if skipped.state else None}
 
 
 def report_json(report: Report) -> Dict[str, Any]:
