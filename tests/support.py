@@ -114,3 +114,24 @@ def process_gone(pid):
             return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
     except (FileNotFoundError, ProcessLookupError):
         return True
+
+
+def require_tool(name, *candidates):
+    """Return the path of an operator's tool (promtool, node_exporter, systemd-analyze): the
+    first existing candidate, else `name` on PATH. Skip the test with the reason when it is
+    missing, except under CI (env CI set), where a missing tool fails the test instead."""
+    import shutil
+
+    import pytest
+    for candidate in candidates:
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    found = shutil.which(name)
+    if found:
+        return found
+    reason = "%s is not installed (Debian: apt-get install %s)" % (
+        name, {"promtool": "prometheus", "prometheus-node-exporter": "prometheus-node-exporter",
+               "systemd-analyze": "systemd"}.get(name, name))
+    if os.environ.get("CI"):
+        pytest.fail(reason + "; CI must run this test")
+    pytest.skip(reason)
