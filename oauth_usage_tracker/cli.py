@@ -27,7 +27,8 @@ logger = logging.getLogger("oauth_usage_tracker")
 
 EPILOG = """\
 exit status: 0 every queried account returned windows; 1 an account failed, or a credential file
-is unreadable or expired (it needs a human); 2 usage or configuration error; 3 --fail-below crossed (wins over 1).
+is unreadable or expired (it needs a human); 2 usage or configuration error; 3 --fail-below
+crossed (wins over 1).
 endpoint overrides: OAUTH_USAGE_TRACKER_CODEX_USAGE_URL, _CLAUDE_USAGE_URL, _CLAUDE_TOKEN_URL
 (https://, or http:// to a loopback address)."""
 

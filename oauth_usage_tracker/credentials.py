@@ -54,21 +54,21 @@ def read_json_once(path: str) -> Dict[str, Any]:
     try:
         data = files.read_capped(path, MAX_FILE_BYTES)
     except files.FileTooLarge as error:
-        raise CredentialError(str(error)) from None
+        raise CredentialError(str(error), unreadable=True) from None
     except OSError as error:
-        raise CredentialError(error.strerror or type(error).__name__) from None
+        raise CredentialError(error.strerror or type(error).__name__, unreadable=True) from None
     if not data.strip():
-        raise UnparsedFile("file is empty")
+        raise UnparsedFile("file is empty", unreadable=True)
     try:
         parsed = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
-        raise UnparsedFile("not UTF-8 text") from None
+        raise UnparsedFile("not UTF-8 text", unreadable=True) from None
     except RecursionError:
-        raise CredentialError("JSON nested too deeply") from None
+        raise CredentialError("JSON nested too deeply", unreadable=True) from None
     except ValueError:
-        raise UnparsedFile("not valid JSON") from None
+        raise UnparsedFile("not valid JSON", unreadable=True) from None
     if not isinstance(parsed, dict):
-        raise CredentialError("not a JSON object")
+        raise CredentialError("not a JSON object", unreadable=True)
     return parsed
 
 

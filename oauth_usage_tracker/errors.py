@@ -11,6 +11,8 @@ class UsageTrackerError(Exception):
     token_refreshed = False
     #: True when the access token has expired and this run may not refresh it.
     token_expired = False
+    #: True when the credential file itself cannot be read or parsed.
+    unreadable = False
     #: True when an HTML page (a CDN challenge, a login wall) answered instead of the API.
     blocked = False
 
@@ -23,10 +25,11 @@ class CredentialError(UsageTrackerError):
     """A credential file cannot be read, or lacks what the request needs."""
 
     def __init__(self, message: str, *, login_problem: bool = False,
-                 token_expired: bool = False):
+                 token_expired: bool = False, unreadable: bool = False):
         super().__init__(message)
         self.login_problem = login_problem
         self.token_expired = token_expired
+        self.unreadable = unreadable
 
 
 class LockTimeout(CredentialError):

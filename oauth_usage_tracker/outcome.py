@@ -24,9 +24,12 @@ ADVICE = {
 
 def failure_state(error: UsageTrackerError, has_values: bool) -> AccountState:
     """Given the error of a failed fetch and whether last good values stand in for it, return
-    the account's state: a login problem wins over everything (stale values or not), then an
-    expired token that may not be refreshed; otherwise `stale` when values are shown, else
-    `rate_limited` (429), `blocked` (an HTML page instead of JSON) or `error`."""
+    the account's state. A credential file gone bad since discovery, then a login problem, win
+    over everything (stale values or not), then an expired token that may not be refreshed;
+    otherwise `stale` when values are shown, else `rate_limited` (429), `blocked` (an HTML page
+    instead of JSON) or `error`."""
+    if error.unreadable:
+        return AccountState.UNREADABLE
     if error.login_problem:
         return AccountState.LOGIN_FAILED
     if error.token_expired:

@@ -375,5 +375,6 @@ def _unexpected(account: AuthAccount, error: Exception) -> AccountUsage:
     logger.debug("%s: raised at\n%s", account.id,
                  "".join(traceback.format_tb(error.__traceback__)).rstrip())
     return AccountUsage(id=account.id, provider=account.provider, email=account.email,
-                        state=State.ERROR, error="Unexpected error while fetching usage (%s); run with -vv for "
+                        state=State.ERROR,
+                        error="Unexpected error while fetching usage (%s); run with -vv for "
                               "details" % type(error).__name__)

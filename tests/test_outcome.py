@@ -34,6 +34,7 @@ CODEX_URL = "https://chatgpt.com/backend-api/wham/usage"
     (ProviderError("timed out"), False, "error"),
     (ProviderError("timed out"), True, "stale"),
     (CredentialError("Cannot lock"), False, "error"),
+    (CredentialError("not valid JSON", unreadable=True), True, "unreadable"),
 ])
 def test_failure_state_from_values(error, has_values, expected):
     assert module.failure_state(error, has_values).value == expected
@@ -175,3 +176,14 @@ def test_tracker_expired_claude_with_refresh_disabled_is_expired(auth_dir):
                            allow_token_refresh=False) as tracker:
         [usage] = tracker.refresh_and_wait((), found.claude)
     assert usage.state is AccountState.EXPIRED and "refresh is disabled" in usage.error
+
+
+def test_tracker_file_gone_bad_since_discovery_is_unreadable(auth_dir, caplog):
+    path = auth_dir.codex(email="c@example.com", expired=FUTURE)
+    found = discover_accounts(str(auth_dir))
+    path.write_text("{")  # after discovery, before the fetch
+    with caplog.at_level(logging.ERROR, logger="oauth_usage_tracker"):
+        with OAuthUsageTracker(state_dir=False) as tracker:
+            [usage] = tracker.refresh_and_wait(found.codex, ())
+    assert usage.state is AccountState.UNREADABLE and usage.error
+    assert ["%s: unreadable: " % path.name in r.getMessage() for r in caplog.records] == [True]

@@ -190,3 +190,39 @@ def test_node_exporter_scrapes_every_state_while_watch_rewrites_the_file(tmp_pat
     report = json.loads((tmp_path / "report.json").read_text())
     states = {a["id"]: a["state"] for a in report["accounts"] + report["skipped"]}
     assert states == dict(PLANTED, **{"gemini-grace@example.com.json": None})
+
+
+def test_two_runs_into_one_textfile_directory_never_collide(tmp_path):
+    """Two auth directories, two metrics files in one textfile directory: node_exporter reads
+    both without a collision, and the per-run series tell the runs apart by `name`."""
+    node_exporter = require_tool("prometheus-node-exporter", NODE_EXPORTER)
+    textfiles = tmp_path / "textfile"
+    textfiles.mkdir()
+    with demo.FakeProviders() as fake:
+        env = dict({k: v for k, v in os.environ.items()
+                    if not k.startswith("OAUTH_USAGE_TRACKER_")}, **fake.environ())
+        for pool, extra in (("pool-a", []), ("pool-b", ["--metrics-name", "second"])):
+            auth_dir = tmp_path / pool
+            auth_dir.mkdir()
+            demo.populate(fake, str(auth_dir), claude=1, codex=1)
+            for path in auth_dir.iterdir():  # one account set per pool: distinct file names
+                path.rename(auth_dir / ("%s-%s" % (pool, path.name)))
+            result = subprocess.run(
+                COMMAND + ["-q", "--no-state", "--auth-dir", str(auth_dir), "--output",
+                           os.devnull, "--prometheus", str(textfiles / (pool + ".prom"))] + extra,
+                env=env, capture_output=True, text=True, timeout=WAIT)
+            assert result.returncode == 0, result.stderr
+        exporter, port = start_node_exporter(node_exporter, textfiles, tmp_path / "ne.log")
+        try:
+            text = scrape(port)
+        finally:
+            exporter.terminate()
+            exporter.wait(WAIT)
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    assert families["node_textfile_scrape_error"].samples[0].value == 0
+    names = sorted(s.labels["name"] for s in families["oauth_usage_last_run_timestamp_seconds"]
+                   .samples)
+    assert names == ["pool-a", "second"]
+    ok = [s for s in families["oauth_usage_account_state"].samples
+          if s.labels["state"] == "ok" and s.value == 1]
+    assert len(ok) == 4
