@@ -1,9 +1,9 @@
 """Each credential file's state in a run (SPEC §13), decided from values, and the log line that
 says it. Pure apart from logging.
 
-The state is decided from what the failure carries (`login_problem`, `token_expired`,
-`blocked`, the HTTP status), never from the sentence written for people: rewording a message
-must not turn a dead login into a passing fault.
+The state is decided from what the failure carries (`unreadable`, `login_problem`,
+`token_expired`, `blocked`, the HTTP status), never from the sentence written for people:
+rewording a message must not turn a dead login into a passing fault.
 """
 import logging
 from typing import Optional
