@@ -6,7 +6,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from .credentials import READ_PAUSE, READ_TRIES, UnparsedFile, read_json_once
 from .errors import ConfigurationError, CredentialError
-from .models import AuthAccount, Discovery, Provider, Skipped
+from .models import AccountState, AuthAccount, Discovery, Provider, Skipped
+from .outcome import log_state
 from .parsing import parse_timestamp
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,11 @@ def discover_accounts(auth_dir: Union[str, "os.PathLike[str]", None] = None,
     for name in names:
         account = results[name]
         if isinstance(account, Skipped):
-            logger.info("%s: skipped (%s)", name, account.reason)
+            if account.state is AccountState.UNREADABLE:
+                log_state(name, account.state, "%s; repair or remove the file"
+                          % account.reason.partition(": ")[2])
+            else:
+                logger.info("%s: skipped (%s)", name, account.reason)
             skipped.append(account)
         elif account is not None:
             found[account.provider].append(account)
@@ -90,7 +95,7 @@ def _read_all(names: List[str], directory: str, real_directory: str
                 results[name] = _read_account(name, os.path.join(directory, name), real_directory)
             except UnparsedFile as error:
                 if attempt == READ_TRIES - 1:
-                    results[name] = Skipped(name, "unreadable: %s" % error)
+                    results[name] = unreadable(name, str(error))
                 else:
                     retry.append(name)
         pending = retry
@@ -105,21 +110,21 @@ def _read_account(name: str, path: str, real_directory: str) -> Union[AuthAccoun
     if os.path.islink(path):
         target = os.path.realpath(path)
         if os.path.commonpath([target, real_directory]) != real_directory:
-            return Skipped(name, "unreadable: symlink points outside the auth directory")
+            return unreadable(name, "symlink points outside the auth directory")
     if os.path.isdir(path):
         return None
     if not os.path.exists(path):
         if not os.path.islink(path):
             return None  # removed since the directory was listed
-        return Skipped(name, "unreadable: broken symlink")
+        return unreadable(name, "broken symlink")
     if not os.path.isfile(path):
-        return Skipped(name, "unreadable: not a regular file")
+        return unreadable(name, "not a regular file")
     try:
         data = read_json_once(path)
     except UnparsedFile:
         raise
     except CredentialError as error:
-        return Skipped(name, "unreadable: %s" % error)
+        return unreadable(name, str(error))
     return account_from_json(name, path, data)
 
 
@@ -128,7 +133,7 @@ def account_from_json(name: str, path: str, data: Dict[str, Any]) -> Union[AuthA
     a Skipped record when its `type` is missing or not Claude/Codex. Pure."""
     raw_type = data.get("type")
     if not isinstance(raw_type, str) or not raw_type.strip():
-        return Skipped(name, "unreadable: no \"type\" field")
+        return unreadable(name, "no \"type\" field")
     kind = raw_type.strip().lower()
     try:
         provider = Provider(kind)
@@ -142,6 +147,11 @@ def account_from_json(name: str, path: str, data: Dict[str, Any]) -> Union[AuthA
     return AuthAccount(id=name, provider=provider, email=email, display_name=display_name,
                        path=path, expired=parse_timestamp(data.get("expired")),
                        is_disabled=disabled is True)
+
+
+def unreadable(name: str, why: str) -> Skipped:
+    """Given a file name and why it cannot be used, return its Skipped record (`unreadable`)."""
+    return Skipped(name, "unreadable: %s" % why, state=AccountState.UNREADABLE)
 
 
 def _text(value: Any) -> Optional[str]:
@@ -159,13 +169,14 @@ def select_accounts(accounts: Iterable[AuthAccount], include_expired: bool = Fal
     `include_expired`) and Skipped records for the others (`disabled`, `expired`)."""
     kept, skipped = [], []
     for account in accounts:
-        reason = None
+        state = None
         if account.is_disabled:
-            reason = "disabled"
+            state = AccountState.DISABLED
         elif account.is_expired and not include_expired:
-            reason = "expired"
-        if reason is None:
+            state = AccountState.EXPIRED
+        if state is None:
             kept.append(account)
         else:
-            skipped.append(Skipped(account.id, reason, account.provider, account.email))
+            skipped.append(Skipped(account.id, state.value, account.provider, account.email,
+                                   state=state, source=account.source))
     return kept, skipped

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, FrozenSet, Iterator, List, Mapping, Optional
 
 
 from . import __version__, files, refresh
-from .accounts import AUTH_DIR_ENV, discover_accounts, select_accounts
+from .accounts import AUTH_DIR_ENV, discover_accounts, resolve_auth_dir, select_accounts
 from .config import Settings
 from .errors import ConfigurationError
 from .models import Discovery, Provider
@@ -27,8 +27,9 @@ if TYPE_CHECKING:  # the tracker pulls in requests: imported when a run needs it
 logger = logging.getLogger("oauth_usage_tracker")
 
 EPILOG = """\
-exit status: 0 every queried account returned windows; 1 an account failed or a credential file
-was unreadable; 2 usage or configuration error; 3 --fail-below crossed (wins over 1).
+exit status: 0 every queried account returned windows; 1 an account failed, or a credential file
+is unreadable or expired (it needs a human); 2 usage or configuration error; 3 --fail-below
+crossed (wins over 1).
 endpoint overrides: OAUTH_USAGE_TRACKER_CODEX_USAGE_URL, _CLAUDE_USAGE_URL, _CLAUDE_TOKEN_URL
 (https://, or http:// to a loopback address)."""
 
@@ -54,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write the report to FILE atomically instead of stdout")
     parser.add_argument("--prometheus", metavar="FILE",
                         help="also write node_exporter textfile metrics to FILE atomically")
+    parser.add_argument("--metrics-name", metavar="NAME",
+                        help="the `name` label of the per-run metrics (default: the metrics "
+                             "file's name without .prom)")
     parser.add_argument("--workers", type=_positive_int, metavar="N",
                         help="parallel fetches (default min(16, accounts))")
     parser.add_argument("--timeout", type=_positive_float, default=15.0, metavar="S",
@@ -210,6 +214,7 @@ class Run:
     def emit(self, report: Report) -> int:
         """Print or write the report (and metrics); return the exit status."""
         from .render import render_json, render_prometheus, render_table
+        from .render.prometheus import metrics_name
         if self.args.json:
             text = render_json(report)
         else:
@@ -229,7 +234,9 @@ class Run:
                 sys.stdout.write(text)
                 sys.stdout.flush()
             if self.args.prometheus:
-                files.atomic_write(self.args.prometheus, render_prometheus(report).encode("utf-8"),
+                name = self.args.metrics_name or metrics_name(self.args.prometheus)
+                files.atomic_write(self.args.prometheus,
+                                   render_prometheus(report, name).encode("utf-8"),
                                    default_mode=0o644)
         except OSError as error:
             logger.error("Cannot write the report: %s (%s)", error.strerror or error,
@@ -255,7 +262,9 @@ class Run:
 
     def watch(self, tracker: "OAuthUsageTracker", shutdown: "Shutdown") -> int:
         from .watch import Watcher
-        directory = discover_accounts(self.auth_dir).auth_dir
+        directory = resolve_auth_dir(self.auth_dir)
+        if not os.path.isdir(directory):
+            discover_accounts(directory)  # raises ConfigurationError with the sentence
 
         watcher = Watcher(tracker, directory, self.args.watch, self.enabled_ids,
                           lambda discovery: tracker.refresh(*self.selected(discovery)),

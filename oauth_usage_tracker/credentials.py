@@ -55,23 +55,9 @@ def read_json_once(path: str) -> Dict[str, Any]:
     try:
         data = read_capped(path, MAX_FILE_BYTES)
     except files.FileTooLarge as error:
-        raise CredentialError(str(error)) from None
+        raise CredentialError(str(error), unreadable=True) from None
     except OSError as error:
-        raise CredentialError(error.strerror or type(error).__name__) from None
-    return parse_json(data)
-    # The name was checked by discovery, but it may have been swapped since (for a symlink out
-    # of the directory, a FIFO, a device): it is resolved again, through the directory.
-    directory, name = os.path.split(os.path.abspath(path))
-    with AuthDirectory(directory) as auth:
-        fd, _ = auth.open_regular(auth.resolve(name), single_link=False)
-        try:
-            data = auth.read(fd, MAX_FILE_BYTES)
-        except OSError as error:
-            raise CredentialError(error.strerror or type(error).__name__) from None
-        finally:
-            os.close(fd)
-    if len(data) > MAX_FILE_BYTES:
-        raise CredentialError("larger than %d KiB" % (MAX_FILE_BYTES // 1024))
+        raise CredentialError(error.strerror or type(error).__name__, unreadable=True) from None
     return parse_json(data)
 
 
@@ -79,17 +65,17 @@ def parse_json(data: bytes) -> Dict[str, Any]:
     """Given a credential file's bytes, return its JSON object. Raise UnparsedFile when they do
     not parse (perhaps caught mid-rewrite), CredentialError with a short reason otherwise."""
     if not data.strip():
-        raise UnparsedFile("file is empty")
+        raise UnparsedFile("file is empty", unreadable=True)
     try:
         parsed = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
-        raise UnparsedFile("not UTF-8 text") from None
+        raise UnparsedFile("not UTF-8 text", unreadable=True) from None
     except RecursionError:
-        raise CredentialError("JSON nested too deeply") from None
+        raise CredentialError("JSON nested too deeply", unreadable=True) from None
     except ValueError:
-        raise UnparsedFile("not valid JSON") from None
+        raise UnparsedFile("not valid JSON", unreadable=True) from None
     if not isinstance(parsed, dict):
-        raise CredentialError("not a JSON object")
+        raise CredentialError("not a JSON object", unreadable=True)
     return parsed
 
 

@@ -9,6 +9,12 @@ class UsageTrackerError(Exception):
     login_problem = False
     #: True when the failing fetch had already rotated and written the account's tokens.
     token_refreshed = False
+    #: True when the access token has expired and this run may not refresh it.
+    token_expired = False
+    #: True when the credential file itself cannot be read or parsed.
+    unreadable = False
+    #: True when an HTML page (a CDN challenge, a login wall) answered instead of the API.
+    blocked = False
 
 
 class ConfigurationError(UsageTrackerError, ValueError):
@@ -17,6 +23,13 @@ class ConfigurationError(UsageTrackerError, ValueError):
 
 class CredentialError(UsageTrackerError):
     """A credential file cannot be read, or lacks what the request needs."""
+
+    def __init__(self, message: str, *, login_problem: bool = False,
+                 token_expired: bool = False, unreadable: bool = False):
+        super().__init__(message)
+        self.login_problem = login_problem
+        self.token_expired = token_expired
+        self.unreadable = unreadable
 
 
 class LockTimeout(CredentialError):
@@ -27,9 +40,11 @@ class TokenRefreshError(UsageTrackerError):
     """The token endpoint did not give new tokens; `invalid_grant` says the login is spent."""
 
     def __init__(self, message: str, *, invalid_grant: bool = False, status: Optional[int] = None,
-                 retry_after: Optional[float] = None, outcome_unknown: bool = False):
+                 retry_after: Optional[float] = None, outcome_unknown: bool = False,
+                 blocked: bool = False):
         super().__init__(message)
         self.invalid_grant = invalid_grant
+        self.blocked = blocked
         #: True when the server may have spent the token without our seeing the answer.
         self.outcome_unknown = outcome_unknown
         self.login_problem = invalid_grant
@@ -42,9 +57,10 @@ class ProviderError(UsageTrackerError):
 
     def __init__(self, message: str, *, status: Optional[int] = None,
                  retry_after: Optional[float] = None, body: object = None,
-                 login_problem: bool = False, unsent: bool = False):
+                 login_problem: bool = False, unsent: bool = False, blocked: bool = False):
         super().__init__(message)
         self.login_problem = login_problem
+        self.blocked = blocked
         #: True when the request certainly never reached the server (refused, no such host).
         self.unsent = unsent
         self.status = status

@@ -224,7 +224,7 @@ def decode_json(response: HttpResponse, what: str) -> Any:
         hint = ("; a Cloudflare challenge blocked the request, try again later"
                 if _is_challenge(response) else "")
         raise ProviderError("%s returned an HTML page instead of JSON (HTTP %d%s)"
-                            % (what, response.status, hint), status=response.status)
+                            % (what, response.status, hint), status=response.status, blocked=True)
     try:
         return json.loads(response.body.decode("utf-8"))
     except (ValueError, RecursionError):
@@ -287,4 +287,4 @@ def status_error(response: HttpResponse, what: str, detail: str = "") -> Provide
     if detail:
         message += " (%s)" % detail
     return ProviderError(message, status=response.status, retry_after=after,
-                         body=try_json(response))
+                         body=try_json(response), blocked=response.is_html)

@@ -146,6 +146,8 @@ class AccountUsage:
     """The account's state in this run (None while loading)."""
     source: str = LOCAL_SOURCE
     """Where the account comes from: `local`, or a remote proxy's host:port."""
+    cooldown_until: Optional[datetime] = None
+    """While requests for this account are paused after a 429: until when (aware UTC)."""
 
     @property
     def account_wide_windows(self) -> Tuple[UsageWindow, ...]:

@@ -177,7 +177,7 @@ def _refresh_locked(auth: AuthDirectory, name: str, seen: Dict[str, Any],
         access = token_field(current, "access_token")
         if access is None:
             raise CredentialError("The credential file has no access_token; log in again with "
-                                  "CLIProxyAPI")
+                                  "CLIProxyAPI", login_problem=True)
         logger.info("%s: tokens were already refreshed by another writer; using them", name)
         return RefreshResult(access_token=access, rotated=False)
     if current.get("disabled") is True:
@@ -185,7 +185,7 @@ def _refresh_locked(auth: AuthDirectory, name: str, seen: Dict[str, Any],
     refresh_token = token_field(current, "refresh_token")
     if refresh_token is None:
         raise CredentialError("The credential file has no refresh_token; log in again with "
-                              "CLIProxyAPI")
+                              "CLIProxyAPI", login_problem=True)
     if GUARD.is_unclear(refresh_token):
         raise TokenRefreshError(
             "An earlier refresh of this token got no clear answer, so it is not sent again; "

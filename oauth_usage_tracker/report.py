@@ -1,9 +1,9 @@
 """The report of one run, and the exit status it earns. Pure."""
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple, Union
 
-from .models import AccountUsage, Skipped
+from .models import AccountState, AccountUsage, Skipped
 
 OK, FAILED, USAGE_ERROR, BELOW_THRESHOLD = 0, 1, 2, 3
 DEFAULT_MAX_STALE = 3600.0
@@ -44,7 +44,28 @@ class Report:
     @property
     def unreadable(self) -> Tuple[Skipped, ...]:
         """Credential files that could not be read."""
-        return tuple(s for s in self.skipped if s.reason.startswith("unreadable"))
+        return tuple(s for s in self.skipped if s.state is AccountState.UNREADABLE)
+
+    def states(self) -> Iterator[Tuple[Union[AccountUsage, Skipped], AccountState]]:
+        """Every queried account and skipped credential file that has a state, with it (files
+        of unsupported types have none, and an account still loading has none yet)."""
+        entries: Tuple[Union[AccountUsage, Skipped], ...] = (*self.accounts, *self.skipped)
+        for entry in entries:
+            if entry.state is not None:
+                yield entry, entry.state
+
+    def state_counts(self) -> Dict[AccountState, int]:
+        """How many credential files are in each state (every state present, 0 included)."""
+        counts = {state: 0 for state in AccountState}
+        for _, state in self.states():
+            counts[state] += 1
+        return counts
+
+    @property
+    def needing_a_human(self) -> Tuple[Skipped, ...]:
+        """Skipped files whose state needs a human (`expired`, `unreadable`): they fail the run
+        although nothing was queried for them."""
+        return tuple(s for s in self.skipped if s.state is not None and s.state.needs_human)
 
 
 def below_threshold(report: Report, fail_below: float) -> bool:
@@ -59,10 +80,10 @@ def below_threshold(report: Report, fail_below: float) -> bool:
 def exit_status(report: Report, fail_below: Optional[float] = None) -> int:
     """Given a report, return 0 when every queried account returned windows (or none was to be
     queried, stale values younger than max_stale included), 1 when one failed or a credential
-    file was unreadable, 3 when `fail_below` is given and an account's effective remaining
-    percent is below it (3 wins over 1)."""
+    file is in a state that needs a human (`unreadable`, `expired`), 3 when `fail_below` is given
+    and an account's effective remaining percent is below it (3 wins over 1)."""
     if fail_below is not None and below_threshold(report, fail_below):
         return BELOW_THRESHOLD
-    if report.failed or report.unreadable:
+    if report.failed or report.needing_a_human:
         return FAILED
     return OK

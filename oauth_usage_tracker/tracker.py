@@ -15,11 +15,12 @@ from datetime import datetime, timezone
 from functools import partial
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from . import http, pace
+from . import http, outcome, pace
 from .accounts import select_accounts
 from .config import Settings
 from .errors import RefreshSuperseded, UsageTrackerError
 from .events import Event, EventLedger, Thresholds
+from .models import AccountState as State
 from .models import AccountUsage, AuthAccount, Provider, Skipped
 from .state import (AccountState, StateStore, cooldown_message, default_state_dir, from_store,
                     next_state)
@@ -223,6 +224,9 @@ class OAuthUsageTracker:
             handle = self._handle
         for future in stale_futures:
             future.cancel()
+        for left_out in skipped:
+            if left_out.state is not None:
+                outcome.log_state(left_out.id, left_out.state)
         if previous is not None:
             previous._supersede()
         if not kept:
@@ -290,23 +294,30 @@ class OAuthUsageTracker:
         if entry is not None and self.state is not None:
             if self.max_age and entry.windows and entry.fetched_at is not None \
                     and (now - entry.fetched_at).total_seconds() < self.max_age:
-                return from_store(account, entry, now, stale=False), None
+                return replace(from_store(account, entry, now, stale=False),
+                               state=State.OK), None
             if entry.cooling_down(now):
-                logger.info("%s: cooling down after a 429; no request sent", account.id)
-                return from_store(account, entry, now, stale=True,
-                                  error=cooldown_message(entry)), None
+                state = outcome.cooldown_state(bool(entry.windows))
+                outcome.log_state(account.id, state, cooldown_message(entry))
+                return replace(from_store(account, entry, now, stale=True,
+                                          error=cooldown_message(entry)),
+                               state=state, cooldown_until=entry.cooldown_until), None
         try:
             usage = self._fetchers[account.provider](account, self._session, self.settings)
         except UsageTrackerError as error:
-            logger.warning("%s: %s", account.id, error)
             status = getattr(error, "status", None)
             new_entry = next_state(entry, now, rate_limited=status == 429,
                                    retry_after=getattr(error, "retry_after", None))
-            return from_store(account, new_entry, now, stale=True, error=str(error),
-                              login_problem=error.login_problem,
-                              token_refreshed=error.token_refreshed), new_entry
+            failed = from_store(account, new_entry, now, stale=True, error=str(error),
+                                login_problem=error.login_problem,
+                                token_refreshed=error.token_refreshed)
+            state = outcome.failure_state(error, failed.stale)
+            outcome.log_state(account.id, state, str(error))
+            cooling = self.state is not None and new_entry.cooling_down(now)
+            return replace(failed, state=state,
+                           cooldown_until=new_entry.cooldown_until if cooling else None), new_entry
         readings = entry.readings if entry is not None else {}
-        usage = replace(usage, fetched_at=usage.updated_at or now,
+        usage = replace(usage, fetched_at=usage.updated_at or now, state=State.OK,
                         windows=pace.attach(usage.windows, usage.updated_at or now, readings))
         details = {"plan": usage.plan, "credits": usage.credits, "extra_usage": usage.extra_usage}
         return usage, next_state(entry, now, windows=usage.windows,
@@ -366,5 +377,6 @@ def _unexpected(account: AuthAccount, error: Exception) -> AccountUsage:
     logger.debug("%s: raised at\n%s", account.id,
                  "".join(traceback.format_tb(error.__traceback__)).rstrip())
     return AccountUsage(id=account.id, provider=account.provider, email=account.email,
+                        state=State.ERROR,
                         error="Unexpected error while fetching usage (%s); run with -vv for "
                               "details" % type(error).__name__)

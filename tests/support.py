@@ -172,3 +172,24 @@ class AsUid:
 def run_as(uid, gid, function, *args):
     """Run `function(*args)` as `uid`/`gid` in a forked child and return its result (AsUid)."""
     return AsUid(uid, gid, function, *args).result()
+
+
+def require_tool(name, *candidates):
+    """Return the path of an operator's tool (promtool, node_exporter, systemd-analyze): the
+    first existing candidate, else `name` on PATH. Skip the test with the reason when it is
+    missing, except under CI (env CI set), where a missing tool fails the test instead."""
+    import shutil
+
+    import pytest
+    for candidate in candidates:
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    found = shutil.which(name)
+    if found:
+        return found
+    reason = "%s is not installed (Debian: apt-get install %s)" % (
+        name, {"promtool": "prometheus", "prometheus-node-exporter": "prometheus-node-exporter",
+               "systemd-analyze": "systemd"}.get(name, name))
+    if os.environ.get("CI"):
+        pytest.fail(reason + "; CI must run this test")
+    pytest.skip(reason)

@@ -138,7 +138,7 @@ def test_codex_spend_control_individual_limit_on_credits():
 
 def usage_from(payload_name, provider, module):
     payload = load_payload(payload_name)
-    return AccountUsage(id="%s-x.json" % provider.value, provider=provider,
+    return AccountUsage(id="%s-%s.json" % (provider.value, payload_name), provider=provider,
                         email="x@example.com", windows=tuple(module.parse_usage(payload, NOW)),
                         updated_at=NOW, **module.parse_details(payload))
 
@@ -160,7 +160,7 @@ def test_new_shapes_reach_table_json_and_prometheus():
     scoped = next(w for w in first["windows"] if w["key"] == "weekly_scoped:opus")
     assert scoped["severity"] == "normal" and scoped["is_active"] is False
     keys = {s.labels["window"] for family in text_string_to_metric_families(
-        render_prometheus(report)) if family.name == "oauth_usage_window_used_percent"
+        render_prometheus(report)) if family.name == "oauth_usage_window_used_ratio"
         for s in family.samples}
     assert {"weekly_scoped:opus", "extra_usage", "nimbus_quill",
             "gpt_5_3_codex_spark:primary_window"} <= keys

@@ -4,7 +4,7 @@ from datetime import datetime, timezone
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from oauth_usage_tracker.models import AccountUsage, Provider, Skipped, UsageWindow
+from oauth_usage_tracker.models import AccountState, AccountUsage, Provider, Skipped, UsageWindow
 from oauth_usage_tracker.render import json_report, prometheus, table
 from oauth_usage_tracker.report import Report
 
@@ -18,12 +18,13 @@ def sample_report():
         windows=(UsageWindow("five_hour", "5-hour", 37.0, RESET,
                              "in 3 hours (Nov 24, 2026, 5:00 PM)"),
                  UsageWindow("seven_day", "Weekly", 95.5, None, None)),
-        updated_at=NOW)
+        updated_at=NOW, state=AccountState.OK)
     bob = AccountUsage(id="codex-bob@example.com.json", provider=Provider.CODEX,
-                       email="bob@example.com", error="Codex usage request timed out after 15 s")
+                       email="bob@example.com", error="Codex usage request timed out after 15 s",
+                       state=AccountState.ERROR)
     skipped = (Skipped("gemini-x.json", "unsupported type 'gemini'"),
                Skipped("claude-old@example.com.json", "expired", Provider.CLAUDE,
-                       "old@example.com"))
+                       "old@example.com", state=AccountState.EXPIRED))
     return Report(accounts=(alice, bob), skipped=skipped, generated_at=NOW, duration_seconds=1.25)
 
 
@@ -44,14 +45,15 @@ def test_render_json_matches_spec_shape():
              "length_seconds": None, "pace": None}],
         "error": None, "updated_at": "2026-11-24T14:00:00Z", "token_refreshed": False,
         "stale": False, "fetched_at": None, "plan": None, "credits": None, "extra_usage": None,
-        "effective_remaining_percent": 4.5}
+        "effective_remaining_percent": 4.5, "state": "ok", "cooldown_until": None}
     assert report["accounts"][1]["error"] == "Codex usage request timed out after 15 s"
     assert report["accounts"][1]["updated_at"] is None
+    assert report["accounts"][1]["state"] == "error"
     assert report["skipped"] == [
         {"id": "gemini-x.json", "provider": None, "email": None,
-         "reason": "unsupported type 'gemini'"},
+         "reason": "unsupported type 'gemini'", "state": None},
         {"id": "claude-old@example.com.json", "provider": "claude", "email": "old@example.com",
-         "reason": "expired"}]
+         "reason": "expired", "state": "expired"}]
 
 
 def test_render_table_blocks_errors_and_skipped_without_colour():
@@ -59,11 +61,14 @@ def test_render_table_blocks_errors_and_skipped_without_colour():
     assert "\x1b[" not in text
     lines = text.splitlines()
     assert lines[0] == "2 accounts, 1 failed, 2 skipped (2026-11-24 14:00 UTC)"
-    assert "Claude  alice@example.com  4.5% left" in lines
+    assert "Claude  alice@example.com  4.5% left" in lines  # ok says nothing
     five = next(line for line in lines if "5-hour" in line)
     assert "63% left" in five and five.endswith("resets in 3 hours (Nov 24, 2026, 5:00 PM)")
     assert any("Weekly" in line and "4.5% left" in line for line in lines)
     assert "  error: Codex usage request timed out after 15 s" in lines
+    assert "Codex  bob@example.com  (error)" in lines
+    expired = next(line for line in lines if "claude-old@example.com.json" in line)
+    assert expired.split()[1] == "expired" and "--refresh-expired" in expired
     assert lines[lines.index("Skipped") + 1].split() == ["gemini-x.json", "unsupported", "type",
                                                         "'gemini'"]
 
@@ -79,37 +84,13 @@ def test_render_table_no_accounts_says_so():
     assert "No accounts to query." in table.render_table(report)
 
 
-def test_render_prometheus_parses_with_help_type_and_escaped_labels():
-    odd = AccountUsage(id='weird"name\\.json', provider=Provider.CODEX, email="a\nb@example.com",
-                       windows=(UsageWindow("primary_window", "5-hour", 10.0, RESET, "x"),))
-    report = Report(accounts=sample_report().accounts + (odd,), skipped=(), generated_at=NOW,
-                    duration_seconds=1.25)
-    text = prometheus.render_prometheus(report)
-    for name, _ in prometheus.METRICS:
-        assert "# HELP %s " % name in text and "# TYPE %s gauge" % name in text
-    families = {f.name: f for f in text_string_to_metric_families(text)}
-    up = {s.labels["account"]: s.value for s in families["oauth_usage_account_up"].samples}
-    assert up == {"claude-alice@example.com.json": 1, "codex-bob@example.com.json": 0,
-                  'weird"name\\.json': 1}
-    resets = families["oauth_usage_window_reset_timestamp_seconds"].samples
-    assert [s.value for s in resets] == [RESET.timestamp(), RESET.timestamp()]
-    odd_sample = next(s for s in families["oauth_usage_window_used_percent"].samples
-                      if s.labels["account"] == 'weird"name\\.json')
-    assert odd_sample.labels["email"] == "a\nb@example.com"
-    assert families["oauth_usage_run_duration_seconds"].samples[0].value == 1.25
-    assert families["oauth_usage_last_run_timestamp_seconds"].samples[0].value == NOW.timestamp()
-
-
-def test_escape_label_backslash_quote_newline():
-    assert prometheus.escape_label('a\\b"c\nd') == 'a\\\\b\\"c\\nd'
-
-
 def test_stale_account_in_json_table_and_prometheus():
     fetched = NOW.replace(hour=13, minute=48)
     stale = AccountUsage(id="claude-s@example.com.json", provider=Provider.CLAUDE,
                          email="s@example.com", error="Claude usage API returned 429",
                          windows=(UsageWindow("five_hour", "5-hour", 20.0, RESET, "x"),),
-                         updated_at=fetched, stale=True, fetched_at=fetched)
+                         updated_at=fetched, stale=True, fetched_at=fetched,
+                         state=AccountState.STALE)
     report = Report(accounts=(stale,), skipped=(), generated_at=NOW)
     account = json.loads(json_report.render_json(report))["accounts"][0]
     assert account["stale"] is True and account["fetched_at"] == "2026-11-24T13:48:00Z"
@@ -117,7 +98,9 @@ def test_stale_account_in_json_table_and_prometheus():
         table.render_table(report)
     families = {f.name: f for f in text_string_to_metric_families(
         prometheus.render_prometheus(report))}
-    assert families["oauth_usage_account_stale"].samples[0].value == 1
+    states = {s.labels["state"]: s.value for s in families["oauth_usage_account_state"].samples}
+    assert states["stale"] == 1 and sum(states.values()) == 1
     assert families["oauth_usage_account_last_success_timestamp_seconds"].samples[0].value == \
         fetched.timestamp()
-    assert families["oauth_usage_window_remaining_percent"].samples[0].value == 80.0
+    assert families["oauth_usage_window_used_ratio"].samples[0].value == 0.2
+    assert families["oauth_usage_account_remaining_ratio"].samples[0].value == 0.8

@@ -1,10 +1,11 @@
 """Exit status rules of SPEC §8."""
+from dataclasses import replace
 from datetime import datetime, timezone
 
 import pytest
 
 from oauth_usage_tracker import report as module
-from oauth_usage_tracker.models import AccountUsage, Provider, Skipped, UsageWindow
+from oauth_usage_tracker.models import AccountState, AccountUsage, Provider, Skipped, UsageWindow
 
 NOW = datetime(2026, 11, 24, 14, 0, tzinfo=timezone.utc)
 
@@ -23,7 +24,8 @@ def test_exit_status_all_fetched_is_0():
 
 
 def test_exit_status_nothing_to_query_is_0():
-    assert module.exit_status(make([], [Skipped("x.json", "disabled")])) == 0
+    assert module.exit_status(make([], [Skipped("x.json", "disabled",
+                                                state=AccountState.DISABLED)])) == 0
 
 
 def test_exit_status_failed_account_is_1():
@@ -31,7 +33,29 @@ def test_exit_status_failed_account_is_1():
 
 
 def test_exit_status_unreadable_file_is_1():
-    assert module.exit_status(make([usage()], [Skipped("x.json", "unreadable: file is empty")])) == 1
+    unreadable = Skipped("x.json", "unreadable: file is empty", state=AccountState.UNREADABLE)
+    assert module.exit_status(make([usage()], [unreadable])) == 1
+
+
+def test_exit_status_expired_account_needs_a_human_and_is_1():
+    expired = Skipped("c.json", "expired", Provider.CLAUDE, state=AccountState.EXPIRED)
+    assert module.exit_status(make([usage()], [expired])) == 1
+
+
+def test_exit_status_decides_from_the_state_not_the_reason_text():
+    reworded = Skipped("x.json", "unreadable: reworded", state=AccountState.DISABLED)
+    assert module.exit_status(make([usage()], [reworded])) == 0
+
+
+def test_state_counts_every_state_present_and_unsupported_files_not_counted():
+    report = make([replace(usage(), state=AccountState.OK),
+                   replace(usage(error="x"), state=AccountState.LOGIN_FAILED)],
+                  [Skipped("g.json", "unsupported type 'gemini'"),
+                   Skipped("d.json", "disabled", state=AccountState.DISABLED)])
+    counts = report.state_counts()
+    assert set(counts) == set(AccountState)
+    assert {s.value: n for s, n in counts.items() if n} == {"ok": 1, "login_failed": 1,
+                                                           "disabled": 1}
 
 
 def test_exit_status_unsupported_type_is_not_a_failure():

@@ -198,7 +198,7 @@ def exchange_refresh_token(session: requests.Session, settings: Settings,
     error = http.status_error(response, WHAT_TOKEN)
     # A 5xx may come after the server spent the token; a 4xx is a clear "no".
     raise TokenRefreshError(str(error), status=error.status, retry_after=error.retry_after,
-                            outcome_unknown=response.status >= 500)
+                            outcome_unknown=response.status >= 500, blocked=error.blocked)
 
 
 def _lacks_scope(response: http.HttpResponse) -> bool:
@@ -241,7 +241,8 @@ def fetch_usage(account: AuthAccount, session: requests.Session, settings: Setti
             if not settings.allow_token_refresh:
                 raise CredentialError(
                     "Claude access token %s and token refresh is disabled"
-                    % ("is missing" if token is None else "has expired"))
+                    % ("is missing" if token is None else "has expired"),
+                    login_problem=token is None, token_expired=token is not None)
             result = _refresh(account, seen, session, settings)
             token, refreshed, rotated = result.access_token, True, result.rotated
         response = _read_usage(session, settings, token)

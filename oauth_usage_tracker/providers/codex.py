@@ -133,7 +133,7 @@ def fetch_usage(account: AuthAccount, session: requests.Session, settings: Setti
     access_token = token_field(data, "access_token")
     if access_token is None:
         raise CredentialError("The credential file has no access_token; log in again with "
-                              "CLIProxyAPI")
+                              "CLIProxyAPI", login_problem=True)
     headers = {"Accept": "application/json", "User-Agent": settings.codex_user_agent}
     account_id = data.get("account_id")
     if isinstance(account_id, str) and account_id.strip():

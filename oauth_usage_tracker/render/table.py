@@ -3,7 +3,7 @@ from datetime import datetime, timedelta
 from typing import List, Optional
 
 from .. import pool
-from ..models import AccountUsage, UsageWindow
+from ..models import AccountState, AccountUsage, UsageWindow
 from ..parsing import reset_text
 from ..report import Report
 from . import lines as lines_layout
@@ -112,6 +112,8 @@ def _account_block(account: AccountUsage, paint: _Painter, now: datetime) -> Lis
     if effective is not None:
         header += "  " + paint("%s%% left" % _percent(effective), _level(effective))
     notes = []
+    if account.state not in (None, AccountState.OK, AccountState.STALE):
+        notes.append(account.state.value)  # stale says so below, with the values' age
     if account.token_refreshed:
         notes.append("token refreshed")
     if account.stale and account.fetched_at is not None:
@@ -158,6 +160,9 @@ def render_table(report: Report, colour: bool = False, layout: str = "auto",
         lines.append(paint("Skipped", "bold"))
         width = max(len(skipped.id) for skipped in report.skipped)
         for skipped in report.skipped:
-            lines.append("  %-*s  %s" % (width, skipped.id, skipped.reason))
+            line = "  %-*s  %s" % (width, skipped.id, skipped.reason)
+            if skipped.state is AccountState.EXPIRED:
+                line += "  (log in again with CLIProxyAPI, or run with --refresh-expired)"
+            lines.append(line)
         lines.append("")
     return "\n".join(lines).rstrip("\n") + "\n"

@@ -137,7 +137,40 @@ def test_unreadable_file_exits_1_with_skip_reason(fake, accounts):
     assert result.returncode == 1
     skipped = json.loads(result.stdout)["skipped"]
     assert skipped == [{"id": "claude-torn.json", "provider": None, "email": None,
-                        "reason": "unreadable: not valid JSON"}]
+                        "reason": "unreadable: not valid JSON", "state": "unreadable"}]
+
+
+def test_quiet_run_explains_every_state_that_needs_a_human_on_stderr(fake, accounts):
+    """What cron mails and the journal keeps for a failed unit: one ERROR line each."""
+    (Path(str(accounts)) / "claude-torn.json").write_text('{"type": "claude", "email"')
+    demo.write_credential(str(accounts), "claude", "gone@example.com", "demo-unknown",
+                          "demo-unknown-r", NOW + timedelta(hours=5))
+    demo.write_credential(str(accounts), "claude", "old@example.com", "demo-x", "demo-x-r",
+                          NOW - timedelta(hours=1))
+    result = run(["--auth-dir", str(accounts), "-q", "--output", os.devnull], fake.environ())
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 3, result.stderr
+    assert all(line.startswith("oauth-usage-tracker: ERROR: ") for line in lines)
+    said = {line.split(": ")[2]: line.split(": ")[3] for line in lines}
+    assert said == {"claude-torn.json": "unreadable", "claude-gone@example.com.json":
+                    "login_failed", "claude-old@example.com.json": "expired"}
+    assert "--refresh-expired" in result.stderr
+
+
+def test_expired_account_alone_exits_1_and_refresh_expired_brings_it_back(fake, auth_dir):
+    fake.add_account(demo.FakeAccount("claude", "old@example.com"), "demo-old", "demo-old-r")
+    fake.expire_access("demo-old")
+    demo.write_credential(str(auth_dir), "claude", "old@example.com", "demo-old", "demo-old-r",
+                          NOW - timedelta(hours=1))
+    skipped = run(["--auth-dir", str(auth_dir), "--json"], fake.environ())
+    assert skipped.returncode == 1
+    assert json.loads(skipped.stdout)["skipped"][0]["state"] == "expired"
+    assert fake.requests == {}
+    refreshed = run(["--auth-dir", str(auth_dir), "--json", "--refresh-expired"], fake.environ())
+    assert refreshed.returncode == 0, refreshed.stderr
+    [account] = json.loads(refreshed.stdout)["accounts"]
+    assert account["state"] == "ok" and account["token_refreshed"] is True
 
 
 def test_fail_below_exits_3_over_1(fake, accounts):
@@ -182,10 +215,12 @@ def test_output_and_prometheus_files_are_written_and_parse(fake, accounts, tmp_p
     assert result.stdout == ""
     assert len(json.loads(output.read_text())["accounts"]) == 4
     families = {f.name: f for f in text_string_to_metric_families(metrics.read_text())}
-    up = families["oauth_usage_account_up"].samples
-    assert len(up) == 4 and all(sample.value == 1 for sample in up)
-    remaining = families["oauth_usage_window_remaining_percent"].samples
-    assert {s.labels["window"] for s in remaining} == {"five_hour", "seven_day",
+    ok = [s for s in families["oauth_usage_account_state"].samples if s.labels["state"] == "ok"]
+    assert len(ok) == 4 and all(sample.value == 1 for sample in ok)
+    assert families["oauth_usage_last_run_timestamp_seconds"].samples[0].labels == {
+        "name": "oauth"}
+    used = families["oauth_usage_window_used_ratio"].samples
+    assert {s.labels["window"] for s in used} == {"five_hour", "seven_day",
                                                      "seven_day_sonnet", "weekly_scoped:opus",
                                                      "primary_window", "secondary_window"}
     assert os.listdir(metrics.parent) == ["oauth.prom"]
