@@ -217,9 +217,42 @@ def _refresh(account: AuthAccount, seen: Dict[str, Any], session: requests.Sessi
     return result
 
 
+def usage_headers(settings: Settings) -> Dict[str, str]:
+    """Given settings, return the usage request's headers, without Authorization."""
+    return {"Accept": "application/json", "anthropic-beta": BETA,
+            "User-Agent": settings.claude_user_agent}
+
+
+def rejection(response: http.HttpResponse, after_refresh: bool = False) -> ProviderError:
+    """Given a 401/403 (not an HTML page) from the usage endpoint, return the login problem it
+    reports: the missing user:profile scope, or a rejected token (after this tool's refresh
+    retry, or as relayed by a proxy that refreshes its own tokens)."""
+    if _lacks_scope(response):
+        message = SCOPE_MESSAGE
+    elif after_refresh:
+        message = "Claude usage returned %d after refresh retry" % response.status
+    else:
+        message = ("Claude usage API returned %d (token rejected); CLIProxyAPI refreshes its "
+                   "own Claude tokens: log in again with CLIProxyAPI" % response.status)
+    return ProviderError(message, status=response.status, login_problem=True)
+
+
+def usage_from_response(account: AuthAccount, response: http.HttpResponse) -> AccountUsage:
+    """Given an account and a usage answer that is not a token rejection, return its
+    AccountUsage. Raise ProviderError for a failed status, an unusable body or no windows."""
+    if response.status != 200:
+        raise http.status_error(response, WHAT)
+    now = datetime.now(timezone.utc)
+    payload = http.decode_json(response, WHAT)
+    windows = parse_usage(payload, now)
+    if not windows:
+        raise ProviderError(NO_WINDOWS)
+    return AccountUsage(id=account.id, provider=account.provider, email=account.email,
+                        windows=tuple(windows), updated_at=now, **parse_details(payload))
+
+
 def _read_usage(session: requests.Session, settings: Settings, token: str) -> http.HttpResponse:
-    headers = {"Accept": "application/json", "anthropic-beta": BETA,
-               "User-Agent": settings.claude_user_agent}
+    headers = usage_headers(settings)
     return http.send(session, "GET", settings.claude_usage_url, what=WHAT,
                      timeout=settings.timeout, max_body=settings.max_body_bytes, headers=headers,
                      auth=http.BearerAuth(token))
@@ -258,19 +291,9 @@ def fetch_usage(account: AuthAccount, session: requests.Session, settings: Setti
                 token, refreshed, rotated = result.access_token, True, result.rotated
                 response = _read_usage(session, settings, token)
             if response.status in (401, 403) and not response.is_html:
-                message = (SCOPE_MESSAGE if _lacks_scope(response) else
-                           "Claude usage returned %d after refresh retry" % response.status)
-                raise ProviderError(message, status=response.status, login_problem=True)
-        if response.status != 200:
-            raise http.status_error(response, WHAT)
-        now = datetime.now(timezone.utc)
-        payload = http.decode_json(response, WHAT)
-        windows = parse_usage(payload, now)
-        if not windows:
-            raise ProviderError(NO_WINDOWS)
+                raise rejection(response, after_refresh=True)
+        usage = usage_from_response(account, response)
     except UsageTrackerError as error:
         error.token_refreshed = rotated
         raise
-    return AccountUsage(id=account.id, provider=account.provider, email=account.email,
-                        windows=tuple(windows), updated_at=now, token_refreshed=rotated,
-                        **parse_details(payload))
+    return replace(usage, token_refreshed=rotated)

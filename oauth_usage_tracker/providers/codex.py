@@ -126,24 +126,23 @@ def _rejected(response: http.HttpResponse) -> ProviderError:
         status=response.status, login_problem=True)
 
 
-def fetch_usage(account: AuthAccount, session: requests.Session, settings: Settings) -> AccountUsage:
-    """Given a Codex account, a session and settings, return its AccountUsage. Raise
-    CredentialError or ProviderError (with a sentence for people) on failure."""
-    data = read_json_object(account.path)
-    access_token = token_field(data, "access_token")
-    if access_token is None:
-        raise CredentialError("The credential file has no access_token; log in again with "
-                              "CLIProxyAPI", login_problem=True)
+def usage_headers(settings: Settings, account_id: Any) -> Dict[str, str]:
+    """Given settings and the account's ChatGPT account id (anything: it comes from a file or a
+    proxy's listing), return the usage request's headers, without Authorization. Raise
+    CredentialError when the id holds characters a header cannot carry."""
     headers = {"Accept": "application/json", "User-Agent": settings.codex_user_agent}
-    account_id = data.get("account_id")
     if isinstance(account_id, str) and account_id.strip():
         if not _HEADER_SAFE.fullmatch(account_id.strip()):
-            raise CredentialError("The credential file's account_id holds characters a header "
-                                  "cannot carry; log in again with CLIProxyAPI")
+            raise CredentialError("The account_id holds characters a header cannot carry; log "
+                                  "in again with CLIProxyAPI")
         headers["ChatGPT-Account-Id"] = account_id.strip()
-    response = http.send(session, "GET", settings.codex_usage_url, what=WHAT,
-                         timeout=settings.timeout, max_body=settings.max_body_bytes,
-                         headers=headers, auth=http.BearerAuth(access_token))
+    return headers
+
+
+def usage_from_response(account: AuthAccount, response: http.HttpResponse) -> AccountUsage:
+    """Given an account and the usage endpoint's answer (direct, or relayed by a proxy), return
+    its AccountUsage. Raise ProviderError for a rejected token (a login problem), any other
+    failed status, an unusable body, or a body without windows."""
     if response.status in (401, 403) and not response.is_html:
         raise _rejected(response)
     if response.status != 200:
@@ -155,3 +154,18 @@ def fetch_usage(account: AuthAccount, session: requests.Session, settings: Setti
         raise ProviderError(NO_WINDOWS)
     return AccountUsage(id=account.id, provider=account.provider, email=account.email,
                         windows=tuple(windows), updated_at=now, **parse_details(payload))
+
+
+def fetch_usage(account: AuthAccount, session: requests.Session, settings: Settings) -> AccountUsage:
+    """Given a Codex account, a session and settings, return its AccountUsage. Raise
+    CredentialError or ProviderError (with a sentence for people) on failure."""
+    data = read_json_object(account.path)
+    access_token = token_field(data, "access_token")
+    if access_token is None:
+        raise CredentialError("The credential file has no access_token; log in again with "
+                              "CLIProxyAPI", login_problem=True)
+    headers = usage_headers(settings, data.get("account_id"))
+    response = http.send(session, "GET", settings.codex_usage_url, what=WHAT,
+                         timeout=settings.timeout, max_body=settings.max_body_bytes,
+                         headers=headers, auth=http.BearerAuth(access_token))
+    return usage_from_response(account, response)
