@@ -9,12 +9,13 @@ import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, FrozenSet, Iterator, List, Mapping, Optional
+from typing import TYPE_CHECKING, FrozenSet, Iterator, List, Mapping, Optional, Sequence
 
 
 from . import __version__, files, refresh
 from .accounts import AUTH_DIR_ENV, discover_accounts, resolve_auth_dir, select_accounts
-from .config import Settings
+from .config import CPA_KEY_ENV, CPA_URL_ENV, DEFAULT_CPA_WORKERS, Settings
+from .state import default_state_dir
 from .errors import ConfigurationError
 from .models import Discovery, Provider
 from .pool import SORTS
@@ -22,7 +23,8 @@ from .report import DEFAULT_USABLE_ABOVE, USAGE_ERROR, Report, exit_status
 
 if TYPE_CHECKING:  # the tracker pulls in requests: imported when a run needs it, so that
     from .notify import Notifier
-    from .tracker import OAuthUsageTracker, RefreshHandle  # --version and --help start fast
+    from .remote import Proxy  # --version and --help start fast
+    from .tracker import OAuthUsageTracker, RefreshHandle
 
 logger = logging.getLogger("oauth_usage_tracker")
 
@@ -48,6 +50,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--auth-dir", metavar="DIR",
                         help="credential directory (default $%s, else ~/.cli-proxy-api)"
                         % AUTH_DIR_ENV)
+    parser.add_argument("--cpa-url", action="append", metavar="URL",
+                        help="a remote CLIProxyAPI to read through its management API "
+                             "(repeatable; env $%s, space-separated); the auth directory is "
+                             "then read only when --auth-dir or $%s names it"
+                             % (CPA_URL_ENV, AUTH_DIR_ENV))
+    parser.add_argument("--cpa-key-file", metavar="FILE",
+                        help="file holding the proxies' management key (else env $%s)"
+                             % CPA_KEY_ENV)
+    parser.add_argument("--cpa-workers", type=_positive_int, default=DEFAULT_CPA_WORKERS,
+                        metavar="N", help="calls in flight per proxy (default %d)"
+                                          % DEFAULT_CPA_WORKERS)
+    parser.add_argument("--cpa-allow-http", action="store_true",
+                        help="allow plain http:// to a proxy that is not on this host (the key "
+                             "then crosses the network in clear text)")
     parser.add_argument("--provider", action="append", choices=[p.value for p in Provider],
                         help="only this provider (repeatable; default both)")
     parser.add_argument("--json", action="store_true", help="print the JSON report")
@@ -183,11 +199,14 @@ class Run:
     """One configured invocation: which accounts, which settings, where the report goes."""
 
     def __init__(self, args: argparse.Namespace, settings: Settings, auth_dir: Optional[str],
-                 state_dir=None):
+                 state_dir=None, proxies: Sequence["Proxy"] = (), read_local: bool = True):
         self.args = args
         self.state_dir = False if args.no_state else (state_dir or args.state_dir or True)
         self.settings = settings
         self.auth_dir = auth_dir
+        self.proxies = tuple(proxies)
+        #: False when only remote proxies are read (--cpa-url without an explicit auth dir).
+        self.read_local = read_local
         self.last_report: Optional[Report] = None
         self.notifier: Optional["Notifier"] = None
         self.providers = frozenset(Provider(p) for p in (args.provider or [p.value for p in Provider]))
@@ -253,9 +272,18 @@ class Run:
             self.notifier.handle_report(report)
         return status
 
+    def discover(self) -> Discovery:
+        """The accounts of this run: the auth directory's (unless only proxies are read), then
+        each proxy's, listed at once."""
+        discovery = discover_accounts(self.auth_dir) if self.read_local else Discovery()
+        if self.proxies:
+            from .remote import list_proxies
+            discovery = discovery + list_proxies(self.proxies, self.settings)
+        return discovery
+
     def once(self, tracker: "OAuthUsageTracker") -> int:
         started = time.monotonic()
-        discovery = discover_accounts(self.auth_dir)
+        discovery = self.discover()
         handle = tracker.refresh(*self.selected(discovery))
         self.last_report = self.report(discovery, handle, started)
         return self.finish(self.last_report)
@@ -347,6 +375,43 @@ def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
                                  include_expired=args.refresh_expired)
 
 
+def remote_proxies(args: argparse.Namespace, environ: Mapping[str, str],
+                   state_dir: Optional[str]) -> List["Proxy"]:
+    """The proxies named by --cpa-url (else $OAUTH_USAGE_TRACKER_CPA_URL), each with the key
+    from --cpa-key-file (else $OAUTH_USAGE_TRACKER_CPA_KEY). Raise ConfigurationError for a
+    refused URL, a missing or unusable key (never quoted), or --watch with a proxy."""
+    urls = args.cpa_url or environ.get(CPA_URL_ENV, "").replace(",", " ").split()
+    if not urls:
+        return []
+    if args.watch:
+        raise ConfigurationError("--watch does not read remote proxies; run from a timer instead")
+    from .lockout import RejectedKeys
+    from .remote import Proxy, check_key, read_key_file
+    if args.cpa_key_file:
+        key, version = read_key_file(args.cpa_key_file)
+    elif environ.get(CPA_KEY_ENV):
+        key, version = check_key(environ[CPA_KEY_ENV]), None
+    else:
+        raise ConfigurationError("--cpa-url needs the management key: --cpa-key-file FILE or %s"
+                                 % CPA_KEY_ENV)
+    rejected = RejectedKeys(state_dir)
+    proxies: dict = {}
+    for url in urls:
+        proxy = Proxy(url, key, workers=args.cpa_workers, allow_http=args.cpa_allow_http,
+                      key_version=version, rejected=rejected)
+        proxies.setdefault(proxy.url, proxy)
+    return list(proxies.values())
+
+
+def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> Run:
+    """The run the flags describe: local files, remote proxies, or both."""
+    settings = _settings(args, environ)
+    state_dir = None if args.no_state else (args.state_dir or default_state_dir(environ))
+    proxies = remote_proxies(args, environ, state_dir)
+    read_local = not proxies or bool(args.auth_dir or environ.get(AUTH_DIR_ENV))
+    return Run(args, settings, args.auth_dir, proxies=proxies, read_local=read_local)
+
+
 def run_demo(args: argparse.Namespace, shutdown: Shutdown) -> int:
     """Run the whole pipeline against the built-in fake on sample accounts in a temporary
     directory. Return 0 when the demo behaved as designed (its planted failure included)."""
@@ -384,7 +449,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         with shutdown.installed():
             if args.demo:
                 return run_demo(args, shutdown)
-            return Run(args, _settings(args, os.environ), args.auth_dir).execute(shutdown)
+            return _run(args, os.environ).execute(shutdown)
     except ConfigurationError as error:
         logger.error("%s", error)
         return USAGE_ERROR

@@ -123,3 +123,9 @@ def check_url(url: str, name: str = "endpoint") -> str:
     raise ConfigurationError(
         "Refused %s URL %r: only https:// URLs, or http:// to a loopback address, are allowed."
         % (name, url))
+
+
+#: Remote CLIProxyAPI (its management API): proxy URLs, the management key, calls per proxy.
+CPA_URL_ENV = ENV_PREFIX + "CPA_URL"
+CPA_KEY_ENV = ENV_PREFIX + "CPA_KEY"
+DEFAULT_CPA_WORKERS = 4

@@ -2,7 +2,10 @@
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
+
+if TYPE_CHECKING:
+    from .remote import RemoteAccount
 
 
 class Provider(str, enum.Enum):
@@ -181,6 +184,8 @@ class AuthAccount:
     is_disabled: bool = False
     source: str = LOCAL_SOURCE
     """Where the account comes from: `local`, or a remote proxy's host:port."""
+    remote: Optional["RemoteAccount"] = field(default=None, repr=False, compare=False)
+    """For an account listed by a remote proxy: how to reach it there (None for a file)."""
 
     @property
     def is_expired(self) -> bool:
@@ -204,7 +209,7 @@ class Skipped:
 
 @dataclass(frozen=True)
 class Discovery:
-    """What `discover_accounts` found in the auth directory."""
+    """What `discover_accounts` found in the auth directory (or `discover_remote` at a proxy)."""
 
     codex: Tuple[AuthAccount, ...] = ()
     claude: Tuple[AuthAccount, ...] = ()
@@ -216,3 +221,12 @@ class Discovery:
     def accounts(self) -> Tuple[AuthAccount, ...]:
         """Every Claude and Codex account."""
         return self.claude + self.codex
+
+    def __add__(self, other: "Discovery") -> "Discovery":
+        """Both discoveries' accounts and skipped records (local and remote sources combined);
+        the auth directory of whichever has one."""
+        if not isinstance(other, Discovery):
+            return NotImplemented
+        return Discovery(codex=self.codex + other.codex, claude=self.claude + other.claude,
+                         skipped=self.skipped + other.skipped,
+                         auth_dir=self.auth_dir or other.auth_dir)

@@ -12,10 +12,10 @@ import logging
 import os
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, TypeVar, Union
 
 from . import files, pace
-from .models import AccountUsage, AuthAccount, Provider, UsageWindow
+from .models import LOCAL_SOURCE, AccountUsage, AuthAccount, Provider, UsageWindow
 from .pace import Reading, WindowHistory
 from .parsing import (clamp_percent, format_timestamp, number_value, parse_timestamp,
                       reset_text, roll_over)
@@ -155,6 +155,15 @@ def _entry_to_json(entry: AccountState) -> Dict[str, Any]:
                                if entry.cooldown_until else None),
             "cooldown_seconds": entry.cooldown_seconds, "extra": entry.extra,
             "readings": {key: _history_to_json(value) for key, value in entry.readings.items()}}
+
+
+def state_key(account: Union[AuthAccount, AccountUsage]) -> Key:
+    """Given an account (or its result), return its key in the store: (provider, file id), the
+    id prefixed by `<source>/` for a remote proxy's account, so that two sources' files of the
+    same name never share an entry."""
+    if account.source == LOCAL_SOURCE:
+        return (account.provider.value, account.id)
+    return (account.provider.value, "%s/%s" % (account.source, account.id))
 
 
 def _key_text(key: Key) -> str:

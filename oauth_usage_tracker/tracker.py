@@ -15,15 +15,15 @@ from datetime import datetime, timezone
 from functools import partial
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from . import http, outcome, pace
+from . import http, outcome, pace, remote
 from .accounts import select_accounts
 from .config import Settings
 from .errors import RefreshSuperseded, UsageTrackerError
 from .events import Event, EventLedger, Thresholds
 from .models import AccountState as State
-from .models import AccountUsage, AuthAccount, Provider, Skipped
+from .models import LOCAL_SOURCE, AccountUsage, AuthAccount, Provider, Skipped
 from .state import (AccountState, StateStore, cooldown_message, default_state_dir, from_store,
-                    next_state)
+                    next_state, state_key)
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +33,27 @@ EventListener = Callable[[Event], None]
 Fetcher = Callable[..., AccountUsage]
 
 
-def sort_key(usage: AccountUsage) -> Tuple[str, str, str]:
-    """Order: provider (`claude` before `codex`), then e-mail case-insensitively, then id."""
-    return (Provider(usage.provider).value, (usage.email or "").casefold(), usage.id)
+def sort_key(usage: AccountUsage) -> Tuple[str, str, str, str]:
+    """Order: provider (`claude` before `codex`), then e-mail case-insensitively, then id, then
+    source."""
+    return (Provider(usage.provider).value, (usage.email or "").casefold(), usage.id, usage.source)
+
+
+def account_name(account: AuthAccount) -> str:
+    """The account as logs name it: its id, prefixed by its source when that is a proxy."""
+    return account.id if account.source == LOCAL_SOURCE else "%s/%s" % (account.source, account.id)
+
+
+def interleaved(accounts: Sequence[AuthAccount]) -> List[AuthAccount]:
+    """Given accounts, return them with their sources taking turns (local, proxy A, proxy B,
+    local…), so that the pool's queue never holds a long run of one proxy's accounts waiting for
+    its few call slots while another source's accounts wait behind them."""
+    by_source: Dict[str, List[AuthAccount]] = {}
+    for account in accounts:
+        by_source.setdefault(account.source, []).append(account)
+    lanes = list(by_source.values())
+    return [lane[turn] for turn in range(max(map(len, lanes), default=0))
+            for lane in lanes if turn < len(lane)]
 
 
 class RefreshHandle:
@@ -214,6 +232,7 @@ class OAuthUsageTracker:
         superseding any refresh in flight, and return at once with a RefreshHandle."""
         kept, skipped = select_accounts(list(codex_accounts) + list(claude_accounts),
                                         self.settings.include_expired)
+        kept = interleaved(kept)
         with self._lock:
             if self._closed:
                 raise RuntimeError("This OAuthUsageTracker is closed")
@@ -234,7 +253,8 @@ class OAuthUsageTracker:
             self._publish(generation, [], False, handle)
             return handle
         placeholders = sorted((AccountUsage(id=a.id, provider=a.provider, email=a.email,
-                                            is_loading=True) for a in kept), key=sort_key)
+                                            is_loading=True, source=a.source) for a in kept),
+                              key=sort_key)
         self._publish(generation, placeholders, True)
         batch = _Batch(generation, handle, len(kept))
         stored = self.state.load() if self.state is not None else {}
@@ -245,7 +265,7 @@ class OAuthUsageTracker:
                 return handle
             pool = self._ensure_pool_locked()
             futures = [pool.submit(self._fetch_one, generation, account,
-                                   stored.get((account.provider.value, account.id)))
+                                   stored.get(state_key(account)))
                        for account in kept]
             self._futures = futures
         for index, future in enumerate(futures):
@@ -284,9 +304,10 @@ class OAuthUsageTracker:
         if generation != self._generation:
             return None
         try:
-            return self._fetch_with_state(account, entry)
+            usage, new_entry = self._fetch_with_state(account, entry)
         except Exception as error:
-            return _unexpected(account, error), None
+            usage, new_entry = _unexpected(account, error), None
+        return replace(usage, source=account.source), new_entry
 
     def _fetch_with_state(self, account: AuthAccount, entry: Optional[AccountState]
                           ) -> Tuple[AccountUsage, Optional[AccountState]]:
@@ -298,12 +319,15 @@ class OAuthUsageTracker:
                                state=State.OK), None
             if entry.cooling_down(now):
                 state = outcome.cooldown_state(bool(entry.windows))
-                outcome.log_state(account.id, state, cooldown_message(entry))
+                outcome.log_state(account_name(account), state, cooldown_message(entry))
                 return replace(from_store(account, entry, now, stale=True,
                                           error=cooldown_message(entry)),
                                state=state, cooldown_until=entry.cooldown_until), None
+        # An account a proxy listed is read through that proxy, never from a file.
+        fetch = remote.fetch_usage if account.remote is not None \
+            else self._fetchers[account.provider]
         try:
-            usage = self._fetchers[account.provider](account, self._session, self.settings)
+            usage = fetch(account, self._session, self.settings)
         except UsageTrackerError as error:
             status = getattr(error, "status", None)
             new_entry = next_state(entry, now, rate_limited=status == 429,
@@ -312,7 +336,7 @@ class OAuthUsageTracker:
                                 login_problem=error.login_problem,
                                 token_refreshed=error.token_refreshed)
             state = outcome.failure_state(error, failed.stale)
-            outcome.log_state(account.id, state, str(error))
+            outcome.log_state(account_name(account), state, str(error))
             cooling = self.state is not None and new_entry.cooling_down(now)
             return replace(failed, state=state,
                            cooldown_until=new_entry.cooldown_until if cooling else None), new_entry
@@ -333,7 +357,7 @@ class OAuthUsageTracker:
         done = [result for result in batch.results if result is not None]
         if self.state is not None:
             # Even a superseded generation's outcomes are facts worth keeping (a 429 above all).
-            self.state.save(((usage.provider.value, usage.id), entry)
+            self.state.save((state_key(usage), entry)
                             for usage, entry in done if entry is not None)
         if len(done) < len(batch.results):
             return  # superseded: a newer generation cancelled or skipped some of these

@@ -45,15 +45,16 @@ def test_render_json_matches_spec_shape():
              "length_seconds": None, "pace": None}],
         "error": None, "updated_at": "2026-11-24T14:00:00Z", "token_refreshed": False,
         "stale": False, "fetched_at": None, "plan": None, "credits": None, "extra_usage": None,
-        "effective_remaining_percent": 4.5, "state": "ok", "cooldown_until": None}
+        "effective_remaining_percent": 4.5, "state": "ok", "cooldown_until": None,
+        "source": "local"}
     assert report["accounts"][1]["error"] == "Codex usage request timed out after 15 s"
     assert report["accounts"][1]["updated_at"] is None
     assert report["accounts"][1]["state"] == "error"
     assert report["skipped"] == [
         {"id": "gemini-x.json", "provider": None, "email": None,
-         "reason": "unsupported type 'gemini'", "state": None},
+         "reason": "unsupported type 'gemini'", "state": None, "source": "local"},
         {"id": "claude-old@example.com.json", "provider": "claude", "email": "old@example.com",
-         "reason": "expired", "state": "expired"}]
+         "reason": "expired", "state": "expired", "source": "local"}]
 
 
 def test_render_table_blocks_errors_and_skipped_without_colour():

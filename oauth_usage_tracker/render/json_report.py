@@ -48,14 +48,14 @@ def account_json(account: AccountUsage) -> Dict[str, Any]:
             "credits": account.credits, "extra_usage": account.extra_usage,
             "effective_remaining_percent": account.effective_remaining_percent,
             "state": account.state.value if account.state else None,
-            "cooldown_until": _time(account.cooldown_until)}
+            "cooldown_until": _time(account.cooldown_until), "source": account.source}
 
 
 def skipped_json(skipped: Skipped) -> Dict[str, Any]:
     """One skipped file or account as JSON; provider and email are null for non-accounts."""
     return {"id": skipped.id, "provider": skipped.provider.value if skipped.provider else None,
             "email": skipped.email, "reason": skipped.reason,
-            "state": skipped.state.value if skipped.state else None}
+            "state": skipped.state.value if skipped.state else None, "source": skipped.source}
 
 
 def summary_json(report: Report) -> Dict[str, Any]:

@@ -3,7 +3,7 @@ from datetime import datetime, timedelta
 from typing import List, Optional
 
 from .. import pool
-from ..models import AccountState, AccountUsage, UsageWindow
+from ..models import LOCAL_SOURCE, AccountState, AccountUsage, UsageWindow
 from ..parsing import reset_text
 from ..report import Report
 from . import lines as lines_layout
@@ -147,20 +147,31 @@ def render_table(report: Report, colour: bool = False, layout: str = "auto",
     lines = [summary] + lines_layout.summary_lines(report, paint) + [""]
     if not report.accounts:
         lines.extend(["No accounts to query.", ""])
-    accounts = pool.sort_accounts(report.accounts, sort)
-    if layout == "lines" or (layout == "auto" and len(accounts) > AUTO_BLOCKS):
-        if accounts:
+    sources = sorted({a.source for a in report.accounts} | {s.source for s in report.skipped},
+                     key=lambda source: (source != LOCAL_SOURCE, source))
+    grouped = len(sources) > 1
+    as_lines = layout == "lines" or (layout == "auto" and len(report.accounts) > AUTO_BLOCKS)
+    for source in sources if grouped else [None]:
+        accounts = pool.sort_accounts([a for a in report.accounts
+                                       if source is None or a.source == source], sort)
+        if not accounts:
+            continue
+        if grouped:
+            lines.extend([paint("== %s ==" % source, "bold"), ""])
+        if as_lines:
             lines.extend(lines_layout.render_lines(accounts, report.generated_at, paint, _level))
             lines.append("")
-    else:
-        for account in accounts:
-            lines.extend(_account_block(account, paint, report.generated_at))
-            lines.append("")
+        else:
+            for account in accounts:
+                lines.extend(_account_block(account, paint, report.generated_at))
+                lines.append("")
     if report.skipped:
         lines.append(paint("Skipped", "bold"))
-        width = max(len(skipped.id) for skipped in report.skipped)
-        for skipped in report.skipped:
-            line = "  %-*s  %s" % (width, skipped.id, skipped.reason)
+        names = [("%s/%s" % (s.source, s.id) if grouped and s.source != LOCAL_SOURCE
+                  and s.source != s.id else s.id) for s in report.skipped]
+        width = max(len(name) for name in names)
+        for name, skipped in zip(names, report.skipped):
+            line = "  %-*s  %s" % (width, name, skipped.reason)
             if skipped.state is AccountState.EXPIRED:
                 line += "  (log in again with CLIProxyAPI, or run with --refresh-expired)"
             lines.append(line)

@@ -1,0 +1,149 @@
+"""Management keys a remote proxy rejected, remembered across runs so a timer never locks its
+operator out.
+
+CLIProxyAPI blocks a client address for 30 minutes after 5 failed management logins, the web UI
+on the same host included. A cron job with a wrong key every five minutes would reach that in 25
+minutes and keep the block up for good. So a rejection (401 or 403 from the management API) is
+written down here, and the same key is not offered to the same proxy again until the key file
+changes or an hour has passed: at most one failed login per hour and key.
+
+Only a SHA-256 fingerprint of the proxy URL and the key is stored, never the key. One JSON file
+(`rejected-keys.json`) beside the state file, rewritten atomically under a sidecar lock; without
+a state directory the memory lasts as long as the process.
+"""
+import hashlib
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Dict, Optional
+
+from . import files
+from .parsing import format_timestamp, number_value, parse_timestamp
+
+logger = logging.getLogger(__name__)
+
+REJECTED_FILE = "rejected-keys.json"
+RETRY_AFTER = timedelta(hours=1)
+_MAX_BYTES = 1024 * 1024
+_LOCK_TIMEOUT = 10.0
+
+# Rejections seen by this process (--no-state, or a library user without a state directory).
+_memory: Dict[str, "Rejection"] = {}
+_memory_lock = threading.Lock()
+
+
+def fingerprint(url: str, key: str) -> str:
+    """Given a proxy's base URL and a management key, return the hex SHA-256 that stands for
+    that pair in the state directory (the key itself is never stored)."""
+    return hashlib.sha256(("%s\n%s" % (url, key)).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """One management login a proxy refused."""
+
+    at: datetime
+    status: int
+    """401 (wrong or missing key) or 403 (remote management off, or this host locked out)."""
+    key_version: Optional[str] = None
+    """The key file's size and modification time then (None: the key came from the
+    environment); a different version means the operator changed the file."""
+
+    def in_force(self, now: datetime, key_version: Optional[str]) -> bool:
+        """True while the same key (same file version) must not be offered again."""
+        return now < self.at + RETRY_AFTER and key_version == self.key_version
+
+    @property
+    def until(self) -> datetime:
+        """When the key may be offered again even if the file does not change."""
+        return self.at + RETRY_AFTER
+
+
+def _from_json(raw: Any) -> Optional[Rejection]:
+    if not isinstance(raw, dict):
+        return None
+    at = parse_timestamp(raw.get("at"))
+    status = number_value(raw.get("status"))
+    version = raw.get("key_version")
+    if at is None or status is None:
+        return None
+    return Rejection(at, int(status), version if isinstance(version, str) else None)
+
+
+class RejectedKeys:
+    """The rejections remembered in one state directory (None: in this process only)."""
+
+    def __init__(self, directory: Optional[str]):
+        self.path = (os.path.join(os.path.abspath(os.path.expanduser(directory)), REJECTED_FILE)
+                     if directory else None)
+
+    def _read(self) -> Dict[str, Any]:
+        if self.path is None:
+            return {}
+        try:
+            parsed = json.loads(files.read_capped(self.path, _MAX_BYTES).decode("utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, RecursionError):
+            logger.warning("Ignoring the unreadable file %s; it will be rewritten", self.path)
+            return {}
+        rejected = parsed.get("rejected") if isinstance(parsed, dict) else None
+        return rejected if isinstance(rejected, dict) else {}
+
+    def find(self, key_fingerprint: str, key_version: Optional[str],
+             now: datetime) -> Optional[Rejection]:
+        """Return the rejection of this key that is still in force, or None."""
+        with _memory_lock:
+            found = _memory.get(key_fingerprint)
+        if found is None:
+            found = _from_json(self._read().get(key_fingerprint))
+        return found if found is not None and found.in_force(now, key_version) else None
+
+    def record(self, key_fingerprint: str, rejection: Rejection) -> None:
+        """Remember a rejection (in this process, and in the state directory if there is one).
+        A failure to write is logged, never raised."""
+        with _memory_lock:
+            _memory[key_fingerprint] = rejection
+        self._update(key_fingerprint, rejection)
+
+    def forget(self, key_fingerprint: str) -> None:
+        """Drop the rejection of a key the proxy has just accepted."""
+        with _memory_lock:
+            _memory.pop(key_fingerprint, None)
+        if self.path is not None and key_fingerprint in self._read():
+            self._update(key_fingerprint, None)
+
+    def _update(self, key_fingerprint: str, rejection: Optional[Rejection]) -> None:
+        if self.path is None:
+            return
+        import filelock
+        try:
+            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+            with filelock.FileLock(self.path + ".lock", timeout=_LOCK_TIMEOUT):
+                entries = self._read()
+                if rejection is None:
+                    entries.pop(key_fingerprint, None)
+                else:
+                    entries[key_fingerprint] = {
+                        "at": format_timestamp(rejection.at), "status": rejection.status,
+                        "key_version": rejection.key_version}
+                # Old entries are dead weight: they no longer stop anything.
+                cutoff = (rejection.at if rejection else None)
+                if cutoff is not None:
+                    entries = {name: raw for name, raw in entries.items()
+                               if _from_json(raw) is not None
+                               and _from_json(raw).at > cutoff - 24 * RETRY_AFTER}
+                data = json.dumps({"version": 1, "rejected": entries}, sort_keys=True)
+                files.atomic_write(self.path, data.encode("utf-8"), default_mode=0o600)
+        except Exception as error:  # remembering is a courtesy: never fail a run for it
+            logger.warning("Cannot write %s (%s)", self.path,
+                           getattr(error, "strerror", None) or type(error).__name__)
+
+
+def clear_memory() -> None:
+    """Forget the rejections this process has seen (tests start as a new process would)."""
+    with _memory_lock:
+        _memory.clear()

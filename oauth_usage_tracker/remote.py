@@ -1,0 +1,418 @@
+"""Remote CLIProxyAPI: the accounts of a proxy that runs elsewhere, through its management API.
+
+The proxy lists its credentials (`GET /v0/management/auth-files`) and relays a request with a
+credential's own token (`POST /v0/management/api-call`, `$TOKEN$` in a header value); newer
+proxies serve the same under `/v8/management` (`/credentials`, `/requests/api-call`). This side
+never sees a token, never refreshes one and never writes to the proxy: it only lists and reads.
+
+The management key has full power over the proxy (it can download every refresh token), and the
+proxy locks a client address out for 30 minutes after 5 failed logins. Hence, per proxy:
+- the first 401/403 from the management API stops every later call to it in the run, and the
+  rejection is remembered across runs (see `lockout`);
+- the first request that gets no answer at all stops the rest too, so a dead proxy costs one
+  timeout, not one per account;
+- at most `workers` calls are in flight (a semaphore inside the tracker's shared pool).
+"""
+import json
+import logging
+import os
+import re
+import stat
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+from requests.structures import CaseInsensitiveDict
+
+from . import http
+from .config import CPA_KEY_ENV, DEFAULT_CPA_WORKERS, Settings, check_url, is_loopback_host
+from .errors import ConfigurationError, ProviderError, UsageTrackerError
+from .lockout import Rejection, RejectedKeys, fingerprint
+from .models import AccountState, AccountUsage, AuthAccount, Discovery, Provider, Skipped
+from .parsing import format_timestamp
+from .providers import claude, codex
+
+logger = logging.getLogger(__name__)
+
+TOKEN_PLACEHOLDER = "$TOKEN$"
+LISTING_MAX_BYTES = 16 * 1024 * 1024
+KEY_FILE_MAX_BYTES = 4096
+#: Listing and api-call paths, v0 first: v8 proxies still serve v0 "for existing clients".
+API_PATHS = {"v0": ("/v0/management/auth-files", "/v0/management/api-call"),
+             "v8": ("/v8/management/credentials", "/v8/management/requests/api-call")}
+_MANAGEMENT_SUFFIX = re.compile(r"/v[08]/management$")
+_KEY = re.compile(r"[\x21-\x7e]{1,%d}" % KEY_FILE_MAX_BYTES)
+_AUTH_INDEX = re.compile(r"[0-9A-Za-z_.:-]{1,128}")
+_PROXY_ERRORS = frozenset({"invalid url", "missing method", "missing url", "invalid body",
+                           "invalid proxy_url", "failed to build request"})
+
+
+def check_key(key: Any) -> str:
+    """Given a management key, return it without surrounding whitespace. Raise
+    ConfigurationError (never quoting it) unless it is printable ASCII without spaces."""
+    key = key.strip() if isinstance(key, str) else ""
+    if not _KEY.fullmatch(key):
+        raise ConfigurationError("The CLIProxyAPI management key must be one word of printable "
+                                 "ASCII (from --cpa-key-file or %s)" % CPA_KEY_ENV)
+    return key
+
+
+def read_key_file(path: str) -> Tuple[str, str]:
+    """Given the key file's path, return (key, version), the version naming the file's size and
+    modification time. The file must be a regular file (a FIFO or device is never read); one
+    readable by group or others gets a warning. Raise ConfigurationError otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as error:
+        raise ConfigurationError("Cannot open the management key file %s (%s)"
+                                 % (path, error.strerror)) from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigurationError("The management key file %s is not a regular file" % path)
+        if info.st_mode & 0o077:
+            logger.warning("The management key file %s can be read by group or others (mode "
+                           "%03o); the key has full power over the proxy: chmod 600 it",
+                           path, stat.S_IMODE(info.st_mode))
+        data = handle.read(KEY_FILE_MAX_BYTES + 1)
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        text = ""
+    return check_key(text), "%d:%d" % (info.st_size, info.st_mtime_ns)
+
+
+def base_url(url: str, allow_http: bool = False) -> str:
+    """Given a proxy URL as the operator wrote it, return its base URL (no trailing slash, no
+    `/v0/management`). It must be https://, or http:// to a loopback address, unless
+    `allow_http`. Raise ConfigurationError otherwise."""
+    url = url.strip()
+    name = "CLIProxyAPI"
+    if allow_http and url[:7].lower() == "http://":
+        check_url("https://" + url[7:], name)  # every rule but the scheme's
+    else:
+        check_url(url, name)
+    parts = urlsplit(url)
+    if parts.query or parts.fragment:
+        raise ConfigurationError("Refused CLIProxyAPI URL %r: no query or fragment, please" % url)
+    path = _MANAGEMENT_SUFFIX.sub("", parts.path.rstrip("/"))
+    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), path, "", ""))
+
+
+def source_label(url: str) -> str:
+    """Given a base URL, return the `source` its accounts carry: host:port, and the path when
+    there is one (two proxies behind one host)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = "[%s]" % host if ":" in host else host
+    return "%s:%d%s" % (host, port, parts.path)
+
+
+@dataclass(frozen=True)
+class RemoteAccount:
+    """How to reach one listed credential through its proxy."""
+
+    proxy: "Proxy" = field(repr=False, compare=False)
+    auth_index: str = ""
+    """The proxy's handle for the credential; listed again on every run, never cached."""
+    account_id: Optional[str] = None
+    """Codex: the ChatGPT account id from the listing's id_token claims."""
+
+
+class Proxy:
+    """One remote CLIProxyAPI during one run: its URL, the key (never shown), the API version it
+    serves, its call slots, and whether it may still be called.
+
+    `_stopped` is written once, under `_lock` (the first 401/403 or dead connection wins), and
+    read by every call after it takes a slot, so at most the calls already in flight (up to
+    `workers`) meet the same failure; none starts after it.
+    """
+
+    def __init__(self, url: str, key: str, *, workers: int = DEFAULT_CPA_WORKERS,
+                 allow_http: bool = False, key_version: Optional[str] = None,
+                 rejected: Optional[RejectedKeys] = None):
+        if not 1 <= workers <= 64:
+            raise ConfigurationError("--cpa-workers must be between 1 and 64, not %s" % workers)
+        self.url = base_url(url, allow_http)
+        self.source = source_label(self.url)
+        self._key = check_key(key)
+        self.key_fingerprint = fingerprint(self.url, self._key)
+        self.key_version = key_version
+        self.rejected = rejected or RejectedKeys(None)
+        self.api = "v0"
+        self._slots = threading.BoundedSemaphore(workers)
+        self._lock = threading.Lock()
+        self._stopped: Optional[ProviderError] = None
+        if allow_http and self.url.startswith("http://") \
+                and not is_loopback_host(urlsplit(self.url).hostname or ""):
+            logger.warning("%s: plain http (--cpa-allow-http): the management key, which has "
+                           "full power over the proxy, crosses the network in clear text",
+                           self.source)
+
+    def __repr__(self) -> str:
+        return "Proxy(%r)" % self.source
+
+    def _what(self, name: str) -> str:
+        return "CLIProxyAPI %s %s" % (self.source, name)
+
+    def _stop(self, error: ProviderError) -> ProviderError:
+        with self._lock:
+            if self._stopped is None:
+                self._stopped = error
+                logger.error("%s", error)
+            return self._stopped
+
+    def _rejected(self, status: int) -> ProviderError:
+        self.rejected.record(self.key_fingerprint, Rejection(datetime.now(timezone.utc), status,
+                                                             self.key_version))
+        if status == 401:
+            reason = "rejected the management key (401)"
+        else:
+            reason = ("refused the management API (403: remote management is off, or this "
+                      "host is locked out after failed logins)")
+        return ProviderError("CLIProxyAPI at %s %s; it is not asked again with this key until "
+                             "the key changes or an hour has passed" % (self.source, reason),
+                             status=status, login_problem=True)
+
+    def call(self, session: requests.Session, settings: Settings, method: str, path: str,
+             name: str, max_body: int, body: Optional[bytes] = None) -> http.HttpResponse:
+        """Make one management call in one of the proxy's slots and return its answer. Raise
+        ProviderError, without sending, once the proxy was stopped; stop it (and raise) on a
+        401/403 or when it does not answer."""
+        with self._slots:
+            with self._lock:
+                stopped = self._stopped
+            if stopped is not None:
+                raise ProviderError(str(stopped), status=stopped.status,
+                                    login_problem=stopped.login_problem)
+            headers = {"Accept": "application/json"}
+            if body is not None:
+                headers["Content-Type"] = "application/json"
+            try:
+                response = http.send(session, method, self.url + path, what=self._what(name),
+                                     timeout=settings.timeout, max_body=max_body,
+                                     headers=headers, auth=http.BearerAuth(self._key), data=body)
+            except ProviderError as error:
+                if error.status is not None:
+                    raise  # it answered (a body over the cap): not a dead proxy
+                raise self._stop(ProviderError(
+                    "%s; no more requests to it in this run" % error)) from None
+            if response.status in (401, 403):
+                raise self._stop(self._rejected(response.status))
+            return response
+
+    def list_accounts(self, session: requests.Session, settings: Settings) -> Discovery:
+        """List the proxy's accounts (v0 first, then v8 when v0 is absent). Raise
+        UsageTrackerError when it cannot be listed; say which API version was found."""
+        for api in API_PATHS:
+            response = self.call(session, settings, "GET", API_PATHS[api][0], "listing",
+                                 LISTING_MAX_BYTES)
+            if response.status == 404:
+                continue
+            if response.status != 200:
+                raise http.status_error(response, self._what("listing"))
+            payload = http.decode_json(response, self._what("listing"))
+            self.api = api
+            self.rejected.forget(self.key_fingerprint)
+            logger.info("%s: management API /%s/management found", self.source, api)
+            return accounts_from_listing(payload, self)
+        raise self._stop(ProviderError(
+            "CLIProxyAPI at %s has no management API (404 at /v0/management and /v8/management): "
+            "set remote-management.secret-key in its config.yaml" % self.source))
+
+    def api_call(self, session: requests.Session, settings: Settings, remote: RemoteAccount,
+                 url: str, headers: Dict[str, str], what: str) -> http.HttpResponse:
+        """Have the proxy send `GET url` with the credential's token in place of `$TOKEN$`;
+        return the provider's answer as an HttpResponse (the envelope decoded)."""
+        body = json.dumps({"auth_index": remote.auth_index, "method": "GET", "url": url,
+                           "header": headers}).encode("utf-8")
+        response = self.call(session, settings, "POST", API_PATHS[self.api][1], "api-call",
+                             4 * settings.max_body_bytes + 65536, body)
+        if response.status == 404:
+            raise self._stop(ProviderError(
+                "CLIProxyAPI at %s has no api-call route (HTTP 404); it needs v6.6.63 or later"
+                % self.source))
+        return decode_envelope(response, self.source, what, settings.max_body_bytes)
+
+
+def decode_envelope(response: http.HttpResponse, source: str, what: str,
+                    max_body: int) -> http.HttpResponse:
+    """Given the proxy's answer to an api-call, return the provider's answer inside it (status,
+    headers with their lists joined, the body as bytes). Raise ProviderError for the proxy's own
+    failures: 400 (`auth token not found` is a login problem), 502 (it could not reach the
+    provider), anything else, or an envelope this tool does not understand."""
+    payload = http.try_json(response)
+    if response.status == 200:
+        status = payload.get("status_code") if isinstance(payload, dict) else None
+        body = payload.get("body", "") if isinstance(payload, dict) else None
+        if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599 \
+                or not isinstance(body, str):
+            raise ProviderError("%s: CLIProxyAPI at %s answered the api-call with something "
+                                "this tool does not understand (HTTP 200)" % (what, source),
+                                status=200)
+        data = body.encode("utf-8", "replace")
+        if len(data) > max_body:
+            raise ProviderError("%s returned a body larger than %d KiB (HTTP %d)"
+                                % (what, max_body // 1024, status), status=status)
+        headers: CaseInsensitiveDict = CaseInsensitiveDict()
+        raw = payload.get("header")
+        for name, value in (raw.items() if isinstance(raw, dict) else ()):
+            values = value if isinstance(value, list) else [value]
+            texts = [item for item in values if isinstance(item, str)]
+            if isinstance(name, str) and texts:
+                headers[name] = ", ".join(texts)
+        return http.HttpResponse(status, headers, data)
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if response.status == 400 and error in ("auth token not found", "auth token refresh failed"):
+        return_error = ProviderError(
+            "%s: CLIProxyAPI at %s holds no usable token for this account (%s); log in again "
+            "with CLIProxyAPI" % (what, source, error), status=400, login_problem=True)
+        raise return_error
+    if response.status == 502:
+        raise ProviderError("%s request failed: CLIProxyAPI at %s could not reach the provider "
+                            "(502); try again later" % (what, source), status=502)
+    detail = error if error in _PROXY_ERRORS else ""
+    raise http.status_error(response, "CLIProxyAPI %s api-call" % source, detail)
+
+
+def _text(value: Any) -> Optional[str]:
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def _entry(raw: Any, index: int, proxy: "Proxy") -> Tuple[Optional[AuthAccount],
+                                                          Optional[Skipped]]:
+    """One listing entry as an account or a skipped record."""
+    source = proxy.source
+    if not isinstance(raw, dict) or not _text(raw.get("name")):
+        return None, Skipped("entry %d" % index, "unreadable: listing entry without a name",
+                             state=AccountState.UNREADABLE, source=source)
+    name = _text(raw.get("name")) or ""
+    kind = (_text(raw.get("type")) or _text(raw.get("provider")) or "").lower()
+    try:
+        provider = Provider(kind)
+    except ValueError:
+        return None, Skipped(name, "unsupported type '%s'" % kind[:40], source=source)
+    email = _text(raw.get("email"))
+    auth_index = raw.get("auth_index")
+    if not isinstance(auth_index, str) or not _AUTH_INDEX.fullmatch(auth_index):
+        return None, Skipped(name, "unreadable: the proxy lists no auth_index for it (CLIProxyAPI "
+                             "v6.6.63 or later can be queried)", provider, email,
+                             state=AccountState.UNREADABLE, source=source)
+    claims = raw.get("id_token")
+    account_id = _text(claims.get("chatgpt_account_id")) if isinstance(claims, dict) else None
+    return AuthAccount(id=name, provider=provider, email=email, display_name=email or name,
+                       path="%s#%s" % (proxy.url, name), is_disabled=raw.get("disabled") is True,
+                       source=source,
+                       remote=RemoteAccount(proxy, auth_index, account_id)), None
+
+
+def accounts_from_listing(payload: Any, proxy: "Proxy") -> Discovery:
+    """Given a decoded auth-files listing, return its Claude and Codex accounts (disabled ones
+    included, flagged) and skipped records for the rest. Pure apart from the proxy reference."""
+    files = payload.get("files") if isinstance(payload, dict) else None
+    if not isinstance(files, list):
+        raise ProviderError("CLIProxyAPI %s listing has no \"files\" list" % proxy.source)
+    found: Dict[Provider, List[AuthAccount]] = {Provider.CLAUDE: [], Provider.CODEX: []}
+    skipped: List[Skipped] = []
+    seen = set()
+    for index, raw in enumerate(files):
+        account, skip = _entry(raw, index, proxy)
+        if account is not None and account.id in seen:
+            skip, account = Skipped(account.id, "duplicate of '%s'" % account.id,
+                                    source=proxy.source), None
+        if account is not None:
+            seen.add(account.id)
+            found[account.provider].append(account)
+        elif skip is not None:
+            skipped.append(skip)
+    missing = sum(1 for s in skipped if "auth_index" in s.reason)
+    if missing:
+        logger.error("%s: %d account(s) listed without auth_index cannot be queried; update "
+                     "CLIProxyAPI", proxy.source, missing)
+    return Discovery(codex=tuple(found[Provider.CODEX]), claude=tuple(found[Provider.CLAUDE]),
+                     skipped=tuple(skipped))
+
+
+def fetch_usage(account: AuthAccount, session: requests.Session,
+                settings: Settings) -> AccountUsage:
+    """Given an account listed by a proxy, return its AccountUsage, read through the proxy with
+    the same headers and the same interpretation as a local read (but no token refresh: the
+    proxy refreshes its own, so a rejected token is a login problem). Raise UsageTrackerError."""
+    remote = account.remote
+    if remote is None:
+        raise ProviderError("This account was not listed by a remote proxy")
+    if account.provider is Provider.CLAUDE:
+        url, headers, what = settings.claude_usage_url, claude.usage_headers(settings), claude.WHAT
+    else:
+        url, what = settings.codex_usage_url, codex.WHAT
+        headers = codex.usage_headers(settings, remote.account_id)
+    headers["Authorization"] = "Bearer " + TOKEN_PLACEHOLDER
+    response = remote.proxy.api_call(session, settings, remote, url, headers, what)
+    if account.provider is Provider.CLAUDE:
+        if response.status in (401, 403) and not response.is_html:
+            raise claude.rejection(response)
+        return claude.usage_from_response(account, response)
+    return codex.usage_from_response(account, response)
+
+
+def _unlisted(proxy: Proxy, message: str) -> Discovery:
+    return Discovery(skipped=(Skipped(proxy.source, "unreadable: %s" % message,
+                                      state=AccountState.UNREADABLE, source=proxy.source),))
+
+
+def list_proxy(proxy: Proxy, settings: Settings,
+               session: Optional[requests.Session] = None) -> Discovery:
+    """Given a proxy, return its accounts; a proxy that cannot be listed (a key rejected now or
+    in an earlier run, no answer, no management API) gives one `unreadable` skipped record named
+    after its source, with the reason."""
+    now = datetime.now(timezone.utc)
+    earlier = proxy.rejected.find(proxy.key_fingerprint, proxy.key_version, now)
+    if earlier is not None:
+        message = ("CLIProxyAPI at %s rejected this management key at %s (HTTP %d); not tried "
+                   "again until the key changes or %s" % (
+                       proxy.source, format_timestamp(earlier.at), earlier.status,
+                       format_timestamp(earlier.until)))
+        logger.error("%s", message)
+        proxy._stop(ProviderError(message, status=earlier.status, login_problem=True))
+        return _unlisted(proxy, message)
+    own = session is None
+    session = session or http.make_session(1)
+    try:
+        return proxy.list_accounts(session, settings)
+    except UsageTrackerError as error:
+        logger.debug("%s: listing failed", proxy.source)
+        return _unlisted(proxy, str(error))
+    finally:
+        if own:
+            session.close()
+
+
+def list_proxies(proxies: Sequence[Proxy], settings: Settings) -> Discovery:
+    """List every proxy at once (one dead proxy costs one timeout, not one per proxy) and
+    return their accounts combined, in the order given."""
+    if not proxies:
+        return Discovery()
+    with ThreadPoolExecutor(max_workers=len(proxies), thread_name_prefix="cpa-list") as pool:
+        found = list(pool.map(lambda proxy: list_proxy(proxy, settings), proxies))
+    result = Discovery()
+    for discovery in found:
+        result = result + discovery
+    return result
+
+
+def discover_remote(url: str, key: str, *, workers: int = DEFAULT_CPA_WORKERS,
+                    allow_http: bool = False, key_version: Optional[str] = None,
+                    state_dir: Optional[str] = None,
+                    settings: Optional[Settings] = None) -> Discovery:
+    """Given a proxy's URL and management key, return its Claude and Codex accounts as a
+    Discovery (`source` set to its host:port), ready for OAuthUsageTracker.refresh. Remember a
+    rejected key in `state_dir` (None: in this process only). Raise ConfigurationError for a
+    refused URL or an unusable key; a proxy that cannot be listed is one skipped record."""
+    proxy = Proxy(url, key, workers=workers, allow_http=allow_http, key_version=key_version,
+                  rejected=RejectedKeys(state_dir))
+    return list_proxy(proxy, settings or Settings.from_environ())

@@ -1,0 +1,253 @@
+"""Remote proxies through the installed script: loopback fakes of CLIProxyAPI's management API
+relaying to the loopback fake of both providers, beside a local auth directory."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from cpa_fake import Credential, FakeManagement, SilentServer
+from oauth_usage_tracker import demo
+from support import assert_no_secrets
+
+SCRIPT = shutil.which("oauth-usage-tracker")
+COMMAND = [SCRIPT] if SCRIPT else [sys.executable, "-m", "oauth_usage_tracker"]
+NOW = datetime.now(timezone.utc)
+KEY = "cpa-TESTmanagementKEYnotREAL-5f1c2b9e8d7a"
+TOKENS = ("cpa-TESTclaudeACCESSnotREAL-0001", "cpa-TESTcodexACCESSnotREAL-0002",
+          "cpa-TESTclaudeACCESSnotREAL-0003", "cpa-TESTclaudeLIMITEDnotREAL-0004",
+          "cpa-TESTclaudeDEADtokenNOTREAL-0005")
+
+
+def run(args, env_extra=None, timeout=60):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OAUTH_USAGE_TRACKER_")}
+    env.update(env_extra or {})
+    return subprocess.run(COMMAND + list(args), env=env, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def providers():
+    with demo.FakeProviders() as fake:
+        yield fake
+
+
+@pytest.fixture
+def key_file(tmp_path):
+    path = tmp_path / "cpa.key"
+    path.write_text(KEY + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def proxy_a(providers):
+    """A v0 proxy: a healthy Claude and Codex account, a disabled one, one listed without
+    auth_index, a Gemini credential."""
+    providers.add_account(demo.FakeAccount("claude", "ann@example.com", [10.0, 20.0]), TOKENS[0])
+    providers.add_account(demo.FakeAccount("codex", "bob@example.com", [30.0, 40.0]), TOKENS[1])
+    return FakeManagement(KEY, [
+        Credential("claude-ann@example.com.json", "claude", "ann@example.com", TOKENS[0]),
+        Credential("codex-bob@example.com-plus.json", "codex", "bob@example.com", TOKENS[1],
+                   account_id="acct-bob-7d3e"),
+        Credential("claude-off@example.com.json", "claude", "off@example.com", TOKENS[2],
+                   disabled=True),
+        Credential("claude-old@example.com.json", "claude", "old@example.com", TOKENS[2],
+                   extra={"no_index": True}),
+        Credential("gemini-gus@example.com.json", "gemini", "gus@example.com", "x"),
+    ])
+
+
+def proxy_b(providers):
+    """A v8-only proxy: a healthy account whose file name is also in proxy A, one answered 429,
+    one whose token the provider rejects."""
+    providers.add_account(demo.FakeAccount("claude", "cat@example.com", [50.0, 60.0]), TOKENS[2])
+    providers.add_account(demo.FakeAccount("claude", "lim@example.com", behaviour="rate_limited"),
+                          TOKENS[3])
+    return FakeManagement(KEY, [
+        Credential("claude-ann@example.com.json", "claude", "cat@example.com", TOKENS[2]),
+        Credential("claude-lim@example.com.json", "claude", "lim@example.com", TOKENS[3]),
+        Credential("claude-dead@example.com.json", "claude", "dead@example.com", TOKENS[4]),
+    ], api="v8")
+
+
+def test_two_proxies_and_a_local_directory_in_one_run(providers, auth_dir, key_file, tmp_path):
+    demo.populate(providers, str(auth_dir), claude=1, codex=0)
+    with proxy_a(providers) as a, proxy_b(providers) as b:
+        result = run(["--auth-dir", str(auth_dir), "--cpa-url", a.url, "--cpa-url", b.url + "/",
+                      "--cpa-key-file", str(key_file), "--state-dir", str(tmp_path / "state"),
+                      "--json", "-vv"], providers.environ())
+        source_a, source_b = a.url[len("http://"):], b.url[len("http://"):]
+        assert a.failed_logins == b.failed_logins == 0
+        assert "/v8/management/credentials" not in a.requests
+        assert b.requests[:2] == ["/v0/management/auth-files", "/v8/management/credentials"]
+        assert all(path == "/v8/management/requests/api-call" for path in b.requests[2:])
+    assert result.returncode == 1, result.stderr  # the 429 without stale values, the dead login
+    report = json.loads(result.stdout)
+    by_key = {(account["source"], account["id"]): account for account in report["accounts"]}
+    assert set(by_key) == {
+        ("local", "claude-claude0000@example.com.json"),
+        (source_a, "claude-ann@example.com.json"), (source_a, "codex-bob@example.com-plus.json"),
+        (source_b, "claude-ann@example.com.json"), (source_b, "claude-lim@example.com.json"),
+        (source_b, "claude-dead@example.com.json")}
+    ann = by_key[(source_a, "claude-ann@example.com.json")]
+    assert ann["error"] is None and ann["windows"][0]["used_percent"] == 10.0
+    assert by_key[(source_b, "claude-ann@example.com.json")]["windows"][0]["used_percent"] == 50.0
+    bob = by_key[(source_a, "codex-bob@example.com-plus.json")]
+    assert bob["error"] is None and bob["plan"] == "plus"
+    assert [w["used_percent"] for w in bob["windows"]] == [30.0, 40.0]
+    assert "429" in by_key[(source_b, "claude-lim@example.com.json")]["error"]
+    dead = by_key[(source_b, "claude-dead@example.com.json")]["error"]
+    assert "401" in dead and "log in again" in dead
+    skipped = {(s["source"], s["id"]): s["reason"] for s in report["skipped"]}
+    assert skipped[(source_a, "claude-off@example.com.json")] == "disabled"
+    assert skipped[(source_a, "claude-old@example.com.json")].startswith("unreadable: ")
+    assert "auth_index" in skipped[(source_a, "claude-old@example.com.json")]
+    assert skipped[(source_a, "gemini-gus@example.com.json")] == "unsupported type 'gemini'"
+    # The same headers as local mode, the account id from the listing's claims, the token
+    # substituted by the proxy.
+    codex_headers = [h for h in providers.usage_headers if "chatgpt-account-id" in h]
+    assert [h["chatgpt-account-id"] for h in codex_headers] == ["acct-bob-7d3e"]
+    assert codex_headers[0]["user-agent"] == "codex-cli"
+    claude_headers = [h for h in providers.usage_headers if "anthropic-beta" in h]
+    assert {h["user-agent"] for h in claude_headers} == {"claude-code/2.1.0"}
+    assert "management API /v8/management found" in result.stderr
+    assert_no_secrets(result.stdout, result.stderr)
+    for secret in TOKENS + (KEY,):
+        assert secret not in result.stdout + result.stderr
+        assert secret not in (tmp_path / "state" / "state.json").read_text()
+
+
+def test_table_groups_accounts_by_source(providers, auth_dir, key_file, tmp_path):
+    demo.populate(providers, str(auth_dir), claude=1, codex=0)
+    with proxy_a(providers) as a:
+        result = run(["--auth-dir", str(auth_dir), "--cpa-url", a.url, "--cpa-key-file",
+                      str(key_file), "--no-state"], providers.environ())
+    source = a.url[len("http://"):]
+    assert result.stdout.index("== local ==") < result.stdout.index("claude0000@example.com")
+    assert result.stdout.index("== %s ==" % source) < result.stdout.index("ann@example.com")
+    assert "%s/claude-off@example.com.json" % source in result.stdout
+
+
+def test_cpa_url_alone_reads_no_local_directory(providers, key_file, tmp_path):
+    home = tmp_path / "home"
+    (home / ".cli-proxy-api").mkdir(parents=True)
+    demo.populate(providers, str(home / ".cli-proxy-api"), claude=1, codex=0)
+    with proxy_a(providers) as a:
+        result = run(["--cpa-url", a.url, "--cpa-key-file", str(key_file), "--no-state",
+                      "--json"], dict(providers.environ(), HOME=str(home)))
+    assert result.returncode == 1  # the entry without auth_index is unreadable
+    assert {a["source"] for a in json.loads(result.stdout)["accounts"]} == {
+        a.url[len("http://"):]}
+
+
+def test_wrong_key_one_failed_login_per_run_then_none_until_the_key_file_changes(
+        providers, key_file, tmp_path):
+    state = ["--state-dir", str(tmp_path / "state")]
+    with proxy_a(providers) as a, proxy_b(providers) as b:
+        a.key = "the-key-the-proxy-expects"
+        args = ["--cpa-url", a.url, "--cpa-url", b.url, "--cpa-key-file", str(key_file),
+                "--json", "-vv"] + state
+        first = run(args, providers.environ())
+        assert a.failed_logins == 1
+        assert a.requests == ["/v0/management/auth-files"]
+        assert first.returncode == 1
+        report = json.loads(first.stdout)
+        reason = {s["id"]: s["reason"] for s in report["skipped"]}[a.url[len("http://"):]]
+        assert "rejected the management key (401)" in reason
+        assert "until the key changes or an hour has passed" in reason
+        assert any(account["error"] is None for account in report["accounts"])  # B goes on
+
+        second = run(args, providers.environ())
+        assert a.failed_logins == 1 and len(a.requests) == 1  # not even asked
+        assert "rejected this management key at" in second.stdout
+        assert second.returncode == 1
+
+        os.utime(key_file, (time.time() + 5, time.time() + 5))  # the operator edits the file
+        run(args, providers.environ())
+        assert a.failed_logins == 2
+    stored = (tmp_path / "state" / "rejected-keys.json").read_text()
+    assert KEY not in stored and "the-key-the-proxy-expects" not in stored
+    for result in (first, second):
+        assert KEY not in result.stdout + result.stderr
+        assert_no_secrets(result.stdout, result.stderr)
+
+
+def test_a_proxy_that_never_answers_costs_one_timeout(providers, key_file, tmp_path):
+    with SilentServer() as silent, proxy_a(providers) as a:
+        started = time.monotonic()
+        result = run(["--cpa-url", silent.url, "--cpa-url", a.url, "--cpa-key-file",
+                      str(key_file), "--timeout", "3", "--no-state", "--json"],
+                     providers.environ())
+        elapsed = time.monotonic() - started
+        silent_source = silent.url[len("http://"):]
+    assert elapsed < 3 + 5, elapsed  # one timeout (the listings run side by side), not two
+    report = json.loads(result.stdout)
+    reason = {s["id"]: s["reason"] for s in report["skipped"]}[silent_source]
+    assert "timed out after 3 s" in reason
+    assert sum(1 for account in report["accounts"] if account["windows"]) == 2
+
+
+def test_upstream_transport_failure_is_a_502_for_that_account_only(providers, key_file,
+                                                                   tmp_path):
+    with proxy_a(providers) as a:
+        closed = SilentServer().__enter__()
+        dead_url = closed.url
+        closed.__exit__()  # nothing listens there any more: the relay fails
+        env = dict(providers.environ(), OAUTH_USAGE_TRACKER_CODEX_USAGE_URL=dead_url + "/x")
+        result = run(["--cpa-url", a.url, "--cpa-key-file", str(key_file), "--no-state",
+                      "--json"], env)
+    by_id = {account["id"]: account for account in json.loads(result.stdout)["accounts"]}
+    assert "could not reach the provider (502)" in by_id["codex-bob@example.com-plus.json"][
+        "error"]
+    assert by_id["claude-ann@example.com.json"]["error"] is None
+
+
+def test_calls_in_flight_per_proxy_stay_within_cpa_workers(key_file, tmp_path):
+    with demo.FakeProviders(latency=0.2) as slow:
+        credentials = []
+        for index in range(8):
+            token = "cpa-slow-%d" % index
+            slow.add_account(demo.FakeAccount("claude", "s%d@example.com" % index), token)
+            credentials.append(Credential("claude-s%d.json" % index, "claude",
+                                          "s%d@example.com" % index, token))
+        with FakeManagement(KEY, credentials) as proxy:
+            result = run(["--cpa-url", proxy.url, "--cpa-key-file", str(key_file),
+                          "--cpa-workers", "2", "--workers", "8", "--no-state"], slow.environ())
+            assert result.returncode == 0, result.stderr
+            assert proxy.max_in_flight == 2
+            assert len(proxy.api_calls) == 8
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--cpa-url", "http://10.1.2.3:8317"], {"OAUTH_USAGE_TRACKER_CPA_KEY": KEY},
+     "Refused CLIProxyAPI URL"),
+    (["--cpa-url", "https://cpa.example.net"], {}, "needs the management key"),
+    (["--cpa-url", "https://cpa.example.net"], {"OAUTH_USAGE_TRACKER_CPA_KEY": "two words"},
+     "one word of printable ASCII"),
+    (["--cpa-url", "https://cpa.example.net", "--cpa-key-file", "{fifo}"], {},
+     "not a regular file"),
+    (["--cpa-url", "https://cpa.example.net", "--cpa-key-file", "{missing}"], {},
+     "Cannot open the management key file"),
+])
+def test_bad_remote_configuration_exits_2_without_quoting_the_key(args, env, message, tmp_path):
+    os.mkfifo(tmp_path / "fifo")
+    args = [arg.format(fifo=tmp_path / "fifo", missing=tmp_path / "missing") for arg in args]
+    result = run(args + ["--no-state"], env, timeout=20)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert KEY not in result.stderr and "two words" not in result.stderr
+
+
+def test_group_readable_key_file_warns(providers, key_file):
+    key_file.chmod(0o644)
+    with proxy_a(providers) as a:
+        result = run(["--cpa-url", a.url, "--cpa-key-file", str(key_file), "--no-state"],
+                     providers.environ())
+    assert "can be read by group or others (mode 644)" in result.stderr
+    assert "ann@example.com" in result.stdout
+    assert KEY not in result.stdout + result.stderr
