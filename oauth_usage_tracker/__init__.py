@@ -13,8 +13,8 @@ __version__ = "0.1.0"
 
 # Imported on first use, so that `--version`, `--help` and a bad flag do not pay for requests.
 _LAZY = {"OAuthUsageTracker": "tracker", "RefreshHandle": "tracker",
-         "discover_accounts": "accounts", "Event": "events", "EventType": "events",
-         "Thresholds": "events"}
+         "discover_accounts": "accounts", "discover_remote": "remote", "Event": "events",
+         "EventType": "events", "Thresholds": "events"}
 
 
 def __getattr__(name):
@@ -30,7 +30,7 @@ __all__ = [
     "Event", "EventType", "Thresholds",
     "LockTimeout", "OAuthUsageTracker", "Provider", "ProviderError", "RefreshHandle",
     "RefreshSuperseded", "Settings", "Skipped", "TokenRefreshError", "UsageTrackerError",
-    "UsageWindow", "__version__", "discover_accounts",
+    "UsageWindow", "__version__", "discover_accounts", "discover_remote",
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

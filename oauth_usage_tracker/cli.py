@@ -278,7 +278,10 @@ class Run:
         discovery = discover_accounts(self.auth_dir) if self.read_local else Discovery()
         if self.proxies:
             from .remote import list_proxies
-            discovery = discovery + list_proxies(self.proxies, self.settings)
+            from .state import StateStore
+            remembered = (StateStore(self.state_dir).load() if isinstance(self.state_dir, str)
+                          else {})
+            discovery = discovery + list_proxies(self.proxies, self.settings, remembered)
         return discovery
 
     def once(self, tracker: "OAuthUsageTracker") -> int:
@@ -409,7 +412,8 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> Run:
     state_dir = None if args.no_state else (args.state_dir or default_state_dir(environ))
     proxies = remote_proxies(args, environ, state_dir)
     read_local = not proxies or bool(args.auth_dir or environ.get(AUTH_DIR_ENV))
-    return Run(args, settings, args.auth_dir, proxies=proxies, read_local=read_local)
+    return Run(args, settings, args.auth_dir, state_dir=state_dir, proxies=proxies,
+               read_local=read_local)
 
 
 def run_demo(args: argparse.Namespace, shutdown: Shutdown) -> int:

@@ -22,7 +22,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -269,10 +269,9 @@ def decode_envelope(response: http.HttpResponse, source: str, what: str,
         return http.HttpResponse(status, headers, data)
     error = payload.get("error") if isinstance(payload, dict) else None
     if response.status == 400 and error in ("auth token not found", "auth token refresh failed"):
-        return_error = ProviderError(
-            "%s: CLIProxyAPI at %s holds no usable token for this account (%s); log in again "
-            "with CLIProxyAPI" % (what, source, error), status=400, login_problem=True)
-        raise return_error
+        raise ProviderError("%s: CLIProxyAPI at %s holds no usable token for this account (%s); "
+                            "log in again with CLIProxyAPI" % (what, source, error),
+                            status=400, login_problem=True)
     if response.status == 502:
         raise ProviderError("%s request failed: CLIProxyAPI at %s could not reach the provider "
                             "(502); try again later" % (what, source), status=502)
@@ -360,16 +359,33 @@ def fetch_usage(account: AuthAccount, session: requests.Session,
     return codex.usage_from_response(account, response)
 
 
-def _unlisted(proxy: Proxy, message: str) -> Discovery:
-    return Discovery(skipped=(Skipped(proxy.source, "unreadable: %s" % message,
+def _unlisted(proxy: Proxy, message: str, remembered: Iterable[Tuple[str, str]],
+              login_problem: bool) -> Discovery:
+    """A proxy that could not be listed: one `unreadable` record named after its source, and
+    the accounts earlier runs read there (from the state store's keys), so that each shows its
+    last values with this error instead of vanishing from the report. The proxy is stopped, so
+    none of them sends a request."""
+    proxy._stop(ProviderError(message, login_problem=login_problem))
+    found: Dict[Provider, List[AuthAccount]] = {Provider.CLAUDE: [], Provider.CODEX: []}
+    prefix = proxy.source + "/"
+    for provider_name, key in remembered:
+        if key.startswith(prefix) and provider_name in found.keys():
+            name = key[len(prefix):]
+            found[Provider(provider_name)].append(AuthAccount(
+                id=name, provider=Provider(provider_name), email=None, display_name=name,
+                path="%s#%s" % (proxy.url, name), source=proxy.source,
+                remote=RemoteAccount(proxy)))
+    return Discovery(codex=tuple(found[Provider.CODEX]), claude=tuple(found[Provider.CLAUDE]),
+                     skipped=(Skipped(proxy.source, "unreadable: %s" % message,
                                       state=AccountState.UNREADABLE, source=proxy.source),))
 
 
-def list_proxy(proxy: Proxy, settings: Settings,
-               session: Optional[requests.Session] = None) -> Discovery:
-    """Given a proxy, return its accounts; a proxy that cannot be listed (a key rejected now or
-    in an earlier run, no answer, no management API) gives one `unreadable` skipped record named
-    after its source, with the reason."""
+def list_proxy(proxy: Proxy, settings: Settings, session: Optional[requests.Session] = None,
+               remembered: Iterable[Tuple[str, str]] = ()) -> Discovery:
+    """Given a proxy, return its accounts. A proxy that cannot be listed (a key rejected now or
+    in an earlier run, no answer, no management API) gives an `unreadable` record named after
+    its source, with the reason, and its `remembered` accounts ((provider, state key) pairs)
+    with nothing to ask."""
     now = datetime.now(timezone.utc)
     earlier = proxy.rejected.find(proxy.key_fingerprint, proxy.key_version, now)
     if earlier is not None:
@@ -377,28 +393,28 @@ def list_proxy(proxy: Proxy, settings: Settings,
                    "again until the key changes or %s" % (
                        proxy.source, format_timestamp(earlier.at), earlier.status,
                        format_timestamp(earlier.until)))
-        logger.error("%s", message)
-        proxy._stop(ProviderError(message, status=earlier.status, login_problem=True))
-        return _unlisted(proxy, message)
+        return _unlisted(proxy, message, remembered, login_problem=True)
     own = session is None
     session = session or http.make_session(1)
     try:
         return proxy.list_accounts(session, settings)
     except UsageTrackerError as error:
-        logger.debug("%s: listing failed", proxy.source)
-        return _unlisted(proxy, str(error))
+        return _unlisted(proxy, str(error), remembered, error.login_problem)
     finally:
         if own:
             session.close()
 
 
-def list_proxies(proxies: Sequence[Proxy], settings: Settings) -> Discovery:
+def list_proxies(proxies: Sequence[Proxy], settings: Settings,
+                 remembered: Iterable[Tuple[str, str]] = ()) -> Discovery:
     """List every proxy at once (one dead proxy costs one timeout, not one per proxy) and
     return their accounts combined, in the order given."""
     if not proxies:
         return Discovery()
+    remembered = list(remembered)
     with ThreadPoolExecutor(max_workers=len(proxies), thread_name_prefix="cpa-list") as pool:
-        found = list(pool.map(lambda proxy: list_proxy(proxy, settings), proxies))
+        found = list(pool.map(lambda proxy: list_proxy(proxy, settings, None, remembered),
+                              proxies))
     result = Discovery()
     for discovery in found:
         result = result + discovery

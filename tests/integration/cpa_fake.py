@@ -61,6 +61,10 @@ class FakeManagement:
         self.api_calls: List[dict] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        #: A key to switch to right after the next listing (the operator changes it mid-run).
+        self.key_after_listing: Optional[str] = None
+        #: The `header` objects of api-calls as received, before any substitution.
+        self.sent_headers: List[dict] = []
         self._server: Optional[ThreadingHTTPServer] = None
 
     # --- lifetime -----------------------------------------------------------------------------
@@ -138,6 +142,8 @@ class FakeManagement:
         credential = next((c for c in self.credentials
                            if c.auth_index and c.auth_index == request.get("auth_index")), None)
         headers = dict(request.get("header") or {})
+        with self.lock:
+            self.sent_headers.append(dict(headers))
         for name, value in headers.items():
             if "$TOKEN$" in value and credential is not None:
                 if not credential.access_token:
@@ -183,6 +189,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._answer(denied, {"error": "invalid management key" if denied == 401
                                          else "IP banned due to too many failed attempts"})
         if route == "list" and self.command == "GET":
+            if fake.key_after_listing:
+                fake.key, fake.key_after_listing = fake.key_after_listing, None
             return self._answer(200, fake.listing())
         if route == "call" and self.command == "POST":
             with fake.lock:

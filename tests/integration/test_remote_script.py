@@ -251,3 +251,53 @@ def test_group_readable_key_file_warns(providers, key_file):
     assert "can be read by group or others (mode 644)" in result.stderr
     assert "ann@example.com" in result.stdout
     assert KEY not in result.stdout + result.stderr
+
+
+def test_key_rejected_mid_run_stops_the_proxy_and_its_accounts_keep_their_last_values(
+        providers, key_file, tmp_path):
+    state = ["--state-dir", str(tmp_path / "state")]
+    with proxy_a(providers) as a:
+        args = ["--cpa-url", a.url, "--cpa-key-file", str(key_file), "--cpa-workers", "1",
+                "--json"] + state
+        assert run(args, providers.environ()).returncode == 1  # the entry without auth_index
+        calls = len(a.api_calls)
+        a.key_after_listing = "a-new-key-set-by-the-operator"
+        result = run(args, providers.environ())
+        assert a.failed_logins == 1  # one slot: exactly one rejected call, then none
+        assert len(a.api_calls) == calls
+        # Next run: the listing is not even tried; the accounts keep their last values.
+        again = run(args, providers.environ())
+        assert a.failed_logins == 1
+    for output in (result.stdout, again.stdout):
+        accounts = json.loads(output)["accounts"]
+        assert {account["id"] for account in accounts} == {
+            "claude-ann@example.com.json", "codex-bob@example.com-plus.json"}
+        for account in accounts:
+            assert "management key" in account["error"]
+            assert account["stale"] is True and account["windows"]
+    assert KEY not in result.stdout + result.stderr + again.stdout + again.stderr
+
+
+def test_the_tool_sends_the_placeholder_never_a_token_and_the_same_headers_as_local_mode(
+        providers, key_file):
+    with proxy_a(providers) as a:
+        result = run(["--cpa-url", a.url, "--cpa-key-file", str(key_file), "--no-state",
+                      "--provider", "claude"], providers.environ())
+        sent = list(a.sent_headers)
+    assert "ann@example.com" in result.stdout
+    assert sent == [{"Accept": "application/json", "anthropic-beta": "oauth-2025-04-20",
+                     "User-Agent": "claude-code/2.1.0", "Authorization": "Bearer $TOKEN$"}]
+
+
+def test_library_discover_remote_feeds_the_tracker(providers, tmp_path, monkeypatch):
+    from oauth_usage_tracker import OAuthUsageTracker, Settings, discover_remote
+    settings = Settings.from_environ(providers.environ())
+    with proxy_b(providers) as b:
+        found = discover_remote(b.url, KEY, settings=settings)
+        assert {a.source for a in found.accounts} == {b.url[len("http://"):]}
+        with OAuthUsageTracker(settings=settings, state_dir=tmp_path / "state") as tracker:
+            results = tracker.refresh_and_wait(found.codex, found.claude)
+    by_email = {usage.email: usage for usage in results}
+    assert by_email["cat@example.com"].windows and by_email["cat@example.com"].error is None
+    assert by_email["cat@example.com"].source == b.url[len("http://"):]
+    assert by_email["dead@example.com"].login_problem

@@ -1,0 +1,97 @@
+"""The tracker with accounts listed by remote proxies: read through the proxy, `source` on every
+result, state kept apart per source, sources taking turns in the pool."""
+import json
+from dataclasses import replace
+
+import pytest
+
+import oauth_usage_tracker.tracker as module
+from oauth_usage_tracker import lockout, remote
+from oauth_usage_tracker.config import Settings
+from oauth_usage_tracker.models import LOCAL_SOURCE, AuthAccount, Provider
+from support import load_payload
+
+KEY = "cpa-UNITtrackerKEYnotREAL-4455"
+NAME = "claude-same@example.com.json"
+
+
+@pytest.fixture(autouse=True)
+def fresh_rejections():
+    lockout.clear_memory()
+    yield
+    lockout.clear_memory()
+
+
+def listed(url):
+    proxy = remote.Proxy(url, KEY)
+    return remote.accounts_from_listing({"files": [{
+        "name": NAME, "type": "claude", "email": "same@example.com",
+        "auth_index": "00000000000000aa"}]}, proxy).claude[0]
+
+
+def envelope(status, payload, headers=None):
+    return {"status_code": status, "header": headers or {}, "body": json.dumps(payload)}
+
+
+def test_same_file_name_at_two_proxies_keeps_two_cooldowns(mocked_responses, tmp_path):
+    first, second = listed("https://a.example.net"), listed("https://b.example.net")
+    mocked_responses.post("https://a.example.net/v0/management/api-call",
+                          json=envelope(429, load_payload("claude_429"), {"Retry-After": ["600"]}))
+    for _ in range(2):
+        mocked_responses.post("https://b.example.net/v0/management/api-call",
+                              json=envelope(200, load_payload("claude_max")))
+    with module.OAuthUsageTracker(settings=Settings(), state_dir=tmp_path) as tracker:
+        results = tracker.refresh_and_wait((), (first, second))
+        by_source = {usage.source: usage for usage in results}
+        assert set(by_source) == {"a.example.net:443", "b.example.net:443"}
+        assert "429" in by_source["a.example.net:443"].error
+        assert by_source["b.example.net:443"].windows
+        # Second refresh: A cools down without a request, B is asked again.
+        again = {u.source: u for u in tracker.refresh_and_wait((), (first, second))}
+    assert "cooldown" in again["a.example.net:443"].error
+    assert again["b.example.net:443"].error is None
+    assert len(mocked_responses.calls) == 3
+    stored = json.loads((tmp_path / "state.json").read_text())["accounts"]
+    assert set(stored) == {"claude/a.example.net:443/" + NAME, "claude/b.example.net:443/" + NAME}
+
+
+def test_remote_failure_after_success_shows_stale_values_like_local_mode(mocked_responses,
+                                                                         tmp_path):
+    account = listed("https://a.example.net")
+    url = "https://a.example.net/v0/management/api-call"
+    mocked_responses.post(url, json=envelope(200, load_payload("claude_max")))
+    mocked_responses.post(url, status=502, json={"error": "request failed"})
+    with module.OAuthUsageTracker(settings=Settings(), state_dir=tmp_path) as tracker:
+        good = tracker.refresh_and_wait((), (account,))[0]
+        later = tracker.refresh_and_wait((), (account,))[0]
+    assert later.stale and [w.key for w in later.windows] == [w.key for w in good.windows]
+    assert "502" in later.error and not later.login_problem
+
+
+def test_placeholders_and_skipped_carry_the_source(tmp_path):
+    account = listed("https://a.example.net")
+    disabled = replace(account, is_disabled=True)
+    with module.OAuthUsageTracker(settings=Settings(), state_dir=False) as tracker:
+        handle = tracker.refresh((), (disabled,))
+        assert handle.result(10) == []
+    assert [s.source for s in handle.skipped] == ["a.example.net:443"]
+
+
+def local(name):
+    return AuthAccount(id=name, provider=Provider.CLAUDE, email=None, display_name=name,
+                       path="/nowhere/" + name)
+
+
+def test_interleaved_lets_sources_take_turns():
+    a = [replace(local("a%d" % i), source="a:1") for i in range(3)]
+    b = [replace(local("b%d" % i), source="b:1") for i in range(1)]
+    mine = [local("l%d" % i) for i in range(2)]
+    order = [x.id for x in module.interleaved(a + mine + b)]
+    assert order == ["a0", "l0", "b0", "a1", "l1", "a2"]
+    assert module.interleaved([]) == []
+
+
+def test_account_name_prefixes_the_source_for_remote_accounts():
+    assert module.account_name(local("x.json")) == "x.json"
+    assert module.account_name(replace(local("x.json"), source="h:1")) == "h:1/x.json"
+    assert local("x.json").source == LOCAL_SOURCE
