@@ -233,6 +233,10 @@ def test_calls_in_flight_per_proxy_stay_within_cpa_workers(key_file, tmp_path):
      "not a regular file"),
     (["--cpa-url", "https://cpa.example.net", "--cpa-key-file", "{missing}"], {},
      "Cannot open the management key file"),
+    (["--watch", "60"], {"OAUTH_USAGE_TRACKER_CPA_URL": "https://cpa.example.net",
+                         "OAUTH_USAGE_TRACKER_CPA_KEY": KEY}, "--watch does not read remote"),
+    (["--cpa-url", "https://cpa.example.net", "--cpa-workers", "0"],
+     {"OAUTH_USAGE_TRACKER_CPA_KEY": KEY}, "must be at least 1"),
 ])
 def test_bad_remote_configuration_exits_2_without_quoting_the_key(args, env, message, tmp_path):
     os.mkfifo(tmp_path / "fifo")
@@ -301,3 +305,13 @@ def test_library_discover_remote_feeds_the_tracker(providers, tmp_path, monkeypa
     assert by_email["cat@example.com"].windows and by_email["cat@example.com"].error is None
     assert by_email["cat@example.com"].source == b.url[len("http://"):]
     assert by_email["dead@example.com"].login_problem
+
+
+def test_proxies_and_key_from_the_environment(providers):
+    with proxy_a(providers) as a, proxy_b(providers) as b:
+        env = dict(providers.environ(), OAUTH_USAGE_TRACKER_CPA_URL="%s, %s" % (a.url, b.url),
+                   OAUTH_USAGE_TRACKER_CPA_KEY=KEY)
+        result = run(["--no-state", "--json", "-vv"], env)
+    sources = {account["source"] for account in json.loads(result.stdout)["accounts"]}
+    assert sources == {a.url[len("http://"):], b.url[len("http://"):]}
+    assert KEY not in result.stdout + result.stderr
