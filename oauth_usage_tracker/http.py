@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.cookiejar import DefaultCookiePolicy
-from typing import Any, Dict, List, Mapping, Optional, Set
+from typing import Any, Dict, List, Mapping, Optional, Set, Union
 from urllib.parse import urlsplit
 
 import requests
@@ -108,7 +108,7 @@ class HttpResponse:
 
 def send(session: requests.Session, method: str, url: str, *, what: str, timeout: float,
          max_body: int, headers: Optional[Mapping[str, str]] = None, auth=None,
-         data: Optional[Mapping[str, str]] = None) -> HttpResponse:
+         data: Union[str, bytes, Mapping[str, str], None] = None) -> HttpResponse:
     """Given a session and a request, return the HttpResponse, whatever its status. `what` names
     the request in messages ("Codex usage"). Raise ProviderError for a timeout (the whole
     exchange, body included, gets `timeout` seconds), a dead connection or a body over the cap."""

@@ -136,11 +136,10 @@ class RejectedKeys:
                         "at": format_timestamp(rejection.at), "status": rejection.status,
                         "key_version": rejection.key_version}
                 # Old entries are dead weight: they no longer stop anything.
-                cutoff = (rejection.at if rejection else None)
-                if cutoff is not None:
+                if rejection is not None:
+                    cutoff = rejection.at - 24 * RETRY_AFTER
                     entries = {name: raw for name, raw in entries.items()
-                               if _from_json(raw) is not None
-                               and _from_json(raw).at > cutoff - 24 * RETRY_AFTER}
+                               if (_from_json(raw) or Rejection(cutoff, 0)).at > cutoff}
                 data = json.dumps({"version": 1, "rejected": entries}, sort_keys=True)
                 files.atomic_write(self.path, data.encode("utf-8"), default_mode=0o600)
         except Exception as error:  # remembering is a courtesy: never fail a run for it

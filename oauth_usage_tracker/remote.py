@@ -144,6 +144,8 @@ class Proxy:
         self.key_fingerprint = fingerprint(self.url, self._key)
         self.key_version = key_version
         self.rejected = rejected or RejectedKeys(None)
+        #: Calls in flight at most (the tracker lets no more of its accounts into the pool).
+        self.workers = workers
         self.api = "v0"
         self._slots = threading.BoundedSemaphore(workers)
         self._lock = threading.Lock()

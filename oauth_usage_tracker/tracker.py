@@ -16,6 +16,7 @@ from functools import partial
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import http, outcome, pace, remote
+from .lanes import Lanes, interleaved
 from .accounts import select_accounts
 from .config import Settings
 from .errors import RefreshSuperseded, UsageTrackerError
@@ -42,18 +43,6 @@ def sort_key(usage: AccountUsage) -> Tuple[str, str, str, str]:
 def account_name(account: AuthAccount) -> str:
     """The account as logs name it: its id, prefixed by its source when that is a proxy."""
     return account.id if account.source == LOCAL_SOURCE else "%s/%s" % (account.source, account.id)
-
-
-def interleaved(accounts: Sequence[AuthAccount]) -> List[AuthAccount]:
-    """Given accounts, return them with their sources taking turns (local, proxy A, proxy B,
-    local…), so that the pool's queue never holds a long run of one proxy's accounts waiting for
-    its few call slots while another source's accounts wait behind them."""
-    by_source: Dict[str, List[AuthAccount]] = {}
-    for account in accounts:
-        by_source.setdefault(account.source, []).append(account)
-    lanes = list(by_source.values())
-    return [lane[turn] for turn in range(max(map(len, lanes), default=0))
-            for lane in lanes if turn < len(lane)]
 
 
 class RefreshHandle:
@@ -95,12 +84,17 @@ class RefreshHandle:
 class _Batch:
     """One generation's fetches being collected."""
 
-    def __init__(self, generation: int, handle: RefreshHandle, size: int):
+    def __init__(self, generation: int, handle: RefreshHandle, accounts: Sequence[AuthAccount],
+                 stored: Mapping[Tuple[str, str], AccountState]):
         self.generation = generation
         self.handle = handle
-        self.results: List[Optional[Tuple[AccountUsage, Optional[AccountState]]]] = [None] * size
-        self.remaining = size
+        self.results: List[Optional[Tuple[AccountUsage, Optional[AccountState]]]] = \
+            [None] * len(accounts)
+        self.remaining = len(accounts)
         self.lock = threading.Lock()
+        #: Which accounts are in the pool now, and which wait for a slot of their proxy.
+        self.lanes = Lanes(accounts)
+        self.stored = stored
 
 
 class OAuthUsageTracker:
@@ -256,21 +250,40 @@ class OAuthUsageTracker:
                                             is_loading=True, source=a.source) for a in kept),
                               key=sort_key)
         self._publish(generation, placeholders, True)
-        batch = _Batch(generation, handle, len(kept))
-        stored = self.state.load() if self.state is not None else {}
+        batch = _Batch(generation, handle, kept,
+                       self.state.load() if self.state is not None else {})
         # Submit under the lock: a close() or newer refresh() that got in after the checks above
         # either ran before this block (nothing starts) or runs after it (it sees these futures).
         with self._lock:
             if self._closed or generation != self._generation:
                 return handle
             pool = self._ensure_pool_locked()
-            futures = [pool.submit(self._fetch_one, generation, account,
-                                   stored.get(state_key(account)))
-                       for account in kept]
-            self._futures = futures
-        for index, future in enumerate(futures):
+            futures = [(index, pool.submit(self._fetch_one, generation, account,
+                                           batch.stored.get(state_key(account))))
+                       for index, account in batch.lanes.first]
+            self._futures = [future for _, future in futures]
+        for index, future in futures:
             future.add_done_callback(partial(self._collect, batch, index))
         return handle
+
+    def _follow(self, batch: _Batch, index: int) -> None:
+        """An account finished: let the next waiting account of its proxy into the pool, or,
+        when this generation is over, give up every waiting one (they count as cancelled)."""
+        item = batch.lanes.follow(index)
+        if item is None:
+            return
+        with self._lock:
+            future = None
+            if not self._closed and batch.generation == self._generation \
+                    and self._pool is not None:
+                future = self._pool.submit(self._fetch_one, batch.generation, item[1],
+                                           batch.stored.get(state_key(item[1])))
+                self._futures.append(future)
+        if future is not None:
+            future.add_done_callback(partial(self._collect, batch, item[0]))
+            return
+        for waiting, _ in [item] + batch.lanes.drain():
+            self._record(batch, waiting, None)
 
     def refresh_and_wait(self, codex_accounts: Sequence[AuthAccount] = (),
                          claude_accounts: Sequence[AuthAccount] = ()) -> List[AccountUsage]:
@@ -324,7 +337,7 @@ class OAuthUsageTracker:
                                           error=cooldown_message(entry)),
                                state=state, cooldown_until=entry.cooldown_until), None
         # An account a proxy listed is read through that proxy, never from a file.
-        fetch = remote.fetch_usage if account.remote is not None \
+        fetch: Fetcher = remote.fetch_usage if account.remote is not None \
             else self._fetchers[account.provider]
         try:
             usage = fetch(account, self._session, self.settings)
@@ -349,6 +362,11 @@ class OAuthUsageTracker:
 
     def _collect(self, batch: _Batch, index: int, future: Future) -> None:
         result = None if future.cancelled() else future.result()
+        self._follow(batch, index)
+        self._record(batch, index, result)
+
+    def _record(self, batch: _Batch, index: int,
+                result: Optional[Tuple[AccountUsage, Optional[AccountState]]]) -> None:
         with batch.lock:
             batch.results[index] = result
             batch.remaining -= 1

@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 
 import oauth_usage_tracker.tracker as module
-from oauth_usage_tracker import lockout, remote
+from oauth_usage_tracker import lanes, lockout, remote
 from oauth_usage_tracker.config import Settings
 from oauth_usage_tracker.models import LOCAL_SOURCE, AuthAccount, Provider
 from support import load_payload
@@ -86,12 +86,58 @@ def test_interleaved_lets_sources_take_turns():
     a = [replace(local("a%d" % i), source="a:1") for i in range(3)]
     b = [replace(local("b%d" % i), source="b:1") for i in range(1)]
     mine = [local("l%d" % i) for i in range(2)]
-    order = [x.id for x in module.interleaved(a + mine + b)]
+    order = [x.id for x in lanes.interleaved(a + mine + b)]
     assert order == ["a0", "l0", "b0", "a1", "l1", "a2"]
-    assert module.interleaved([]) == []
+    assert lanes.interleaved([]) == []
 
 
 def test_account_name_prefixes_the_source_for_remote_accounts():
     assert module.account_name(local("x.json")) == "x.json"
     assert module.account_name(replace(local("x.json"), source="h:1")) == "h:1/x.json"
     assert local("x.json").source == LOCAL_SOURCE
+
+
+def proxied(url, count, workers):
+    proxy = remote.Proxy(url, KEY, workers=workers)
+    return list(remote.accounts_from_listing({"files": [{
+        "name": "claude-%d.json" % index, "type": "claude", "email": "u%d@example.com" % index,
+        "auth_index": "%016x" % index} for index in range(count)]}, proxy).claude)
+
+
+def test_lanes_let_a_proxy_in_only_as_its_calls_finish():
+    slow = proxied("https://a.example.net", 3, workers=1)
+    mine = [local("l%d" % i) for i in range(2)]
+    queue = lanes.Lanes(lanes.interleaved(slow + mine))
+    assert [account.id for _, account in queue.first] == ["claude-0.json", "l0", "l1"]
+    first_index = queue.first[0][0]
+    follow = queue.follow(first_index)
+    assert follow[1].id == "claude-1.json"
+    assert queue.follow(queue.first[1][0]) is None  # a local account has no lane
+    assert [account.id for _, account in queue.drain()] == ["claude-2.json"]
+    assert queue.follow(follow[0]) is None
+
+
+def test_superseded_refresh_never_sends_the_accounts_still_waiting(tmp_path):
+    import threading
+    import responses as responses_lib
+    accounts = proxied("https://a.example.net", 4, workers=1)
+    started, release, calls = threading.Event(), threading.Event(), []
+
+    def callback(request):
+        calls.append(json.loads(request.body)["auth_index"])
+        started.set()
+        release.wait(10)
+        return 200, {}, json.dumps(envelope(200, load_payload("claude_max")))
+
+    with responses_lib.RequestsMock() as mock:
+        mock.add_callback("POST", "https://a.example.net/v0/management/api-call",
+                          callback=callback)
+        with module.OAuthUsageTracker(settings=Settings(), state_dir=tmp_path) as tracker:
+            old = tracker.refresh((), accounts)
+            assert started.wait(10)
+            new = tracker.refresh((), accounts[:1])  # supersedes; the old one's queue is dropped
+            release.set()
+            assert len(new.result(10)) == 1
+            assert old.superseded
+    assert len(calls) == 2  # the old generation's running call and the new one, nothing more
+    assert "claude/a.example.net:443/claude-0.json" in (tmp_path / "state.json").read_text()

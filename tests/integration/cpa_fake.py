@@ -61,6 +61,10 @@ class FakeManagement:
         self.api_calls: List[dict] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        #: When each api-call was answered (time.monotonic()).
+        self.answered: List[float] = []
+        #: Seconds each api-call takes before it is relayed (a slow proxy).
+        self.delay = 0.0
         #: A key to switch to right after the next listing (the operator changes it mid-run).
         self.key_after_listing: Optional[str] = None
         #: The `header` objects of api-calls as received, before any substitution.
@@ -197,10 +201,12 @@ class _Handler(BaseHTTPRequestHandler):
                 fake.in_flight += 1
                 fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
             try:
+                time.sleep(fake.delay)
                 status, payload = fake.api_call(body)
             finally:
                 with fake.lock:
                     fake.in_flight -= 1
+                    fake.answered.append(time.monotonic())
             return self._answer(status, payload)
         return self._answer(404, {"error": "not found"})
 

@@ -315,3 +315,26 @@ def test_proxies_and_key_from_the_environment(providers):
     sources = {account["source"] for account in json.loads(result.stdout)["accounts"]}
     assert sources == {a.url[len("http://"):], b.url[len("http://"):]}
     assert KEY not in result.stdout + result.stderr
+
+
+def test_a_slow_proxy_does_not_hold_up_another(key_file):
+    with demo.FakeProviders() as upstream:
+        credentials = {"slow": [], "fast": []}
+        for name in credentials:
+            for index in range(12):
+                token = "cpa-%s-%d" % (name, index)
+                email = "%s%d@example.com" % (name, index)
+                upstream.add_account(demo.FakeAccount("claude", email), token)
+                credentials[name].append(Credential("claude-%s.json" % email, "claude", email,
+                                                    token))
+        with FakeManagement(KEY, credentials["slow"]) as slow, \
+                FakeManagement(KEY, credentials["fast"]) as fast:
+            slow.delay = 1.0
+            result = run(["--cpa-url", slow.url, "--cpa-url", fast.url, "--cpa-key-file",
+                          str(key_file), "--cpa-workers", "2", "--workers", "8", "--no-state"],
+                         upstream.environ())
+            assert result.returncode == 0, result.stderr
+            assert slow.max_in_flight == 2
+            # The slow proxy answers two calls a second; the fast one is done before the slow
+            # one's second pair, not after its sixth.
+            assert max(fast.answered) < sorted(slow.answered)[3]

@@ -137,7 +137,8 @@ def test_unreadable_file_exits_1_with_skip_reason(fake, accounts):
     assert result.returncode == 1
     skipped = json.loads(result.stdout)["skipped"]
     assert skipped == [{"id": "claude-torn.json", "provider": None, "email": None,
-                        "reason": "unreadable: not valid JSON", "state": "unreadable"}]
+                        "reason": "unreadable: not valid JSON", "state": "unreadable",
+                        "source": "local"}]
 
 
 def test_quiet_run_explains_every_state_that_needs_a_human_on_stderr(fake, accounts):
