@@ -35,6 +35,7 @@ from .lockout import Rejection, RejectedKeys, fingerprint
 from .models import AccountState, AccountUsage, AuthAccount, Discovery, Provider, Skipped
 from .parsing import format_timestamp
 from .providers import claude, codex
+from .text import printable
 
 logger = logging.getLogger(__name__)
 
@@ -297,7 +298,7 @@ def _entry(raw: Any, index: int, proxy: "Proxy") -> Tuple[Optional[AuthAccount],
     try:
         provider = Provider(kind)
     except ValueError:
-        return None, Skipped(name, "unsupported type '%s'" % kind[:40], source=source)
+        return None, Skipped(name, "unsupported type '%s'" % printable(kind[:40]), source=source)
     email = _text(raw.get("email"))
     auth_index = raw.get("auth_index")
     if not isinstance(auth_index, str) or not _AUTH_INDEX.fullmatch(auth_index):

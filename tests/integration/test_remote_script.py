@@ -338,3 +338,20 @@ def test_a_slow_proxy_does_not_hold_up_another(key_file):
             # The slow proxy answers two calls a second; the fast one is done before the slow
             # one's second pair, not after its sixth.
             assert max(fast.answered) < sorted(slow.answered)[3]
+
+
+def test_without_state_each_run_offers_the_wrong_key_and_the_proxy_locks_this_host_out(
+        providers, key_file):
+    """Why the rejection is remembered: with --no-state nothing is, and the fake (like the
+    proxy) blocks the address after the fifth failed login; the tool then names the lockout."""
+    with proxy_a(providers) as a:
+        a.key = "the-key-the-proxy-expects"
+        args = ["--cpa-url", a.url, "--cpa-key-file", str(key_file), "--no-state", "--json"]
+        for _ in range(5):
+            assert run(args, providers.environ()).returncode == 1
+        assert a.failed_logins == 5
+        a.key = KEY  # even the right key is refused now
+        result = run(args, providers.environ())
+        assert a.failed_logins == 5
+    reason = json.loads(result.stdout)["skipped"][0]["reason"]
+    assert "(403: remote management is off, or this host is locked out" in reason
