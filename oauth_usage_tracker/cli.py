@@ -22,8 +22,8 @@ from .pool import SORTS
 from .report import DEFAULT_USABLE_ABOVE, USAGE_ERROR, Report, exit_status
 
 if TYPE_CHECKING:  # the tracker pulls in requests: imported when a run needs it, so that
+    from .management import Proxy  # --version and --help start fast
     from .notify import Notifier
-    from .remote import Proxy  # --version and --help start fast
     from .tracker import OAuthUsageTracker, RefreshHandle
 
 logger = logging.getLogger("oauth_usage_tracker")
@@ -389,7 +389,7 @@ def remote_proxies(args: argparse.Namespace, environ: Mapping[str, str],
     if args.watch:
         raise ConfigurationError("--watch does not read remote proxies; run from a timer instead")
     from .lockout import RejectedKeys
-    from .remote import Proxy, check_key, read_key_file
+    from .management import Proxy, check_key, read_key_file
     if args.cpa_key_file:
         key, version = read_key_file(args.cpa_key_file)
     elif environ.get(CPA_KEY_ENV):

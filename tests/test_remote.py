@@ -1,4 +1,5 @@
-"""remote: URL policy, key checks, the listing, the api-call envelope and the per-proxy gate."""
+"""remote and management: URL policy, key checks, the listing, the api-call envelope and the
+per-proxy gate."""
 import json
 import logging
 import os
@@ -8,7 +9,7 @@ import pytest
 import requests
 import responses as responses_lib
 
-from oauth_usage_tracker import lockout
+from oauth_usage_tracker import lockout, management
 from oauth_usage_tracker import remote as module
 from oauth_usage_tracker.config import Settings
 from oauth_usage_tracker.errors import ConfigurationError, ProviderError
@@ -32,7 +33,7 @@ def fresh_rejections():
 
 def make_proxy(tmp_path=None, **options):
     rejected = lockout.RejectedKeys(str(tmp_path) if tmp_path else None)
-    return module.Proxy(BASE, KEY, rejected=rejected, **options)
+    return management.Proxy(BASE, KEY, rejected=rejected, **options)
 
 
 def envelope(status, body, headers=None):
@@ -64,8 +65,8 @@ def entry(name="claude-a@example.com.json", kind="claude", email="a@example.com"
     ("https://gw.example.net/team-a/", "https://gw.example.net/team-a", "gw.example.net:443/team-a"),
 ])
 def test_base_url_and_source_label_normalise(url, expected, source):
-    assert module.base_url(url) == expected
-    assert module.source_label(expected) == source
+    assert management.base_url(url) == expected
+    assert management.source_label(expected) == source
 
 
 @pytest.mark.parametrize("url", ["http://10.0.0.5:8317", "ftp://cpa.example.net", "cpa:8317",
@@ -73,26 +74,26 @@ def test_base_url_and_source_label_normalise(url, expected, source):
                                  ""])
 def test_base_url_refuses_clear_text_remote_and_odd_urls(url):
     with pytest.raises(ConfigurationError):
-        module.base_url(url)
+        management.base_url(url)
 
 
 def test_allow_http_accepts_a_remote_http_proxy_and_warns_about_the_key(caplog):
     with caplog.at_level(logging.WARNING, logger="oauth_usage_tracker"):
-        proxy = module.Proxy("http://10.0.0.5:8317", KEY, allow_http=True)
+        proxy = management.Proxy("http://10.0.0.5:8317", KEY, allow_http=True)
     assert proxy.source == "10.0.0.5:8317"
     assert "clear text" in caplog.text and KEY not in caplog.text
 
 
 def test_allow_http_keeps_every_other_rule():
     with pytest.raises(ConfigurationError):
-        module.base_url("ftp://10.0.0.5:8317", allow_http=True)
+        management.base_url("ftp://10.0.0.5:8317", allow_http=True)
 
 
 @pytest.mark.parametrize("key", ["", "   ", "two words", "tab\there", "é-not-ascii", None, 42,
                                  "x" * 5000])
 def test_check_key_refuses_without_quoting(key):
     with pytest.raises(ConfigurationError) as caught:
-        module.check_key(key)
+        management.check_key(key)
     if isinstance(key, str) and key.strip():
         assert key.strip() not in str(caught.value)
 
@@ -101,10 +102,10 @@ def test_read_key_file_strips_the_newline_and_names_a_version(tmp_path):
     path = tmp_path / "key"
     path.write_text(KEY + "\n")
     path.chmod(0o600)
-    key, version = module.read_key_file(str(path))
+    key, version = management.read_key_file(str(path))
     assert key == KEY
     os.utime(path, ns=(1, 123456789))
-    assert module.read_key_file(str(path))[1] != version
+    assert management.read_key_file(str(path))[1] != version
 
 
 def test_read_key_file_warns_when_others_can_read_it(tmp_path, caplog):
@@ -112,20 +113,20 @@ def test_read_key_file_warns_when_others_can_read_it(tmp_path, caplog):
     path.write_text(KEY)
     path.chmod(0o640)
     with caplog.at_level(logging.WARNING, logger="oauth_usage_tracker"):
-        module.read_key_file(str(path))
+        management.read_key_file(str(path))
     assert "mode 640" in caplog.text and KEY not in caplog.text
 
 
 def test_read_key_file_refuses_a_fifo_without_blocking(tmp_path):
     os.mkfifo(tmp_path / "fifo")
     with pytest.raises(ConfigurationError, match="not a regular file"):
-        module.read_key_file(str(tmp_path / "fifo"))
+        management.read_key_file(str(tmp_path / "fifo"))
 
 
 def test_read_key_file_refuses_binary_content(tmp_path):
     (tmp_path / "key").write_bytes(b"\xff\xfe" + KEY.encode())
     with pytest.raises(ConfigurationError):
-        module.read_key_file(str(tmp_path / "key"))
+        management.read_key_file(str(tmp_path / "key"))
 
 
 def test_proxy_repr_never_shows_the_key():
@@ -224,7 +225,7 @@ def test_list_remembered_accounts_come_back_with_nothing_to_ask(mocked_responses
 # --- the api-call envelope ---------------------------------------------------------------------
 
 def test_envelope_body_is_decoded_twice_and_header_lists_joined():
-    answer = module.decode_envelope(
+    answer = management.decode_envelope(
         _response(200, envelope(429, load_payload("claude_429"),
                                 {"Retry-After": ["300"], "X-Many": ["a", "b"]})),
         "s:1", "Claude usage", 1024 * 1024)
@@ -240,12 +241,12 @@ def test_envelope_body_is_decoded_twice_and_header_lists_joined():
 ])
 def test_envelope_not_understood_is_a_clear_error(payload):
     with pytest.raises(ProviderError, match="does not understand"):
-        module.decode_envelope(_response(200, payload), "s:1", "Claude usage", 1024)
+        management.decode_envelope(_response(200, payload), "s:1", "Claude usage", 1024)
 
 
 def test_envelope_body_over_the_cap_is_an_error():
     with pytest.raises(ProviderError, match="larger than 1 KiB"):
-        module.decode_envelope(_response(200, envelope(200, "x" * 2048)), "s:1", "Codex usage",
+        management.decode_envelope(_response(200, envelope(200, "x" * 2048)), "s:1", "Codex usage",
                                1024)
 
 
@@ -258,7 +259,7 @@ def test_envelope_body_over_the_cap_is_an_error():
 ])
 def test_envelope_proxy_failures(status, error, expected, login):
     with pytest.raises(ProviderError) as caught:
-        module.decode_envelope(_response(status, {"error": error}), "s:1", "Claude usage", 1024)
+        management.decode_envelope(_response(status, {"error": error}), "s:1", "Claude usage", 1024)
     assert expected in str(caught.value) and caught.value.login_problem is login
     assert "\x1b" not in str(caught.value)
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 
 import oauth_usage_tracker.tracker as module
-from oauth_usage_tracker import lanes, lockout, remote
+from oauth_usage_tracker import lanes, lockout, management, remote
 from oauth_usage_tracker.config import Settings
 from oauth_usage_tracker.models import LOCAL_SOURCE, AuthAccount, Provider
 from support import load_payload
@@ -23,7 +23,7 @@ def fresh_rejections():
 
 
 def listed(url):
-    proxy = remote.Proxy(url, KEY)
+    proxy = management.Proxy(url, KEY)
     return remote.accounts_from_listing({"files": [{
         "name": NAME, "type": "claude", "email": "same@example.com",
         "auth_index": "00000000000000aa"}]}, proxy).claude[0]
@@ -98,7 +98,7 @@ def test_account_name_prefixes_the_source_for_remote_accounts():
 
 
 def proxied(url, count, workers):
-    proxy = remote.Proxy(url, KEY, workers=workers)
+    proxy = management.Proxy(url, KEY, workers=workers)
     return list(remote.accounts_from_listing({"files": [{
         "name": "claude-%d.json" % index, "type": "claude", "email": "u%d@example.com" % index,
         "auth_index": "%016x" % index} for index in range(count)]}, proxy).claude)
