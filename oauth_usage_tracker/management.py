@@ -84,6 +84,13 @@ def base_url(url: str, allow_http: bool = False) -> str:
     `allow_http`. Raise ConfigurationError otherwise."""
     url = url.strip()
     name = "CLIProxyAPI"
+    try:
+        userinfo = "@" in urlsplit(url).netloc
+    except ValueError:
+        userinfo = False
+    if userinfo:  # checked first, so that a secret in the URL is never quoted back
+        raise ConfigurationError("Refused a CLIProxyAPI URL with a user name or password in it: "
+                                 "the key goes in --cpa-key-file or %s" % CPA_KEY_ENV)
     if allow_http and url[:7].lower() == "http://":
         check_url("https://" + url[7:], name)  # every rule but the scheme's
     else:

@@ -7,11 +7,12 @@ refreshes one and never writes to the proxy: it only lists and reads, with the s
 headers and the same interpretation of the answer as a local read.
 """
 import logging
+import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import requests
 
@@ -23,6 +24,7 @@ from .management import Proxy
 from .models import AccountState, AccountUsage, AuthAccount, Discovery, Provider, Skipped
 from .parsing import format_timestamp
 from .providers import claude, codex
+from .state import default_state_dir
 from .text import printable
 
 logger = logging.getLogger(__name__)
@@ -186,12 +188,15 @@ def list_proxies(proxies: Sequence[Proxy], settings: Settings,
 
 def discover_remote(url: str, key: str, *, workers: int = DEFAULT_CPA_WORKERS,
                     allow_http: bool = False, key_version: Optional[str] = None,
-                    state_dir: Optional[str] = None,
+                    state_dir: Union[str, "os.PathLike[str]", bool, None] = True,
                     settings: Optional[Settings] = None) -> Discovery:
     """Given a proxy's URL and management key, return its Claude and Codex accounts as a
-    Discovery (`source` set to its host:port), ready for OAuthUsageTracker.refresh. Remember a
-    rejected key in `state_dir` (None: in this process only). Raise ConfigurationError for a
-    refused URL or an unusable key; a proxy that cannot be listed is one skipped record."""
+    Discovery (`source` set to its host:port), ready for OAuthUsageTracker.refresh. A rejected
+    key is remembered in `state_dir` (True: the tracker's default state directory; None or
+    False: in this process only) and not offered again for an hour unless `key_version` (e.g.
+    the key file's mtime) changes. Raise ConfigurationError for a refused URL or an unusable
+    key; a proxy that cannot be listed is one skipped record."""
+    directory = default_state_dir() if state_dir is True else state_dir
     proxy = Proxy(url, key, workers=workers, allow_http=allow_http, key_version=key_version,
-                  rejected=RejectedKeys(state_dir))
+                  rejected=RejectedKeys(os.fspath(directory) if directory else None))
     return list_proxy(proxy, settings or Settings.from_environ())

@@ -77,6 +77,13 @@ def test_base_url_refuses_clear_text_remote_and_odd_urls(url):
         management.base_url(url)
 
 
+@pytest.mark.parametrize("allow_http", [False, True])
+def test_base_url_refuses_credentials_in_the_url_without_quoting_them(allow_http):
+    with pytest.raises(ConfigurationError) as caught:
+        management.base_url("http://admin:%s@127.0.0.1:8317" % KEY, allow_http)
+    assert KEY not in str(caught.value) and "--cpa-key-file" in str(caught.value)
+
+
 def test_allow_http_accepts_a_remote_http_proxy_and_warns_about_the_key(caplog):
     with caplog.at_level(logging.WARNING, logger="oauth_usage_tracker"):
         proxy = management.Proxy("http://10.0.0.5:8317", KEY, allow_http=True)
