@@ -421,3 +421,43 @@ def test_fetch_without_a_remote_reference_is_an_error(session):
     account = AuthAccount("x.json", Provider.CLAUDE, None, "x.json", "/nowhere/x.json")
     with pytest.raises(ProviderError):
         module.fetch_usage(account, session, Settings())
+
+
+# --- hostile proxies ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("body, content_type, expected", [
+    (b"<!DOCTYPE html><html><body>Sign in</body></html>", "text/html", "HTML page"),
+    (b"not json", "application/json", "not valid JSON"),
+    (b"[" * 100000 + b"]" * 100000, "application/json", "not valid JSON"),
+    (b"", "application/json", "empty body"),
+])
+def test_list_unusable_body_is_one_clear_record(mocked_responses, session, body, content_type,
+                                                expected):
+    mocked_responses.get(LIST_V0, body=body, content_type=content_type)
+    found = module.list_proxy(make_proxy(), Settings(), session)
+    assert not found.accounts and expected in found.skipped[0].reason
+
+
+def test_list_redirect_is_not_followed_and_the_key_stays_home(mocked_responses, session):
+    mocked_responses.get(LIST_V0, status=302, headers={"Location": "https://evil.example/"})
+    found = module.list_proxy(make_proxy(), Settings(), session)
+    assert "302" in found.skipped[0].reason and len(mocked_responses.calls) == 1
+
+
+def test_hostile_names_and_types_never_break_the_listing():
+    found = module.accounts_from_listing(listing(
+        entry("\x1b[2Jclaude\u202e.json"), entry("x.json", kind="\x1b]0;owned\x07" * 20),
+        entry("y.json", email=["not", "text"]), entry("z.json", kind=None, provider="CODEX"),
+        {"name": 42}), make_proxy())
+    assert [a.id for a in found.claude] == ["\x1b[2Jclaude\u202e.json", "y.json"]
+    assert found.claude[1].email is None and found.codex[0].id == "z.json"
+    unsupported = [s.reason for s in found.skipped if s.id == "x.json"][0]
+    assert "\x1b" not in unsupported and "\x07" not in unsupported
+
+
+def test_api_call_body_over_the_cap_never_reaches_the_parser(mocked_responses, session):
+    found = listed(mocked_responses, session, entry())
+    mocked_responses.post(CALL_V0, body=b'{"status_code": 200, "body": "' + b"x" * (5 << 20)
+                          + b'"}', content_type="application/json")
+    with pytest.raises(ProviderError, match="larger than"):
+        module.fetch_usage(found.claude[0], session, Settings())
