@@ -9,7 +9,8 @@ import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, FrozenSet, Iterator, List, Mapping, Optional, Sequence
+from typing import (TYPE_CHECKING, Callable, Dict, FrozenSet, Iterator, List, Mapping, Optional,
+                    Sequence, Tuple)
 
 
 from . import __version__, files, refresh
@@ -199,14 +200,19 @@ class Run:
     """One configured invocation: which accounts, which settings, where the report goes."""
 
     def __init__(self, args: argparse.Namespace, settings: Settings, auth_dir: Optional[str],
-                 state_dir=None, proxies: Sequence["Proxy"] = (), read_local: bool = True):
+                 state_dir=None, make_proxies: Optional[Callable[[], List["Proxy"]]] = None,
+                 read_local: bool = True):
         self.args = args
         self.state_dir = False if args.no_state else (state_dir or args.state_dir or True)
         self.settings = settings
         self.auth_dir = auth_dir
-        self.proxies = tuple(proxies)
+        #: Builds this run's proxies (the key file read again): once, or once per --watch cycle.
+        self.make_proxies = make_proxies
+        self.proxies: Tuple["Proxy", ...] = tuple(make_proxies()) if make_proxies else ()
         #: False when only remote proxies are read (--cpa-url without an explicit auth dir).
         self.read_local = read_local
+        # --watch: the combined discovery behind each running refresh, for its report.
+        self._watched: Dict[int, Discovery] = {}
         self.last_report: Optional[Report] = None
         self.notifier: Optional["Notifier"] = None
         self.providers = frozenset(Provider(p) for p in (args.provider or [p.value for p in Provider]))
@@ -272,17 +278,43 @@ class Run:
             self.notifier.handle_report(report)
         return status
 
+    def discover_local(self) -> Discovery:
+        """The auth directory's accounts, unless only proxies are read."""
+        return discover_accounts(self.auth_dir) if self.read_local else Discovery()
+
+    def discover_remote(self, proxies: Sequence["Proxy"]) -> Discovery:
+        """The proxies' accounts, listed at once (and those earlier runs read at a proxy that
+        cannot be listed now)."""
+        if not proxies:
+            return Discovery()
+        from .remote import list_proxies
+        from .state import StateStore
+        remembered = StateStore(self.state_dir).load() if isinstance(self.state_dir, str) else {}
+        return list_proxies(proxies, self.settings, remembered)
+
     def discover(self) -> Discovery:
-        """The accounts of this run: the auth directory's (unless only proxies are read), then
-        each proxy's, listed at once."""
-        discovery = discover_accounts(self.auth_dir) if self.read_local else Discovery()
-        if self.proxies:
-            from .remote import list_proxies
-            from .state import StateStore
-            remembered = (StateStore(self.state_dir).load() if isinstance(self.state_dir, str)
-                          else {})
-            discovery = discovery + list_proxies(self.proxies, self.settings, remembered)
-        return discovery
+        """The accounts of this run: the auth directory's, then each proxy's."""
+        return self.discover_local() + self.discover_remote(self.proxies)
+
+    def start_watched(self, tracker: "OAuthUsageTracker", local: Discovery) -> "RefreshHandle":
+        """--watch: start one refresh of the local accounts and, listed again now with fresh
+        proxies (the key file read again; a rejected key stays remembered), the remote ones."""
+        discovery = local
+        if self.make_proxies is not None:
+            try:
+                discovery = discovery + self.discover_remote(self.make_proxies())
+            except ConfigurationError as error:
+                logger.error("%s", error)
+        handle = tracker.refresh(*self.selected(discovery))
+        self._watched[handle.generation] = discovery
+        return handle
+
+    def report_watched(self, handle: "RefreshHandle", started: float) -> int:
+        """--watch: emit the report of a finished refresh."""
+        discovery = self._watched.pop(handle.generation, Discovery())
+        for generation in [g for g in self._watched if g < handle.generation]:
+            del self._watched[generation]  # superseded: never reported
+        return self.finish(self.report(discovery, handle, started))
 
     def once(self, tracker: "OAuthUsageTracker") -> int:
         started = time.monotonic()
@@ -293,13 +325,16 @@ class Run:
 
     def watch(self, tracker: "OAuthUsageTracker", shutdown: "Shutdown") -> int:
         from .watch import Watcher
-        directory = resolve_auth_dir(self.auth_dir)
-        if not os.path.isdir(directory):
-            discover_accounts(directory)  # raises ConfigurationError with the sentence
+        directory: Optional[str] = None
+        if self.read_local:
+            directory = resolve_auth_dir(self.auth_dir)
+            if not os.path.isdir(directory):
+                discover_accounts(directory)  # raises ConfigurationError with the sentence
 
         watcher = Watcher(tracker, directory, self.args.watch, self.enabled_ids,
-                          lambda discovery: tracker.refresh(*self.selected(discovery)),
-                          lambda *finished: self.finish(self.report(*finished)))
+                          lambda discovery: self.start_watched(tracker, discovery),
+                          lambda _, handle, started: self.report_watched(handle, started),
+                          discover=self.discover_local)
         watcher.run(lambda: shutdown.requested)
         return 0
 
@@ -378,16 +413,19 @@ def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
                                  include_expired=args.refresh_expired)
 
 
+def cpa_urls(args: argparse.Namespace, environ: Mapping[str, str]) -> List[str]:
+    """The proxy URLs: --cpa-url, else $OAUTH_USAGE_TRACKER_CPA_URL (space or comma separated)."""
+    return list(args.cpa_url or environ.get(CPA_URL_ENV, "").replace(",", " ").split())
+
+
 def remote_proxies(args: argparse.Namespace, environ: Mapping[str, str],
                    state_dir: Optional[str]) -> List["Proxy"]:
     """The proxies named by --cpa-url (else $OAUTH_USAGE_TRACKER_CPA_URL), each with the key
     from --cpa-key-file (else $OAUTH_USAGE_TRACKER_CPA_KEY). Raise ConfigurationError for a
-    refused URL, a missing or unusable key (never quoted), or --watch with a proxy."""
-    urls = args.cpa_url or environ.get(CPA_URL_ENV, "").replace(",", " ").split()
+    refused URL or a missing or unusable key (never quoted)."""
+    urls = cpa_urls(args, environ)
     if not urls:
         return []
-    if args.watch:
-        raise ConfigurationError("--watch does not read remote proxies; run from a timer instead")
     from .lockout import RejectedKeys
     from .management import Proxy, check_key, read_key_file
     if args.cpa_key_file:
@@ -410,10 +448,10 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> Run:
     """The run the flags describe: local files, remote proxies, or both."""
     settings = _settings(args, environ)
     state_dir = None if args.no_state else (args.state_dir or default_state_dir(environ))
-    proxies = remote_proxies(args, environ, state_dir)
-    read_local = not proxies or bool(args.auth_dir or environ.get(AUTH_DIR_ENV))
-    return Run(args, settings, args.auth_dir, state_dir=state_dir, proxies=proxies,
-               read_local=read_local)
+    remote = bool(cpa_urls(args, environ))
+    read_local = not remote or bool(args.auth_dir or environ.get(AUTH_DIR_ENV))
+    return Run(args, settings, args.auth_dir, state_dir=state_dir, read_local=read_local,
+               make_proxies=(lambda: remote_proxies(args, environ, state_dir)) if remote else None)
 
 
 def run_demo(args: argparse.Namespace, shutdown: Shutdown) -> int:

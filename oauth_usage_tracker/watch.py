@@ -15,9 +15,11 @@ POLL_SECONDS = 1.0
 Fingerprint = FrozenSet[Tuple[str, int, int]]
 
 
-def directory_fingerprint(auth_dir: str) -> Optional[Fingerprint]:
+def directory_fingerprint(auth_dir: Optional[str]) -> Optional[Fingerprint]:
     """Given the auth directory, return the names, mtimes and sizes of its `*.json` files (one
-    cheap scandir), or None when it cannot be listed."""
+    cheap scandir), or None when it cannot be listed (or no directory is read)."""
+    if auth_dir is None:
+        return None
     try:
         with os.scandir(auth_dir) as entries:
             return frozenset((entry.name, entry.stat().st_mtime_ns, entry.stat().st_size)
@@ -32,11 +34,12 @@ class Watcher:
     returns the ids that would be queried; `on_report(discovery, handle, started)` is called
     once per finished (not superseded) refresh."""
 
-    def __init__(self, tracker: OAuthUsageTracker, auth_dir: str, interval: float,
+    def __init__(self, tracker: OAuthUsageTracker, auth_dir: Optional[str], interval: float,
                  enabled: Callable[[Discovery], FrozenSet[str]],
                  start_refresh: Callable[[Discovery], RefreshHandle],
                  on_report: Callable[[Discovery, RefreshHandle, float], None],
-                 poll: float = POLL_SECONDS):
+                 poll: float = POLL_SECONDS,
+                 discover: Optional[Callable[[], Discovery]] = None):
         self.tracker = tracker
         self.auth_dir = auth_dir
         self.interval = interval
@@ -44,6 +47,8 @@ class Watcher:
         self.start_refresh = start_refresh
         self.on_report = on_report
         self.poll = poll
+        #: How the watched accounts are found (default: the auth directory's files).
+        self.discover = discover or (lambda: discover_accounts(auth_dir))
 
     def run(self, should_stop: Callable[[], bool]) -> None:
         """Loop until `should_stop()`: re-discover when the directory changed, refresh when due
@@ -60,7 +65,7 @@ class Watcher:
             if fingerprint != seen_fingerprint or discovery is None:
                 seen_fingerprint = fingerprint
                 try:
-                    discovery = discover_accounts(self.auth_dir)
+                    discovery = self.discover()
                 except ConfigurationError as error:
                     logger.error("%s", error)
                     discovery = None

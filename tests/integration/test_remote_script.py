@@ -3,6 +3,7 @@ relaying to the loopback fake of both providers, beside a local auth directory."
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -232,8 +233,6 @@ def test_calls_in_flight_per_proxy_stay_within_cpa_workers(key_file, tmp_path):
      "not a regular file"),
     (["--cpa-url", "https://cpa.example.net", "--cpa-key-file", "{missing}"], {},
      "Cannot open the management key file"),
-    (["--watch", "60"], {"OAUTH_USAGE_TRACKER_CPA_URL": "https://cpa.example.net",
-                         "OAUTH_USAGE_TRACKER_CPA_KEY": KEY}, "--watch does not read remote"),
     (["--cpa-url", "https://cpa.example.net", "--cpa-workers", "0"],
      {"OAUTH_USAGE_TRACKER_CPA_KEY": KEY}, "must be at least 1"),
 ])
@@ -354,3 +353,50 @@ def test_without_state_each_run_offers_the_wrong_key_and_the_proxy_locks_this_ho
         assert a.failed_logins == 5
     reason = json.loads(result.stdout)["skipped"][0]["reason"]
     assert "(403: remote management is off, or this host is locked out" in reason
+
+
+def test_watch_lists_the_proxy_again_every_interval_and_exits_0_on_sigterm(providers, key_file,
+                                                                           tmp_path):
+    output = tmp_path / "report.json"
+
+    def emails():
+        try:
+            return {a["email"] for a in json.loads(output.read_text())["accounts"]}
+        except (OSError, ValueError):
+            return set()
+
+    def wait_for(predicate, timeout=20.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.05)
+        return False
+
+    with proxy_a(providers) as a:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OAUTH_USAGE_TRACKER_")}
+        env.update(providers.environ())
+        process = subprocess.Popen(
+            COMMAND + ["--cpa-url", a.url, "--cpa-key-file", str(key_file), "--json", "--output",
+                       str(output), "--watch", "1", "--state-dir", str(tmp_path / "state")],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert wait_for(lambda: emails() == {"ann@example.com", "bob@example.com"})
+            # An account added at the proxy shows up at the next interval.
+            providers.add_account(demo.FakeAccount("claude", "new@example.com"), "cpa-new-tok")
+            a.credentials.append(Credential("claude-new.json", "claude", "new@example.com",
+                                            "cpa-new-tok", auth_index="00000000000000ee"))
+            assert wait_for(lambda: "new@example.com" in emails())
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert process.returncode == 0, stderr
+    assert a.requests.count("/v0/management/auth-files") >= 2
+    assert a.failed_logins == 0
+    report = json.loads(output.read_text())
+    assert {s["id"] for s in report["skipped"]} >= {"claude-off@example.com.json",
+                                                    "claude-old@example.com.json"}
+    assert "Traceback" not in stderr and KEY not in stderr
