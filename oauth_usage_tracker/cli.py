@@ -10,7 +10,7 @@ import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import (TYPE_CHECKING, Callable, Dict, FrozenSet, Iterator, List, Mapping, Optional,
-                    Sequence, Tuple)
+                    Sequence, Tuple, Union)
 
 
 from . import __version__, files, refresh
@@ -200,7 +200,8 @@ class Run:
     """One configured invocation: which accounts, which settings, where the report goes."""
 
     def __init__(self, args: argparse.Namespace, settings: Settings, auth_dir: Optional[str],
-                 state_dir=None, make_proxies: Optional[Callable[[], List["Proxy"]]] = None,
+                 state_dir: Union[str, bool, None] = None,
+                 make_proxies: Optional[Callable[[], List["Proxy"]]] = None,
                  read_local: bool = True):
         self.args = args
         self.state_dir = False if args.no_state else (state_dir or args.state_dir or True)
@@ -309,12 +310,12 @@ class Run:
         self._watched[handle.generation] = discovery
         return handle
 
-    def report_watched(self, handle: "RefreshHandle", started: float) -> int:
+    def report_watched(self, handle: "RefreshHandle", started: float) -> None:
         """--watch: emit the report of a finished refresh."""
         discovery = self._watched.pop(handle.generation, Discovery())
         for generation in [g for g in self._watched if g < handle.generation]:
             del self._watched[generation]  # superseded: never reported
-        return self.finish(self.report(discovery, handle, started))
+        self.finish(self.report(discovery, handle, started))
 
     def once(self, tracker: "OAuthUsageTracker") -> int:
         started = time.monotonic()
