@@ -105,3 +105,25 @@ def test_stale_account_in_json_table_and_prometheus():
         fetched.timestamp()
     assert families["oauth_usage_window_used_ratio"].samples[0].value == 0.2
     assert families["oauth_usage_account_remaining_ratio"].samples[0].value == 0.8
+
+
+def test_render_table_groups_by_source_in_both_layouts_with_one_legend():
+    from dataclasses import replace as with_
+    from oauth_usage_tracker.models import Pace
+    base = sample_report()
+    marked = with_(base.accounts[0], windows=tuple(
+        with_(w, pace=Pace(50.0, 45.0, projected_exhaustion=datetime(2026, 11, 24, 15, 0,
+                                                                     tzinfo=timezone.utc),
+                           runs_out_before_reset=True)) for w in
+        base.accounts[0].windows))
+    remote_account = with_(marked, id="claude-r.json", email="r@example.com", source="cpa:8317")
+    report = with_(base, accounts=(marked, base.accounts[1], remote_account),
+                   skipped=base.skipped + (Skipped("claude-off.json", "disabled",
+                                                   source="cpa:8317"),))
+    for layout in ("blocks", "lines"):
+        text = table.render_table(report, layout=layout)
+        assert text.index("== local ==") < text.index("alice@example.com") \
+            < text.index("== cpa:8317 ==") < text.index("r@example.com")
+        assert "cpa:8317/claude-off.json" in text
+    assert table.render_table(report, layout="lines").count("runs out before its reset") == 1
+    assert "== local ==" not in table.render_table(base)

@@ -151,6 +151,7 @@ def render_table(report: Report, colour: bool = False, layout: str = "auto",
                      key=lambda source: (source != LOCAL_SOURCE, source))
     grouped = len(sources) > 1
     as_lines = layout == "lines" or (layout == "auto" and len(report.accounts) > AUTO_BLOCKS)
+    legend = False
     for source in sources if grouped else [None]:
         accounts = pool.sort_accounts([a for a in report.accounts
                                        if source is None or a.source == source], sort)
@@ -159,12 +160,16 @@ def render_table(report: Report, colour: bool = False, layout: str = "auto",
         if grouped:
             lines.extend([paint("== %s ==" % source, "bold"), ""])
         if as_lines:
-            lines.extend(lines_layout.render_lines(accounts, report.generated_at, paint, _level))
-            lines.append("")
+            block = lines_layout.render_lines(accounts, report.generated_at, paint, _level)
+            if block[-2:] == ["", lines_layout.LEGEND]:  # said once, after every group
+                block, legend = block[:-2], True
+            lines.extend(block + [""])
         else:
             for account in accounts:
                 lines.extend(_account_block(account, paint, report.generated_at))
                 lines.append("")
+    if legend:
+        lines.extend([lines_layout.LEGEND, ""])
     if report.skipped:
         lines.append(paint("Skipped", "bold"))
         names = [("%s/%s" % (s.source, s.id) if grouped and s.source != LOCAL_SOURCE
