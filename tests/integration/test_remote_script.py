@@ -400,3 +400,27 @@ def test_watch_lists_the_proxy_again_every_interval_and_exits_0_on_sigterm(provi
     assert {s["id"] for s in report["skipped"]} >= {"claude-off@example.com.json",
                                                     "claude-old@example.com.json"}
     assert "Traceback" not in stderr and KEY not in stderr
+
+
+def test_metrics_label_each_source_and_one_file_name_at_two_proxies_stays_two_series(
+        providers, auth_dir, key_file, tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+    demo.populate(providers, str(auth_dir), claude=1, codex=0)
+    metrics = tmp_path / "oauth.prom"
+    with proxy_a(providers) as a, proxy_b(providers) as b:
+        run(["--auth-dir", str(auth_dir), "--cpa-url", a.url, "--cpa-url", b.url,
+             "--cpa-key-file", str(key_file), "--no-state", "--prometheus", str(metrics)],
+            providers.environ())
+        source_a, source_b = a.url[len("http://"):], b.url[len("http://"):]
+    text = metrics.read_text()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    info = {(s.labels["source"], s.labels["account"])
+            for s in families["oauth_usage_account_info"].samples}
+    assert {("local", "claude-claude0000@example.com.json"),
+            (source_a, "claude-ann@example.com.json"),
+            (source_b, "claude-ann@example.com.json")} <= info
+    states = {(s.labels["source"], s.labels["account"], s.labels["state"]): s.value
+              for s in families["oauth_usage_account_state"].samples}
+    assert states[(source_b, "claude-dead@example.com.json", "login_failed")] == 1
+    assert states[(source_a, "claude-ann@example.com.json", "ok")] == 1
+    assert KEY not in text
