@@ -4,7 +4,6 @@ import os
 import re
 from dataclasses import dataclass, fields, replace
 from typing import Mapping, Optional
-from urllib.parse import urlsplit
 
 from .errors import ConfigurationError
 
@@ -97,32 +96,57 @@ class Settings:
 
 
 def is_loopback_host(host: str) -> bool:
-    """Given a URL's host, return True for localhost, 127.0.0.0/8 and ::1."""
-    host = host.strip("[]").lower()
+    """Given a host as urllib3 parses it, return True for `localhost`, an IPv4 address in
+    127.0.0.0/8 written as four decimal parts, and `::1`. Other spellings that a resolver might
+    also take for loopback (`127.1`, `0x7f.0.0.1`, `2130706433`, `localhost.`) are not
+    recognised: where they lead depends on the resolver, so they count as remote."""
+    host = host.lower()
     if host == "localhost":
         return True
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    # An IPv4-mapped IPv6 address (::ffff:127.0.0.1) is loopback to some Python versions and not
+    # to others; it is not in the documented list, so it is refused everywhere.
+    return address.is_loopback and not (address.version == 6 and address.ipv4_mapped)
+
+
+# What an endpoint's authority (between `//` and the path) may hold: a host name or address
+# and a port. No userinfo (`@`), no `\` (urllib3 ends the authority there, other parsers do
+# not), no `%`, whitespace, controls or non-ASCII: each lets two parsers disagree about the host.
+_AUTHORITY = re.compile(r"[A-Za-z0-9.\-_:\[\]]+")
+
+
+def endpoint_host(url: str) -> Optional[str]:
+    """Given an endpoint URL, return the host urllib3 (the library that connects) finds in it,
+    lower case, IPv6 in brackets; None when urllib3 cannot parse it or it has no host."""
+    from urllib3.exceptions import LocationParseError
+    from urllib3.util import parse_url  # imported here: --version and --help stay fast
+    try:
+        return parse_url(url).host or None
+    except (LocationParseError, ValueError):
+        return None
 
 
 def check_url(url: str, name: str = "endpoint") -> str:
-    """Given an endpoint URL, return it if it is https://, or http:// to a loopback address.
-    Raise ConfigurationError otherwise (before any token is read)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-    except ValueError:
-        parts, host = None, ""
-    if parts is not None and host:
-        if parts.scheme == "https":
+    """Given an endpoint URL, return it if it is https://, or http:// to a loopback address,
+    as urllib3 reads it, with an authority of host and port only. Raise ConfigurationError
+    otherwise (before any token is read)."""
+    scheme, separator, rest = url.partition("://")
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    scheme = scheme.lower()
+    host = endpoint_host(url) if separator and _AUTHORITY.fullmatch(authority) else None
+    if host and "\\" not in url and not re.search(r"[\s\x00-\x1f\x7f]", url):
+        if scheme == "https":
             return url
-        if parts.scheme == "http" and is_loopback_host(host):
+        if scheme == "http" and is_loopback_host(host):
             return url
     raise ConfigurationError(
-        "Refused %s URL %r: only https:// URLs, or http:// to a loopback address, are allowed."
-        % (name, url))
+        "Refused %s URL %s: only https:// URLs, or http:// to a loopback address, with no user "
+        "name, backslash, space or control character, are allowed." % (name, ascii(url)))
 
 
 #: Remote CLIProxyAPI (its management API): proxy URLs, the management key, calls per proxy.

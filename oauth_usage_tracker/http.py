@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any, Dict, List, Mapping, Optional, Set, Union
-from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
-from .config import is_loopback_host
+from .config import endpoint_host, is_loopback_host
 from .errors import ProviderError
 
 logger = logging.getLogger(__name__)
@@ -66,7 +65,7 @@ class _Session(requests.Session):
     def proxies_for(self, url: str) -> Dict[str, Optional[str]]:
         """The proxies for an endpoint URL, from the environment as it was at first use."""
         if url not in self._proxies:
-            if is_loopback_host(urlsplit(url).hostname or ""):
+            if is_loopback_host(endpoint_host(url) or ""):
                 self._proxies[url] = dict(_NO_PROXY)
             else:
                 self._proxies[url] = dict(requests.utils.get_environ_proxies(url)) or dict(
