@@ -356,6 +356,7 @@ class Run:
             if shutdown.requested:
                 logger.info("Stopping: waiting for running requests and token writes")
                 refresh.GUARD.refuse_new()
+                tracker.stop_reads()  # usage reads end now; token writes never do
             tracker.close()
 
 

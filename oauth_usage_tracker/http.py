@@ -15,10 +15,10 @@ from http.cookiejar import DefaultCookiePolicy
 from typing import Any, Dict, List, Mapping, Optional, Set, Union
 
 import requests
-from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
 from .config import endpoint_host, is_loopback_host
+from .deadline import STOPPING, Deadlines, WatchedAdapter
 from .errors import ProviderError
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,8 @@ class _Session(requests.Session):
         self.verify = (os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
                        or True)
         self._proxies: Dict[str, Dict[str, Optional[str]]] = {}
+        #: The hard deadlines of the requests in flight (see deadline.py).
+        self.deadlines = Deadlines()
 
     def proxies_for(self, url: str) -> Dict[str, Optional[str]]:
         """The proxies for an endpoint URL, from the environment as it was at first use."""
@@ -81,7 +83,7 @@ def make_session(pool_size: int) -> requests.Session:
     connections per host and never opens more (callers wait for a free one), with no retries and
     no cookie jar shared between accounts."""
     session = _Session()
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(1, pool_size), max_retries=0,
+    adapter = WatchedAdapter(pool_connections=4, pool_maxsize=max(1, pool_size), max_retries=0,
                           pool_block=True)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
@@ -110,7 +112,42 @@ def send(session: requests.Session, method: str, url: str, *, what: str, timeout
          data: Union[str, bytes, Mapping[str, str], None] = None) -> HttpResponse:
     """Given a session and a request, return the HttpResponse, whatever its status. `what` names
     the request in messages ("Codex usage"). Raise ProviderError for a timeout (the whole
-    exchange, body included, gets `timeout` seconds), a dead connection or a body over the cap."""
+    exchange, connecting, headers and body included, gets `timeout` seconds, enforced by a timer
+    that shuts the socket down), a dead connection or a body over the cap.
+
+    A GET (a usage read) is cut short when the session's run is stopping (stop_reads); a POST (a
+    token exchange, whose answer holds the only copy of the next refresh token) never is."""
+    deadlines = getattr(session, "deadlines", None) or Deadlines()
+    with deadlines.guard(timeout, abortable=method == "GET") as deadline:
+        if deadline.reason == STOPPING:
+            raise ProviderError("%s request not sent: the run is stopping" % what, unsent=True)
+        try:
+            response = _send_unguarded(session, method, url, what=what, timeout=timeout,
+                                       max_body=max_body, headers=headers, auth=auth, data=data)
+        except ProviderError:
+            if deadline.reason is None:
+                raise
+        else:
+            if deadline.reason is None:
+                return response
+        # The deadline fired: whatever the cut socket made of the exchange (an error, a body
+        # that ended early), the truth is that it ran out of time.
+        if deadline.reason == STOPPING:
+            raise ProviderError("%s request stopped: the run is ending" % what) from None
+        raise ProviderError("%s request timed out after %s" % (what, seconds(timeout))) from None
+
+
+def stop_reads(session: requests.Session) -> None:
+    """Given a session from make_session, end its usage reads in flight now and refuse new ones;
+    token exchanges run on to their own deadline."""
+    deadlines = getattr(session, "deadlines", None)
+    if deadlines is not None:
+        deadlines.stop_reads()
+
+
+def _send_unguarded(session: requests.Session, method: str, url: str, *, what: str,
+                    timeout: float, max_body: int, headers: Optional[Mapping[str, str]] = None,
+                    auth=None, data: Optional[Mapping[str, str]] = None) -> HttpResponse:
     deadline = time.monotonic() + timeout
     proxies = session.proxies_for(url) if isinstance(session, _Session) else None
     try:

@@ -385,6 +385,15 @@ class OAuthUsageTracker:
 
     # --- lifetime -----------------------------------------------------------------------------
 
+    def stop_reads(self) -> None:
+        """End the usage reads in flight now (each becomes its account's error) and refuse new
+        ones; token exchanges, and the credential writes after them, run on. For a program that
+        is stopping: call it, then close()."""
+        with self._lock:
+            session = self._session
+        if session is not None:
+            http.stop_reads(session)
+
     def close(self) -> None:
         """Cancel pending fetches, wait for running ones (token writes finish), shut the pool
         down and close the HTTP session. A closed tracker cannot refresh again."""

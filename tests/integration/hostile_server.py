@@ -286,6 +286,18 @@ def slow_drip(interval: float = 0.2, total: float = 8.0) -> Fault:
     return fault
 
 
+def trickle_headers(interval: float = 0.5) -> Fault:
+    """Send a status line, then one header byte every `interval` seconds, forever (until the
+    server stops or MAX_STALL): each byte is well within any read timeout, the headers never end."""
+    def fault(server, conn, request):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+        deadline = time.monotonic() + MAX_STALL
+        while not server.stopping and time.monotonic() < deadline:
+            conn.sendall(b"a")
+            server.stall(interval)
+    return fault
+
+
 def close_mid_body(server, conn, request):
     conn.sendall(head(200, {"Content-Type": "application/json", "Content-Length": "5000"})
                  + b'{"five_hour": {"utilization": 10, "resets_at": "2026-')

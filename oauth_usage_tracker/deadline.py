@@ -1,0 +1,177 @@
+"""A hard wall-clock deadline for each request: a timer shuts the request's socket down.
+
+urllib3's timeouts bound each socket operation, not the exchange: a server that sends one header
+byte every half second keeps a request alive forever under a 5-second read timeout. Here every
+request runs under a `Deadline`. The connection classes below hand it the socket they use (a new
+one from `_new_conn`, before any TLS handshake; a reused one when the request starts), and when
+the deadline passes, or the run is stopping, the timer shuts that socket down: the blocked read
+returns at once and the request fails, whatever phase it was in (connecting, the TLS handshake,
+the status line and headers, the body). Name resolution happens before there is a socket and is
+bounded by the resolver's own timeout.
+"""
+import logging
+import socket
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional, Set
+
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+logger = logging.getLogger(__name__)
+
+TIMED_OUT = "timed out"
+STOPPING = "stopping"
+
+# The deadline of the request the current thread is making: requests and urllib3 run a request
+# on the caller's thread from start to end, so the connection classes find it here.
+_current = threading.local()
+
+
+class Deadline:
+    """One request's deadline. `reason` is None until it fires, then TIMED_OUT or STOPPING.
+
+    Timeline of the race it closes: the worker attaches the socket under `_lock`; the timer
+    fires under the same lock and shuts down whatever is attached. A socket attached after the
+    deadline fired is shut down at once by `attach`; once `finish` detached it (the connection
+    may go back to the pool and serve another request), the timer can no longer touch it.
+    """
+
+    def __init__(self, seconds: float, abortable: bool):
+        #: True for requests that may be cut short when the run stops (reads, not token exchanges).
+        self.abortable = abortable
+        self.reason: Optional[str] = None
+        self._lock = threading.Lock()
+        self._socket: Optional[socket.socket] = None
+        self._timer = threading.Timer(seconds, self.fire, args=(TIMED_OUT,))
+        self._timer.daemon = True
+
+    def start(self) -> None:
+        """Start the clock."""
+        self._timer.start()
+
+    def attach(self, sock: socket.socket) -> None:
+        """Given the socket the request now uses, watch it (shut it down if already fired)."""
+        with self._lock:
+            self._socket = sock
+            if self.reason is not None:
+                _shutdown(sock)
+
+    def fire(self, reason: str) -> None:
+        """End the request now: remember why and shut its socket down (the first reason wins)."""
+        with self._lock:
+            if self.reason is not None:
+                return
+            self.reason = reason
+            if self._socket is not None:
+                _shutdown(self._socket)
+
+    def finish(self) -> None:
+        """Stop the clock and let go of the socket."""
+        self._timer.cancel()
+        with self._lock:
+            self._socket = None
+
+
+class Deadlines:
+    """The deadlines of one session's requests in flight, so a stopping run can cut its reads
+    short. `_lock` guards `_active` and `stopping`; it is never held while a Deadline's lock is
+    taken by a timer, and Deadline locks never wait for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active: Set[Deadline] = set()
+        self.stopping = False
+
+    @contextmanager
+    def guard(self, seconds: float, abortable: bool) -> Iterator[Deadline]:
+        """Run the enclosed request under a deadline of `seconds`; an abortable request started
+        after stop_reads() gets a deadline that has already fired."""
+        deadline = Deadline(seconds, abortable)
+        with self._lock:
+            self._active.add(deadline)
+            stopping = self.stopping
+        if stopping and abortable:
+            deadline.fire(STOPPING)
+        previous = getattr(_current, "deadline", None)
+        _current.deadline = deadline
+        deadline.start()
+        try:
+            yield deadline
+        finally:
+            _current.deadline = previous
+            deadline.finish()
+            with self._lock:
+                self._active.discard(deadline)
+
+    def stop_reads(self) -> None:
+        """End every abortable request in flight now, and every one started from now on."""
+        with self._lock:
+            self.stopping = True
+            active = [deadline for deadline in self._active if deadline.abortable]
+        for deadline in active:
+            deadline.fire(STOPPING)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already closed, or never connected
+        pass
+
+
+def _attach(sock: Optional[socket.socket]) -> None:
+    deadline = getattr(_current, "deadline", None)
+    if deadline is not None and sock is not None:
+        deadline.attach(sock)
+
+
+class _Watched:
+    """Hands each socket to the current thread's deadline: a new one as soon as it is connected,
+    a reused one when a request starts on it."""
+
+    sock: Optional[socket.socket]
+
+    def _new_conn(self) -> socket.socket:
+        sock: socket.socket = super()._new_conn()  # type: ignore[misc]
+        _attach(sock)
+        return sock
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _attach(self.sock)
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+class _HTTPConnection(_Watched, HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_Watched, HTTPSConnection):
+    pass
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+_POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+class WatchedAdapter(HTTPAdapter):
+    """An HTTPAdapter whose connections (direct or through an HTTP proxy) report their sockets to
+    the current request's Deadline."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = dict(_POOLS)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):  # SOCKS pools bring their own connections
+            manager.pool_classes_by_scheme = dict(_POOLS)
+        return manager

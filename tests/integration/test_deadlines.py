@@ -1,0 +1,170 @@
+"""Hard per-request deadlines (SPEC §12), through the installed script against a real loopback
+server that trickles its response headers one byte every half second: a one-shot run ends within a
+few timeouts with a clear sentence, and SIGTERM or Ctrl-C ends a run within seconds, after token
+write-backs but never waiting for usage reads.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from oauth_usage_tracker import http
+from support import CLAUDE_REFRESH, assert_no_secrets
+
+import hostile_server as hs
+from hostile_server import CLAUDE_PATH, CODEX_PATH, TOKEN_PATH
+
+COMMAND = ([shutil.which("oauth-usage-tracker")] if shutil.which("oauth-usage-tracker")
+           else [sys.executable, "-m", "oauth_usage_tracker"])
+PAST = "2000-01-01T00:00:00Z"
+
+
+def _env(tmp_path, *servers_for_paths):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OAUTH_USAGE_TRACKER_")}
+    env["HOME"] = str(tmp_path / "home")
+    env.update(hs.endpoint_environ(*servers_for_paths))
+    return env
+
+
+def _wait_for(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.parametrize("path, what", [(CODEX_PATH, "Codex usage"),
+                                        (CLAUDE_PATH, "Claude usage"),
+                                        (TOKEN_PATH, "Claude token refresh")])
+def test_trickled_headers_one_shot_run_ends_within_a_few_timeouts(path, what, auth_dir,
+                                                                  tmp_path):
+    victim = auth_dir.codex() if path == CODEX_PATH else auth_dir.claude(
+        expired=PAST if path == TOKEN_PATH else "2099-01-01T00:00:00Z")
+    before = victim.read_bytes()
+    other = auth_dir.codex(email="other@example.com", access_token="healthy-codex-token-0001")
+    with hs.HostileServer(hs.trickle_headers(0.5), path,
+                          healthy={"healthy-codex-token-0001"}) as server:
+        base = server.base_url
+        started = time.monotonic()
+        result = subprocess.run(COMMAND + ["--auth-dir", str(auth_dir), "--json", "--no-state",
+                                           "--refresh-expired", "--timeout", "2", "-vv"],
+                                env=_env(tmp_path, base, base, base), capture_output=True,
+                                text=True, timeout=60, stdin=subprocess.DEVNULL)
+        elapsed = time.monotonic() - started
+    assert elapsed < 9, elapsed  # a few timeouts, start-up included
+    assert result.returncode == 1, result.stderr
+    accounts = {a["id"]: a for a in json.loads(result.stdout)["accounts"]}
+    assert accounts[victim.name]["error"].startswith("%s request timed out after 2 s" % what)
+    assert accounts[other.name]["windows"] and accounts[other.name]["error"] is None
+    assert "Traceback" not in result.stderr
+    if path == TOKEN_PATH:
+        assert victim.read_bytes() == before  # no answer, no write
+    assert_no_secrets(result.stdout, result.stderr)
+
+
+@pytest.mark.parametrize("number, extra, status", [
+    (signal.SIGTERM, [], 143), (signal.SIGINT, [], 130),
+    (signal.SIGTERM, ["--watch", "3600"], 0), (signal.SIGINT, ["--watch", "3600"], 0)])
+def test_signal_ends_a_run_stuck_in_a_trickled_read_within_seconds(number, extra, status,
+                                                                    auth_dir, tmp_path):
+    auth_dir.codex()
+    with hs.HostileServer(hs.trickle_headers(0.5), CODEX_PATH) as server:
+        base = server.base_url
+        process = subprocess.Popen(
+            COMMAND + ["--auth-dir", str(auth_dir), "--json", "--no-state", "--timeout", "120",
+                       "--output", str(tmp_path / "report.json")] + extra,
+            env=_env(tmp_path, base, base, base), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        try:
+            assert _wait_for(lambda: server.count(CODEX_PATH) == 1)
+            time.sleep(0.3)  # a few header bytes are in
+            sent = time.monotonic()
+            process.send_signal(number)
+            out, err = process.communicate(timeout=30)
+            elapsed = time.monotonic() - sent
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert elapsed < 4, elapsed
+    assert process.returncode == status, err
+    assert "Traceback" not in err
+
+
+def _slow_token(server, conn, request):
+    server.stall(2.0)
+    hs.good_answer(server, conn, request)
+
+
+def test_sigterm_waits_for_the_token_write_back_but_not_for_the_read(auth_dir, tmp_path):
+    """A Claude refresh is on the wire (its answer comes after 2 s) while a Codex read trickles
+    for ever: SIGTERM ends the run once the rotated tokens are on disk, not a timeout later."""
+    claude = auth_dir.claude(expired=PAST)
+    auth_dir.codex()
+    with hs.HostileServer(hs.trickle_headers(0.5), CODEX_PATH) as usage, \
+            hs.HostileServer(_slow_token, TOKEN_PATH) as token:
+        process = subprocess.Popen(
+            COMMAND + ["--auth-dir", str(auth_dir), "--json", "--no-state", "--timeout", "120",
+                       "--refresh-expired"],
+            env=_env(tmp_path, usage.base_url, usage.base_url, token.base_url),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert _wait_for(lambda: usage.count(CODEX_PATH) == 1 and token.count(TOKEN_PATH) == 1)
+            sent = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            out, err = process.communicate(timeout=30)
+            elapsed = time.monotonic() - sent
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+        issued = list(token.issued)
+    assert process.returncode == 143, err
+    assert elapsed < 6, elapsed
+    written = json.loads(claude.read_text())
+    assert written["refresh_token"] in issued and written["refresh_token"] != CLAUDE_REFRESH
+    assert token.count(TOKEN_PATH) == 1
+    assert "Traceback" not in err
+    assert_no_secrets(out, err)
+
+
+def test_stop_reads_cuts_a_read_in_flight_and_refuses_the_next(session):
+    with hs.HostileServer(hs.trickle_headers(0.5), CODEX_PATH) as server:
+        url = server.base_url + CODEX_PATH
+        import threading
+        outcome = {}
+
+        def read():
+            try:
+                http.send(session, "GET", url, what="Codex usage", timeout=60, max_body=1024)
+            except Exception as error:  # the assertion below names what came out
+                outcome["error"] = error
+        worker = threading.Thread(target=read)
+        worker.start()
+        assert _wait_for(lambda: server.count(CODEX_PATH) == 1)
+        started = time.monotonic()
+        http.stop_reads(session)
+        worker.join(10)
+        assert not worker.is_alive() and time.monotonic() - started < 2
+        assert str(outcome["error"]) == "Codex usage request stopped: the run is ending"
+        with pytest.raises(Exception) as caught:
+            http.send(session, "GET", url, what="Codex usage", timeout=60, max_body=1024)
+        assert "not sent" in str(caught.value) and caught.value.unsent
+        assert server.count(CODEX_PATH) == 1
+
+
+def test_deadline_covers_headers_in_process(session):
+    with hs.HostileServer(hs.trickle_headers(0.2), CODEX_PATH) as server:
+        started = time.monotonic()
+        with pytest.raises(Exception) as caught:
+            http.send(session, "GET", server.base_url + CODEX_PATH, what="Codex usage",
+                      timeout=1, max_body=1024)
+        assert time.monotonic() - started < 2.5
+    assert str(caught.value) == "Codex usage request timed out after 1 s"
