@@ -9,6 +9,7 @@ from .errors import ConfigurationError, CredentialError
 from .models import AccountState, AuthAccount, Discovery, Provider, Skipped
 from .outcome import log_state
 from .parsing import parse_timestamp
+from .text import printable
 
 logger = logging.getLogger(__name__)
 
@@ -159,8 +160,7 @@ def _text(value: Any) -> Optional[str]:
 
 
 def _printable(text: str, limit: int = 40) -> str:
-    cleaned = "".join(ch if ch.isprintable() else "?" for ch in text)
-    return cleaned[:limit] + ("…" if len(cleaned) > limit else "")
+    return printable(text[:limit]) + ("…" if len(text) > limit else "")
 
 
 def select_accounts(accounts: Iterable[AuthAccount], include_expired: bool = False

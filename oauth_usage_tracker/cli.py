@@ -21,6 +21,7 @@ from .errors import ConfigurationError
 from .models import Discovery, Provider
 from .pool import SORTS
 from .report import DEFAULT_USABLE_ABOVE, USAGE_ERROR, Report, exit_status
+from .text import printable
 
 if TYPE_CHECKING:  # the tracker pulls in requests: imported when a run needs it, so that
     from .management import Proxy  # --version and --help start fast
@@ -173,14 +174,27 @@ def _command(text: str) -> List[str]:
         raise argparse.ArgumentTypeError("not a command: %s" % error) from None
 
 
-_CONTROL = {c: "?" for c in list(range(32)) + list(range(127, 160)) if chr(c) not in "\n\t"}
-
-
 class _PrintableFormatter(logging.Formatter):
-    """Escape sequences from file names or files never reach the terminal raw."""
+    """Log arguments (file names, e-mails, server text) are made printable (text.printable): no
+    escape sequence reaches the terminal, no newline forges a log line, no lone surrogate fails
+    to encode. The package's own format strings are trusted as they are."""
 
-    def format(self, record):
-        return super().format(record).translate(_CONTROL)
+    def format(self, record: logging.LogRecord) -> str:
+        record = logging.makeLogRecord(record.__dict__)  # other handlers keep the original
+        if isinstance(record.args, Mapping):
+            record.args = {key: _printable_arg(value) for key, value in record.args.items()}
+        elif record.args:
+            record.args = tuple(_printable_arg(value) for value in record.args)
+        else:
+            record.msg = printable(str(record.msg))
+        return super().format(record)
+
+    def formatException(self, ei) -> str:  # type: ignore[no-untyped-def]
+        return "\n".join(printable(line) for line in super().formatException(ei).split("\n"))
+
+
+def _printable_arg(value: object) -> object:
+    return value if isinstance(value, (int, float)) else printable(str(value))
 
 
 def configure_logging(verbose: int, quiet: bool) -> None:
@@ -248,21 +262,21 @@ class Run:
                       and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb")
             text = render_table(report, colour=colour, layout=self.args.layout,
                                 sort=self.args.sort)
-            if not colour:
-                text = text.translate(_CONTROL)
-        # Lone surrogates (a file name that is not UTF-8, a "\\ud800" escape in a file) would
-        # make every encode below raise: write them as backslash escapes instead.
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
         try:
             if self.args.output:
-                files.atomic_write(self.args.output, text.encode("utf-8"), default_mode=0o644)
+                files.atomic_write(self.args.output, text.encode("utf-8", "backslashreplace"),
+                                   default_mode=0o644)
             else:
-                sys.stdout.write(text)
+                # Total over text whatever the locale: what stdout's encoding cannot carry
+                # (CJK in an e-mail under a Latin-1 locale) is written as a backslash escape.
+                encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+                sys.stdout.write(text.encode(encoding, "backslashreplace").decode(encoding))
                 sys.stdout.flush()
             if self.args.prometheus:
                 name = self.args.metrics_name or metrics_name(self.args.prometheus)
                 files.atomic_write(self.args.prometheus,
-                                   render_prometheus(report, name).encode("utf-8"),
+                                   render_prometheus(report, name).encode("utf-8",
+                                                                          "backslashreplace"),
                                    default_mode=0o644)
         except OSError as error:
             logger.error("Cannot write the report: %s (%s)", error.strerror or error,

@@ -81,5 +81,8 @@ def report_json(report: Report) -> Dict[str, Any]:
 
 
 def render_json(report: Report) -> str:
-    """Given a report, return the JSON document (indented, newline-terminated)."""
-    return json.dumps(report_json(report), indent=2, ensure_ascii=False) + "\n"
+    """Given a report, return the JSON document (indented, newline-terminated). It is ASCII:
+    every other character is a `\\u` escape, so the values are exactly what the files and
+    servers said (a lone surrogate included) and no escape sequence or bidi control reaches a
+    terminal that shows it."""
+    return json.dumps(report_json(report), indent=2, ensure_ascii=True) + "\n"

@@ -1,4 +1,8 @@
-"""The table for people: one block per account, readable in a terminal and in a mail from cron."""
+"""The table for people: one block per account, readable in a terminal and in a mail from cron.
+
+Every string that came from a file or a server (e-mails, file names, plans, titles, reasons,
+currencies, error sentences quoting them) goes through `text.printable` here, in colour and plain
+modes alike: the only control characters in the table are its own newlines and colour codes."""
 from datetime import datetime, timedelta
 from typing import List, Optional
 
@@ -7,6 +11,7 @@ from ..models import LOCAL_SOURCE, AccountState, AccountUsage, UsageWindow
 from ..parsing import reset_text
 from ..report import Report
 from . import lines as lines_layout
+from ..text import printable
 
 BAR_WIDTH = 20
 LAYOUTS = ("auto", "blocks", "lines")
@@ -62,13 +67,13 @@ def _pace_line(window: UsageWindow, title_width: int, paint: _Painter, now: date
 def _window_line(window: UsageWindow, title_width: int, paint: _Painter) -> str:
     remaining = window.remaining_percent
     left = "%s%% left" % _percent(remaining) if remaining is not None else "usage unknown"
-    line = "  %-*s  %s %s" % (title_width, window.title, _bar(remaining),
+    line = "  %-*s  %s %s" % (title_width, printable(window.title), _bar(remaining),
                               paint("%-10s" % left, _level(remaining)))
     if window.reset_text:
         line += "  " + ("" if window.reset_text.startswith("reset ") else "resets ") \
-            + window.reset_text
+            + printable(window.reset_text)
     if window.locked_reason:
-        line += "  " + paint("locked: " + window.locked_reason, "red")
+        line += "  " + paint("locked: " + printable(window.locked_reason), "red")
     return line.rstrip()
 
 
@@ -91,7 +96,7 @@ def _detail_lines(account: AccountUsage) -> List[str]:
     if extra:
         lines.append("extra usage: %s of %s%s used" % (
             _amount(extra.get("used")), _amount(extra.get("limit")),
-            " " + extra["currency"] if extra.get("currency") else ""))
+            " " + printable(str(extra["currency"])) if extra.get("currency") else ""))
     return ["  " + line for line in lines]
 
 
@@ -105,9 +110,10 @@ def _age(delta: timedelta) -> str:
 
 
 def _account_block(account: AccountUsage, paint: _Painter, now: datetime) -> List[str]:
-    header = "%s  %s" % (paint(account.provider.label, "bold"), account.email or account.id)
+    header = "%s  %s" % (paint(account.provider.label, "bold"),
+                            printable(account.email or account.id))
     if account.plan:
-        header += "  [%s]" % account.plan
+        header += "  [%s]" % printable(account.plan)
     effective = account.effective_remaining_percent
     if effective is not None:
         header += "  " + paint("%s%% left" % _percent(effective), _level(effective))
@@ -122,8 +128,8 @@ def _account_block(account: AccountUsage, paint: _Painter, now: datetime) -> Lis
         header += "  " + paint("(%s)" % ", ".join(notes), "dim")
     lines = [header]
     if account.error:
-        lines.append("  " + paint("error: " + account.error, "red"))
-    width = max((len(window.title) for window in account.windows), default=0)
+        lines.append("  " + paint("error: " + printable(account.error), "red"))
+    width = max((len(printable(window.title)) for window in account.windows), default=0)
     for window in account.windows:
         lines.append(_window_line(window, width, paint))
         if lines_layout.runs_out(window) and window.remaining_percent:  # 0 % left says it
@@ -158,7 +164,7 @@ def render_table(report: Report, colour: bool = False, layout: str = "auto",
         if not accounts:
             continue
         if grouped:
-            lines.extend([paint("== %s ==" % source, "bold"), ""])
+            lines.extend([paint("== %s ==" % printable(source), "bold"), ""])
         if as_lines:
             block = lines_layout.render_lines(accounts, report.generated_at, paint, _level)
             if block[-2:] == ["", lines_layout.LEGEND]:  # said once, after every group
@@ -172,11 +178,11 @@ def render_table(report: Report, colour: bool = False, layout: str = "auto",
         lines.extend([lines_layout.LEGEND, ""])
     if report.skipped:
         lines.append(paint("Skipped", "bold"))
-        names = [("%s/%s" % (s.source, s.id) if grouped and s.source != LOCAL_SOURCE
-                  and s.source != s.id else s.id) for s in report.skipped]
+        names = [printable("%s/%s" % (s.source, s.id) if grouped and s.source != LOCAL_SOURCE
+                           and s.source != s.id else s.id) for s in report.skipped]
         width = max(len(name) for name in names)
         for name, skipped in zip(names, report.skipped):
-            line = "  %-*s  %s" % (width, name, skipped.reason)
+            line = "  %-*s  %s" % (width, name, printable(skipped.reason))
             if skipped.state is AccountState.EXPIRED:
                 line += "  (log in again with CLIProxyAPI, or run with --refresh-expired)"
             lines.append(line)
