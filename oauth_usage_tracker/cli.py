@@ -264,8 +264,8 @@ class Run:
                                 sort=self.args.sort)
         try:
             if self.args.output:
-                files.atomic_write(self.args.output, text.encode("utf-8", "backslashreplace"),
-                                   default_mode=0o644)
+                files.write_output(self.args.output, text.encode("utf-8", "backslashreplace"),
+                                   files.REPORT_MODE)
             else:
                 # Total over text whatever the locale: what stdout's encoding cannot carry
                 # (CJK in an e-mail under a Latin-1 locale) is written as a backslash escape.
@@ -274,10 +274,10 @@ class Run:
                 sys.stdout.flush()
             if self.args.prometheus:
                 name = self.args.metrics_name or metrics_name(self.args.prometheus)
-                files.atomic_write(self.args.prometheus,
+                files.write_output(self.args.prometheus,
                                    render_prometheus(report, name).encode("utf-8",
                                                                           "backslashreplace"),
-                                   default_mode=0o644)
+                                   files.METRICS_MODE)
         except OSError as error:
             logger.error("Cannot write the report: %s (%s)", error.strerror or error,
                          getattr(error, "filename", None) or "")
