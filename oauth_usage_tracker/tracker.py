@@ -8,6 +8,7 @@ import logging
 import os
 import threading
 import traceback
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import replace
@@ -97,6 +98,19 @@ class _Batch:
         self.stored = stored
 
 
+# Every live tracker, so that a forked child can give each one fresh locks, pool and session.
+_TRACKERS: "weakref.WeakSet[OAuthUsageTracker]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for tracker in list(_TRACKERS):
+        tracker._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class OAuthUsageTracker:
     """Fetches quota windows for Claude and Codex accounts on a thread pool and publishes them.
 
@@ -140,6 +154,10 @@ class OAuthUsageTracker:
         self._pool: Optional[ThreadPoolExecutor] = None
         self._session = None
         self._closed = False
+        # A forked child's copies of the parent's pool and session: never used, never closed
+        # (closing could wait on a lock a parent thread held at the fork), only kept alive.
+        self._inherited: List[object] = []
+        _TRACKERS.add(self)
 
     # --- published state ----------------------------------------------------------------------
 
@@ -214,8 +232,11 @@ class OAuthUsageTracker:
             for listener in listeners:
                 try:
                     listener(list(accounts), is_refreshing)
-                except Exception:
-                    logger.exception("A tracker listener raised; ignoring it")
+                except BaseException as error:  # SystemExit too: it would kill a pool worker
+                    logger.error("A tracker listener raised %s; ignoring it",
+                                 type(error).__name__)
+                    logger.debug("The listener raised at\n%s",
+                                 "".join(traceback.format_tb(error.__traceback__)).rstrip())
             return True
 
     # --- refreshing ---------------------------------------------------------------------------
@@ -413,6 +434,24 @@ class OAuthUsageTracker:
             pool.shutdown(wait=True)
         if session is not None:
             session.close()
+
+    def _after_fork(self) -> None:
+        """In a forked child, where only the forking thread lives: the pool's workers, the
+        session's connections and any lock another thread held at the fork did not come along
+        usefully. Start over with fresh locks and no pool or session (made again by the next
+        refresh); a refresh the parent had in flight is superseded here, so nothing in the child
+        waits for workers that do not exist."""
+        self._lock = threading.Lock()
+        self._publish_lock = threading.RLock()
+        self._inherited.append((self._pool, self._session))
+        self._pool, self._session = None, None
+        self._futures = []
+        self._generation += 1
+        self._is_refreshing = False
+        handle, self._handle = self._handle, None
+        if handle is not None and not handle.done():
+            handle._event = threading.Event()  # its old lock may be held by a parent thread
+            handle._supersede()
 
     def __enter__(self) -> "OAuthUsageTracker":
         return self
