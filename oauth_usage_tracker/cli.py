@@ -376,31 +376,42 @@ class Run:
 
 class Shutdown:
     """SIGTERM and SIGINT, acted on once. The first one stops the run: a one-shot run unwinds
-    like Ctrl-C (pending fetches are cancelled, running ones finish), --watch ends its loop.
-    Later ones are only noted: exiting then could cut off a token write, after which the
-    spent refresh token's successor would be lost."""
+    like Ctrl-C (pending fetches are cancelled, running reads are cut, token exchanges finish),
+    --watch ends its loop. Later ones are only noted (once): exiting then could cut off a token
+    write, after which the spent refresh token's successor would be lost.
+
+    In a process about to exit (`then_ignore`), both signals are ignored once the run is over:
+    restoring the default handlers on the way out (as the interpreter itself does when it
+    finalises, for every signal with a Python handler) would let the next signal of a storm kill
+    the process by its default action (status -15 or -2) instead of the documented 143, 130
+    or 0. Ignored signals are left alone by the interpreter."""
 
     def __init__(self, raise_first: bool):
         self.raise_first = raise_first
         self.signal: Optional[int] = None
+        self._noted = False
 
     @property
     def requested(self) -> bool:
         return self.signal is not None
 
-    def handle(self, number: int, _frame) -> None:
+    def handle(self, number: int, _frame: object) -> None:
         # Only plain assignments here: a handler that takes a lock the interrupted code holds
         # would deadlock.
         if self.signal is not None:
-            os.write(2, b"oauth-usage-tracker: still finishing token writes; not exiting yet\n")
+            if not self._noted:  # once: a storm must not flood the log
+                self._noted = True
+                os.write(2, b"oauth-usage-tracker: still finishing token writes; "
+                            b"not exiting yet\n")
             return
         self.signal = number
         if self.raise_first:
             raise _Terminated() if number == signal.SIGTERM else KeyboardInterrupt()
 
     @contextmanager
-    def installed(self) -> Iterator[None]:
-        """Handle both signals for the duration (main thread only; elsewhere, do nothing)."""
+    def installed(self, then_ignore: bool = False) -> Iterator[None]:
+        """Handle both signals for the duration (main thread only; elsewhere, do nothing); then
+        restore the previous handlers or, with `then_ignore`, ignore both signals."""
         previous = {}
         if threading.current_thread() is threading.main_thread():
             for number in (signal.SIGTERM, signal.SIGINT):
@@ -408,8 +419,9 @@ class Shutdown:
         try:
             yield
         finally:
+            self.raise_first = False
             for number, handler in previous.items():
-                signal.signal(number, handler)
+                signal.signal(number, signal.SIG_IGN if then_ignore else handler)
 
 
 def _notifier(args: argparse.Namespace, tracker: "OAuthUsageTracker") -> "Notifier":
@@ -494,8 +506,16 @@ def run_demo(args: argparse.Namespace, shutdown: Shutdown) -> int:
     return 0 if as_designed and status in (0, 1) else (status or 1)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """Run the script with `argv` (default sys.argv[1:]); return the exit status."""
+def run() -> None:
+    """The console script: run main() and exit with its status; once the run is over, SIGTERM
+    and SIGINT are ignored until the process is gone."""
+    sys.exit(main(process_exit=True))
+
+
+def main(argv: Optional[List[str]] = None, process_exit: bool = False) -> int:
+    """Run the script with `argv` (default sys.argv[1:]); return the exit status. The SIGTERM and
+    SIGINT handlers are restored on return; with `process_exit` (the process exits right after)
+    both signals are ignored instead."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -504,7 +524,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     configure_logging(args.verbose, args.quiet)
     shutdown = Shutdown(raise_first=not args.watch)
     try:
-        with shutdown.installed():
+        with shutdown.installed(then_ignore=process_exit):
             if args.demo:
                 return run_demo(args, shutdown)
             return _run(args, os.environ).execute(shutdown)
