@@ -4,8 +4,9 @@ Nothing here does I/O or reads the clock: `now` is always passed in.
 """
 import math
 import re
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from .models import FIVE_HOURS, ONE_WEEK, UsageWindow
 
@@ -84,6 +85,22 @@ def slug(text: str) -> str:
     """Given a name, return it as a stable machine key: lower case, runs of anything but letters
     and digits as one `_` (`GPT-5.3-Codex-Spark` is `gpt_5_3_codex_spark`)."""
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def unique_keys(windows: Sequence[UsageWindow]) -> List[UsageWindow]:
+    """Given an account's windows in order, return them with every key unique within the
+    account: a window whose key is already taken gets `~2` (then `~3`…) appended. Two limit
+    names that differ only in case or punctuation ("GPT-5 Codex", "gpt-5-codex") slug to one
+    key, and two series with the same labels would be dropped by node_exporter."""
+    taken: Set[str] = set()
+    result = []
+    for window in windows:
+        key, number = window.key, 2
+        while key in taken:
+            key, number = "%s~%d" % (window.key, number), number + 1
+        taken.add(key)
+        result.append(window if key == window.key else replace(window, key=key))
+    return result
 
 
 def format_timestamp(moment: datetime) -> str:

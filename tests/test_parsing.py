@@ -454,3 +454,19 @@ def test_parse_generic_windows_result_windows_are_all_finite_and_clamped():
     for window in module.parse_generic_windows(payload, NOW):
         assert math.isfinite(window.used_percent)
         assert 0.0 <= window.used_percent <= 100.0
+
+
+# --- unique_keys --------------------------------------------------------------------------------
+
+def test_unique_keys_suffixes_later_duplicates_in_order():
+    windows = [UsageWindow(key=key, title=title, used_percent=1.0) for key, title in
+               (("a", "A"), ("b", "B"), ("a", "A again"), ("a~2", "literal"), ("a", "third"))]
+    keys = [window.key for window in module.unique_keys(windows)]
+    assert keys == ["a", "b", "a~2", "a~2~2", "a~3"]
+    assert len(set(keys)) == len(keys)
+    assert [w.title for w in module.unique_keys(windows)] == [w.title for w in windows]
+
+
+def test_unique_keys_leaves_unique_windows_as_they_are():
+    windows = [UsageWindow(key="x", title="X"), UsageWindow(key="y", title="Y")]
+    assert module.unique_keys(windows) == windows

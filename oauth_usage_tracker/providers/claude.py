@@ -17,7 +17,8 @@ from ..config import CLAUDE_CLIENT_ID, Settings
 from ..credentials import TokenGrant, read_json_object, token_field
 from ..errors import CredentialError, ProviderError, TokenRefreshError, UsageTrackerError
 from ..models import AccountUsage, AuthAccount, UsageWindow
-from ..parsing import make_window, number_value, parse_timestamp, slug, title_length
+from ..parsing import (make_window, number_value, parse_timestamp, slug, title_length,
+                       unique_keys)
 
 logger = logging.getLogger(__name__)
 
@@ -145,8 +146,8 @@ def parse_usage(payload: Any, now: datetime) -> List[UsageWindow]:
         if window is not None:
             windows[window.title] = window
     order = [title for _, title in BUCKETS]
-    return sorted(windows.values(), key=lambda w: (order.index(w.title) if w.title in order
-                                                   else len(order)))
+    return unique_keys(sorted(windows.values(), key=lambda w: (
+        order.index(w.title) if w.title in order else len(order))))
 
 
 def parse_details(payload: Any) -> Dict[str, Any]:

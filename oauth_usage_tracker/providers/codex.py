@@ -13,7 +13,8 @@ from ..credentials import read_json_object, token_field
 from ..errors import CredentialError, ProviderError
 from ..models import AccountUsage, AuthAccount, UsageWindow
 from ..parsing import (clamp_percent, format_timestamp, make_window, number_value,
-                       parse_generic_windows, parse_timestamp, slug, title_length)
+                       parse_generic_windows, parse_timestamp, slug, title_length,
+                       unique_keys)
 
 WHAT = "Codex usage"
 NO_WINDOWS = "Usage response did not include quota windows"
@@ -81,7 +82,7 @@ def parse_usage(payload: Any, now: datetime) -> List[UsageWindow]:
             windows.extend(_rate_limit_windows(entry.get("rate_limit"), now,
                                                slug(name) + ":", name.strip() + " "))
     titles = set()
-    return [w for w in windows if not (w.title in titles or titles.add(w.title))]
+    return unique_keys([w for w in windows if not (w.title in titles or titles.add(w.title))])
 
 
 def parse_details(payload: Any) -> Dict[str, Any]:
