@@ -20,6 +20,7 @@ from requests.structures import CaseInsensitiveDict
 from .config import endpoint_host, is_loopback_host
 from .deadline import STOPPING, Deadlines, WatchedAdapter
 from .errors import ProviderError
+from .state import cooldown_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -250,6 +251,15 @@ def seconds(value: float) -> str:
     return "%g s" % value
 
 
+def _wait_text(value: float) -> str:
+    """Given a cooldown in seconds, return it for people: `90 s`, `15 min`, `1 h`."""
+    if value >= 3600:
+        return "%g h" % round(value / 3600, 1)
+    if value >= 600:
+        return "%d min" % round(value / 60)
+    return "%d s" % round(value)
+
+
 def decode_json(response: HttpResponse, what: str) -> Any:
     """Given a response, return its decoded JSON body. Raise ProviderError naming the status when
     the body is empty, HTML (a Cloudflare challenge is a common case) or not JSON."""
@@ -313,8 +323,10 @@ def status_error(response: HttpResponse, what: str, detail: str = "") -> Provide
         detail = ("an HTML page: a Cloudflare challenge blocked the request; try again later"
                   if _is_challenge(response) else "an HTML page instead of JSON")
     if response.status == 429:
-        detail = detail or ("rate limited; retry after %s" % seconds(after) if after
-                            else "rate limited")
+        # The cooldown actually kept, not the header: `Retry-After: Fri, 31 Dec 9999 …` would
+        # read "retry after 2.51606e+11 s".
+        wait = _wait_text(cooldown_seconds(after, None)) if after else None
+        detail = detail or ("rate limited; retry after %s" % wait if wait else "rate limited")
     elif 300 <= response.status < 400:
         detail = detail or "unexpected redirect"
     elif response.status >= 500:
