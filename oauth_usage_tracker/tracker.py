@@ -233,10 +233,8 @@ class OAuthUsageTracker:
                 try:
                     listener(list(accounts), is_refreshing)
                 except BaseException as error:  # SystemExit too: it would kill a pool worker
-                    logger.error("A tracker listener raised %s; ignoring it",
-                                 type(error).__name__)
-                    logger.debug("The listener raised at\n%s",
-                                 "".join(traceback.format_tb(error.__traceback__)).rstrip())
+                    logger.exception("A tracker listener raised %s; ignoring it",
+                                     type(error).__name__)
             return True
 
     # --- refreshing ---------------------------------------------------------------------------
@@ -443,6 +441,7 @@ class OAuthUsageTracker:
         waits for workers that do not exist."""
         self._lock = threading.Lock()
         self._publish_lock = threading.RLock()
+        self._ledger._lock = threading.Lock()  # its memory stays; its lock may be a parent's
         self._inherited.append((self._pool, self._session))
         self._pool, self._session = None, None
         self._futures = []
