@@ -9,8 +9,8 @@ import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import (TYPE_CHECKING, Callable, Dict, FrozenSet, Iterator, List, Mapping, Optional,
-                    Sequence, Tuple, Union)
+from typing import (TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Iterator, List, Mapping,
+                    Optional, Sequence, Tuple, Union)
 
 
 from . import __version__, files, refresh
@@ -189,7 +189,7 @@ class _PrintableFormatter(logging.Formatter):
             record.msg = printable(str(record.msg))
         return super().format(record)
 
-    def formatException(self, ei) -> str:  # type: ignore[no-untyped-def]
+    def formatException(self, ei: Any) -> str:
         return "\n".join(printable(line) for line in super().formatException(ei).split("\n"))
 
 

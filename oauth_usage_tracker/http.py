@@ -109,7 +109,8 @@ class HttpResponse:
 
 
 def send(session: requests.Session, method: str, url: str, *, what: str, timeout: float,
-         max_body: int, headers: Optional[Mapping[str, str]] = None, auth=None,
+         max_body: int, headers: Optional[Mapping[str, str]] = None,
+         auth: Optional[requests.auth.AuthBase] = None,
          data: Union[str, bytes, Mapping[str, str], None] = None) -> HttpResponse:
     """Given a session and a request, return the HttpResponse, whatever its status. `what` names
     the request in messages ("Codex usage"). Raise ProviderError for a timeout (the whole
@@ -148,7 +149,8 @@ def stop_reads(session: requests.Session) -> None:
 
 def _send_unguarded(session: requests.Session, method: str, url: str, *, what: str,
                     timeout: float, max_body: int, headers: Optional[Mapping[str, str]] = None,
-                    auth=None, data: Optional[Mapping[str, str]] = None) -> HttpResponse:
+                    auth: Optional[requests.auth.AuthBase] = None,
+                    data: Union[str, bytes, Mapping[str, str], None] = None) -> HttpResponse:
     deadline = time.monotonic() + timeout
     proxies = session.proxies_for(url) if isinstance(session, _Session) else None
     try:
