@@ -123,20 +123,24 @@ def send(session: requests.Session, method: str, url: str, *, what: str, timeout
     with deadlines.guard(timeout, abortable=method == "GET") as deadline:
         if deadline.reason == STOPPING:
             raise ProviderError("%s request not sent: the run is stopping" % what, unsent=True)
+        unsent = False
         try:
             response = _send_unguarded(session, method, url, what=what, timeout=timeout,
                                        max_body=max_body, headers=headers, auth=auth, data=data)
-        except ProviderError:
+        except ProviderError as error:
             if deadline.reason is None:
                 raise
+            unsent = error.unsent  # cut while connecting: the request never left
         else:
             if deadline.reason is None:
                 return response
         # The deadline fired: whatever the cut socket made of the exchange (an error, a body
         # that ended early), the truth is that it ran out of time.
         if deadline.reason == STOPPING:
-            raise ProviderError("%s request stopped: the run is ending" % what) from None
-        raise ProviderError("%s request timed out after %s" % (what, seconds(timeout))) from None
+            raise ProviderError("%s request stopped: the run is ending" % what,
+                                unsent=unsent) from None
+        raise ProviderError("%s request timed out after %s" % (what, seconds(timeout)),
+                            unsent=unsent) from None
 
 
 def stop_reads(session: requests.Session) -> None:

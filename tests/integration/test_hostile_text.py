@@ -115,7 +115,8 @@ def _assert_clean(text, allow_sgr=False):
 
 
 def _account_headers(table):
-    return [line for line in table.splitlines() if re.match(r"^(Codex|Claude)  ", line)]
+    return [line for line in table.splitlines() if re.match(r"^(Codex|Claude)  ", line)
+            and not re.match(r"^\w+ +\d+ of \d+ usable", line)]  # the pool summary
 
 
 def test_table_plain_escapes_everything_and_forges_no_block(hostile):
@@ -203,7 +204,7 @@ def test_prometheus_and_output_files_are_written_and_parse(hostile, tmp_path):
             series.add(key)
     accounts = {labels["account"] for name, labels in
                 ((name, dict(labels)) for name, labels in series)
-                if name == "oauth_usage_account_up"}
+                if name == "oauth_usage_account_info"}
     assert len(accounts) == len(EMAILS) + 2
 
 

@@ -45,7 +45,8 @@ def test_new_files_get_fixed_modes_whatever_the_umask(umask, private_dir, tmp_pa
     assert result.returncode == 0, result.stderr
     assert mode_of(report) == files.REPORT_MODE == 0o640
     assert mode_of(metrics) == files.METRICS_MODE == 0o644
-    assert report.read_text().startswith("{") and "oauth_usage_account_up" in metrics.read_text()
+    assert report.read_text().startswith("{")
+    assert "oauth_usage_account_info" in metrics.read_text()
     assert [p.name for p in private_dir.iterdir() if p.name.endswith(".tmp")] == []
 
 
@@ -131,7 +132,7 @@ def test_symlink_planted_in_a_group_writable_directory_is_replaced_not_followed(
     result = run(["--prometheus", str(link), "--output", str(tmp_path / "r")], tmp_path)
     assert result.returncode == 0, result.stderr
     assert victim.read_text() == "root:x:0:0::/root:/bin/sh\n"
-    assert not os.path.islink(link) and "oauth_usage_account_up" in link.read_text()
+    assert not os.path.islink(link) and "oauth_usage_account_info" in link.read_text()
     assert mode_of(link) == 0o644
 
 

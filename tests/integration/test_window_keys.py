@@ -66,5 +66,5 @@ def test_similar_limit_names_get_unique_keys_in_json_and_metrics(auth_dir, tmp_p
                      for family in text_string_to_metric_families(metrics.read_text())
                      for sample in family.samples)
     assert series and max(series.values()) == 1
-    used = [labels for (name, labels) in series if name == "oauth_usage_window_used_percent"]
+    used = [labels for (name, labels) in series if name == "oauth_usage_window_used_ratio"]
     assert len(used) == 10
