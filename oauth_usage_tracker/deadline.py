@@ -115,8 +115,10 @@ class Deadlines:
 
 
 def _shutdown(sock: socket.socket) -> None:
+    # The plain socket's method even for a TLS socket: SSLSocket.shutdown would also drop its
+    # TLS state under the feet of the thread that is reading from it.
     try:
-        sock.shutdown(socket.SHUT_RDWR)
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
     except OSError:  # already closed, or never connected
         pass
 

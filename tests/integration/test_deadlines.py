@@ -168,3 +168,89 @@ def test_deadline_covers_headers_in_process(session):
                       timeout=1, max_body=1024)
         assert time.monotonic() - started < 2.5
     assert str(caught.value) == "Codex usage request timed out after 1 s"
+
+
+# --- TLS: the deadline covers the handshake and trickled headers over TLS too -------------------
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1, made with the openssl command."""
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command")
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True,
+                   timeout=60)
+    return str(cert), str(key)
+
+
+class _TlsStaller:
+    """A loopback TLS server that either never starts the handshake, or completes it and then
+    trickles one header byte every 0.2 s, until stopped (at most MAX_STALL seconds)."""
+
+    def __init__(self, certificate, handshake):
+        import socket
+        import ssl
+        import threading
+        self.handshake = handshake
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(*certificate)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.stopping = threading.Event()
+        self.accepted = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stopping.set()
+        self.listener.close()
+        self.thread.join(10)
+
+    @property
+    def url(self):
+        return "https://127.0.0.1:%d%s" % (self.listener.getsockname()[1], CODEX_PATH)
+
+    def _serve(self):
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        self.accepted.set()
+        try:
+            if self.handshake:
+                conn = self.context.wrap_socket(conn, server_side=True)
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                give_up = time.monotonic() + hs.MAX_STALL
+                while not self.stopping.wait(0.2) and time.monotonic() < give_up:
+                    conn.sendall(b"a")
+            else:
+                self.stopping.wait(30)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+
+@pytest.mark.parametrize("handshake", [False, True], ids=["stalled-handshake", "trickled-headers"])
+def test_deadline_covers_tls_handshake_and_headers(handshake, certificate):
+    from oauth_usage_tracker.errors import ProviderError
+    session = http.make_session(1)
+    session.verify = certificate[0]
+    try:
+        with _TlsStaller(certificate, handshake) as server:
+            started = time.monotonic()
+            with pytest.raises(ProviderError) as caught:
+                http.send(session, "GET", server.url, what="Codex usage", timeout=1.5,
+                          max_body=1024)
+            elapsed = time.monotonic() - started
+            assert server.accepted.is_set()
+    finally:
+        session.close()
+    assert str(caught.value) == "Codex usage request timed out after 1.5 s"
+    assert elapsed < 3.5, elapsed
