@@ -20,3 +20,16 @@ def test_printable_is_total_and_encodable(value):
     out = module.printable(value)
     out.encode("utf-8")
     assert not any(ord(c) < 32 or 0x7f <= ord(c) <= 0x9f for c in out)
+
+
+def test_printable_escapes_invisible_unassigned_and_private_use_characters():
+    assert module.printable("a\u200bb\u00a0c\U00018cd6d\ue000e\u2066f") == \
+        "a\\u200bb\\xa0c\\U00018cd6d\\ue000e\\u2066f"
+
+
+@given(st.text())
+def test_printable_output_is_printable_and_ordinary_text_is_kept(value):
+    out = module.printable(value)
+    assert out.isprintable()
+    if value.isprintable():
+        assert out == value
