@@ -1,10 +1,10 @@
-"""Per-source lanes: which accounts of one refresh go to the pool now, and which wait for a
-call slot of their proxy to free up. Pure bookkeeping, no I/O.
+"""Per-source lanes: which account of one refresh a worker takes next, and which wait for a call
+slot of their proxy to free up. Pure bookkeeping, no I/O.
 
-A remote proxy takes at most `workers` calls at once. If the tracker handed all its accounts to
-the pool, the surplus would sit in pool threads waiting for a slot, and a slow proxy would end up
-holding every thread while the other sources' accounts queue behind it. So a proxy's accounts
-enter the pool only as its earlier ones finish: a thread is never spent waiting, and a slow proxy
+A remote proxy takes at most `workers` calls at once. If the tracker's workers took its accounts
+regardless, the surplus would sit in pool threads waiting for a slot, and a slow proxy would end
+up holding every thread while the other sources' accounts queue behind it. So a proxy's accounts
+are taken only as its earlier ones finish: a thread is never spent waiting, and a slow proxy
 slows only itself. Local accounts have no lane limit.
 """
 import threading
@@ -33,33 +33,37 @@ def slots(account: AuthAccount) -> Optional[int]:
 
 
 class Lanes:
-    """The accounts of one refresh, by position: `first` go to the pool at once; each finished
-    one lets the next waiting account of its source in (`follow`)."""
+    """The accounts of one refresh not yet fetched, by source. `take()` gives the next account
+    whose source has a call slot free, the sources taking turns; `done()` frees the slot. A
+    worker that finds every waiting proxy busy stops rather than wait: the workers making that
+    proxy's calls take its next accounts as they finish."""
 
     def __init__(self, accounts: Sequence[AuthAccount]):
         self._lock = threading.Lock()
-        self._source: List[str] = [account.source for account in accounts]
         self._waiting: Dict[str, Deque[Item]] = {}
-        self.first: List[Item] = []
-        running: Dict[str, int] = {}
+        self._limits: Dict[str, Optional[int]] = {}
+        self._running: Dict[str, int] = {}
         for index, account in enumerate(accounts):
-            limit = slots(account)
-            if limit is None or running.get(account.source, 0) < limit:
-                running[account.source] = running.get(account.source, 0) + 1
-                self.first.append((index, account))
-            else:
-                self._waiting.setdefault(account.source, deque()).append((index, account))
+            self._waiting.setdefault(account.source, deque()).append((index, account))
+            self._limits.setdefault(account.source, slots(account))
+            self._running.setdefault(account.source, 0)
+        self._sources = list(self._waiting)
+        self._turn = 0
 
-    def follow(self, index: int) -> Optional[Item]:
-        """Given the position of an account that finished, return the next waiting account of
-        its source (taken off the queue), or None."""
+    def take(self) -> Optional[Item]:
+        """Return the next account that may start now (taken off its queue, its slot held),
+        or None when none is waiting or every source still waiting is at its limit."""
         with self._lock:
-            queue = self._waiting.get(self._source[index])
-            return queue.popleft() if queue else None
+            for _ in range(len(self._sources)):
+                source = self._sources[self._turn % len(self._sources)]
+                self._turn += 1
+                queue, limit = self._waiting[source], self._limits[source]
+                if queue and (limit is None or self._running[source] < limit):
+                    self._running[source] += 1
+                    return queue.popleft()
+            return None
 
-    def drain(self) -> List[Item]:
-        """Take every waiting account off the queues (the refresh was superseded)."""
+    def done(self, account: AuthAccount) -> None:
+        """Given an account that was taken and has finished, free its source's slot."""
         with self._lock:
-            items = [item for queue in self._waiting.values() for item in queue]
-            self._waiting.clear()
-            return items
+            self._running[account.source] -= 1

@@ -83,19 +83,33 @@ class RefreshHandle:
 
 
 class _Batch:
-    """One generation's fetches being collected."""
+    """One generation's fetches: the accounts still to fetch, drained by at most W workers, and
+    the results collected in the order the accounts came.
+
+    Memory stays flat in the number of accounts: no Future per account is queued up front, and
+    each account and its stored state are let go once a worker takes them."""
 
     def __init__(self, generation: int, handle: RefreshHandle, accounts: Sequence[AuthAccount],
-                 stored: Mapping[Tuple[str, str], AccountState]):
+                 stored: Dict[Tuple[str, str], AccountState]):
         self.generation = generation
         self.handle = handle
         self.results: List[Optional[Tuple[AccountUsage, Optional[AccountState]]]] = \
             [None] * len(accounts)
-        self.remaining = len(accounts)
-        self.lock = threading.Lock()
-        #: Which accounts are in the pool now, and which wait for a slot of their proxy.
+        #: The accounts not yet taken, by source: a proxy's enter only as its calls finish.
         self.lanes = Lanes(accounts)
         self.stored = stored
+        #: Workers submitted and not yet finished (or cancelled); under `lock`.
+        self.workers = 0
+        self.lock = threading.Lock()
+
+    def take(self) -> Optional[Tuple[int, AuthAccount, Optional[AccountState]]]:
+        """The next account to fetch with its stored state, or None when none can start now."""
+        item = self.lanes.take()
+        if item is None:
+            return None
+        index, account = item
+        with self.lock:
+            return index, account, self.stored.pop(state_key(account), None)
 
 
 # Every live tracker, so that a forked child can give each one fresh locks, pool and session.
@@ -269,40 +283,20 @@ class OAuthUsageTracker:
                                             is_loading=True, source=a.source) for a in kept),
                               key=sort_key)
         self._publish(generation, placeholders, True)
-        batch = _Batch(generation, handle, kept,
-                       self.state.load() if self.state is not None else {})
+        stored = self.state.load() if self.state is not None else {}
+        batch = _Batch(generation, handle, kept, stored)
         # Submit under the lock: a close() or newer refresh() that got in after the checks above
         # either ran before this block (nothing starts) or runs after it (it sees these futures).
         with self._lock:
             if self._closed or generation != self._generation:
                 return handle
             pool = self._ensure_pool_locked()
-            futures = [(index, pool.submit(self._fetch_one, generation, account,
-                                           batch.stored.get(state_key(account))))
-                       for index, account in batch.lanes.first]
-            self._futures = [future for _, future in futures]
-        for index, future in futures:
-            future.add_done_callback(partial(self._collect, batch, index))
+            batch.workers = min(len(kept), self.settings.workers or DEFAULT_MAX_WORKERS)
+            futures = [pool.submit(self._drain, batch) for _ in range(batch.workers)]
+            self._futures = futures
+        for future in futures:
+            future.add_done_callback(partial(self._drained, batch))
         return handle
-
-    def _follow(self, batch: _Batch, index: int) -> None:
-        """An account finished: let the next waiting account of its proxy into the pool, or,
-        when this generation is over, give up every waiting one (they count as cancelled)."""
-        item = batch.lanes.follow(index)
-        if item is None:
-            return
-        with self._lock:
-            future = None
-            if not self._closed and batch.generation == self._generation \
-                    and self._pool is not None:
-                future = self._pool.submit(self._fetch_one, batch.generation, item[1],
-                                           batch.stored.get(state_key(item[1])))
-                self._futures.append(future)
-        if future is not None:
-            future.add_done_callback(partial(self._collect, batch, item[0]))
-            return
-        for waiting, _ in [item] + batch.lanes.drain():
-            self._record(batch, waiting, None)
 
     def refresh_and_wait(self, codex_accounts: Sequence[AuthAccount] = (),
                          claude_accounts: Sequence[AuthAccount] = ()) -> List[AccountUsage]:
@@ -379,24 +373,37 @@ class OAuthUsageTracker:
         return usage, next_state(entry, now, windows=usage.windows,
                                  extra={k: v for k, v in details.items() if v is not None})
 
-    def _collect(self, batch: _Batch, index: int, future: Future) -> None:
-        result = None if future.cancelled() else future.result()
-        self._follow(batch, index)
-        self._record(batch, index, result)
-
-    def _record(self, batch: _Batch, index: int,
-                result: Optional[Tuple[AccountUsage, Optional[AccountState]]]) -> None:
-        with batch.lock:
-            batch.results[index] = result
-            batch.remaining -= 1
-            if batch.remaining:
+    def _drain(self, batch: _Batch) -> None:
+        """One worker: fetch the batch's accounts one after the other until none is left, none
+        can start now (every proxy still waiting has its calls in flight: the workers making
+        them take its next accounts), or a newer generation superseded this one (the accounts
+        left are then never fetched)."""
+        while True:
+            item = batch.take()
+            if item is None:
                 return
-        done = [result for result in batch.results if result is not None]
+            index, account, entry = item
+            result = self._fetch_one(batch.generation, account, entry)
+            batch.lanes.done(account)
+            if result is None:
+                return
+            batch.results[index] = result  # each index is written by the one worker that took it
+
+    def _drained(self, batch: _Batch, _future: Future) -> None:
+        """A worker finished or was cancelled; the last one saves and publishes the batch."""
+        with batch.lock:
+            batch.workers -= 1
+            if batch.workers:
+                return
+        # The futures (kept for cancelling) hold the batch: let go of what it holds now.
+        results, batch.results = batch.results, []
+        batch.stored.clear()
+        done = [result for result in results if result is not None]
         if self.state is not None:
             # Even a superseded generation's outcomes are facts worth keeping (a 429 above all).
             self.state.save((state_key(usage), entry)
                             for usage, entry in done if entry is not None)
-        if len(done) < len(batch.results):
+        if len(done) < len(results):
             return  # superseded: a newer generation cancelled or skipped some of these
         usages = sorted((usage for usage, _ in done), key=sort_key)
         self._announce(batch.generation, usages, batch.handle.skipped)

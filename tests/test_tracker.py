@@ -143,6 +143,39 @@ def test_refresh_superseded_pending_fetches_are_cancelled():
     assert fetcher.calls == [old[0].id, new[0].id]
 
 
+def test_refresh_submits_one_worker_per_pool_thread_not_one_future_per_account():
+    fetcher = GatedFetcher()
+    accounts = [account("a%03d@example.com" % i) for i in range(60)]
+    first = fetcher.gate(accounts[0])
+    with make_tracker(fetcher, workers=3) as tracker:
+        handle = tracker.refresh(accounts, [])
+        assert fetcher.started[accounts[0].id].wait(WAIT)
+        # Memory stays flat in the number of accounts: three workers drain one iterator.
+        assert len(tracker._futures) == 3
+        first.set()
+        result = handle.result(timeout=WAIT)
+    assert sorted(u.id for u in result) == sorted(a.id for a in accounts)
+    assert sorted(fetcher.calls) == sorted(a.id for a in accounts)  # each one fetched once
+
+
+def test_refresh_superseded_workers_stop_taking_accounts():
+    fetcher = GatedFetcher()
+    old = [account("a%02d@example.com" % i) for i in range(20)]
+    new = [account("b@example.com")]
+    gates = [fetcher.gate(acct) for acct in old[:2]]
+    with make_tracker(fetcher, workers=2) as tracker:
+        handle_a = tracker.refresh(old, [])
+        for acct in old[:2]:
+            assert fetcher.started[acct.id].wait(WAIT)
+        handle_b = tracker.refresh(new, [])
+        for gate in gates:
+            gate.set()
+        assert [u.id for u in handle_b.result(timeout=WAIT)] == [new[0].id]
+        assert handle_a.superseded
+    # The two running fetches finished; the 18 accounts behind them were never fetched.
+    assert sorted(fetcher.calls) == sorted([old[0].id, old[1].id, new[0].id])
+
+
 def test_refresh_publishes_loading_placeholders_before_results():
     fetcher = GatedFetcher()
     accounts = [account("x@example.com"), account("y@example.com", Provider.CLAUDE)]

@@ -108,13 +108,14 @@ def test_lanes_let_a_proxy_in_only_as_its_calls_finish():
     slow = proxied("https://a.example.net", 3, workers=1)
     mine = [local("l%d" % i) for i in range(2)]
     queue = lanes.Lanes(lanes.interleaved(slow + mine))
-    assert [account.id for _, account in queue.first] == ["claude-0.json", "l0", "l1"]
-    first_index = queue.first[0][0]
-    follow = queue.follow(first_index)
-    assert follow[1].id == "claude-1.json"
-    assert queue.follow(queue.first[1][0]) is None  # a local account has no lane
-    assert [account.id for _, account in queue.drain()] == ["claude-2.json"]
-    assert queue.follow(follow[0]) is None
+    taken = [queue.take() for _ in range(3)]
+    assert [account.id for _, account in taken] == ["claude-0.json", "l0", "l1"]
+    assert queue.take() is None  # the proxy's one slot is busy: nothing else may start
+    queue.done(taken[1][1])  # a local account has no lane: that frees nothing
+    assert queue.take() is None
+    queue.done(taken[0][1])
+    assert queue.take()[1].id == "claude-1.json"
+    assert queue.take() is None
 
 
 def test_superseded_refresh_never_sends_the_accounts_still_waiting(tmp_path):
