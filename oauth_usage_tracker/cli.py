@@ -9,8 +9,8 @@ import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import (TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Iterator, List, Mapping,
-                    Optional, Sequence, Tuple, Union)
+from typing import (TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Iterable, Iterator, List,
+                    Mapping, Optional, Sequence, Tuple, Union)
 
 
 from . import __version__, files, refresh
@@ -253,24 +253,27 @@ class Run:
 
     def emit(self, report: Report) -> int:
         """Print or write the report (and metrics); return the exit status."""
-        from .render import render_json, render_prometheus, render_table
+        from .render import iter_json, render_prometheus, render_table
         from .render.prometheus import metrics_name
         if self.args.json:
-            text = render_json(report)
+            pieces: Iterable[str] = iter_json(report)  # account by account: never held whole
         else:
             colour = (self.args.output is None and sys.stdout.isatty()
                       and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb")
             text = render_table(report, colour=colour, layout=self.args.layout,
                                 sort=self.args.sort)
+            pieces = [text]
         try:
             if self.args.output:
-                files.write_output(self.args.output, text.encode("utf-8", "backslashreplace"),
+                files.write_output(self.args.output,
+                                   (piece.encode("utf-8", "backslashreplace") for piece in pieces),
                                    files.REPORT_MODE)
             else:
                 # Total over text whatever the locale: what stdout's encoding cannot carry
                 # (CJK in an e-mail under a Latin-1 locale) is written as a backslash escape.
                 encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
-                sys.stdout.write(text.encode(encoding, "backslashreplace").decode(encoding))
+                for piece in pieces:
+                    sys.stdout.write(piece.encode(encoding, "backslashreplace").decode(encoding))
                 sys.stdout.flush()
             if self.args.prometheus:
                 name = self.args.metrics_name or metrics_name(self.args.prometheus)

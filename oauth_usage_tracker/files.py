@@ -4,7 +4,7 @@ import fcntl
 import os
 import stat
 import tempfile
-from typing import Optional
+from typing import Iterable, Optional, Union
 
 #: A new `--output` report: it names e-mails and plans, so the owner and group read it, no one else.
 REPORT_MODE = 0o640
@@ -31,11 +31,12 @@ def read_capped(path: str, limit: int) -> bytes:
     return data
 
 
-def atomic_write(path: str, data: bytes, default_mode: int = 0o600,
+def atomic_write(path: str, data: Union[bytes, Iterable[bytes]], default_mode: int = 0o600,
                  preserve_owner: bool = False, mode: Optional[int] = None) -> None:
-    """Given a path and bytes, replace the file atomically: write a temporary file in the same
-    directory, fsync it, then os.replace it over the path, so a reader sees the old file or the new
-    one, never a part. The file keeps its permission bits (`default_mode` for a new file), or
+    """Given a path and bytes (or an iterable of byte chunks, written as they come, so that a
+    large document is never held whole), replace the file atomically: write a temporary file in
+    the same directory, fsync it, then os.replace it over the path, so a reader sees the old file
+    or the new one, never a part. The file keeps its permission bits (`default_mode` for a new file), or
     gets exactly `mode` when it is given; the umask never applies.
 
     The temporary name starts with a dot and ends in `.tmp`, so no reader's glob matches it:
@@ -57,7 +58,11 @@ def atomic_write(path: str, data: bytes, default_mode: int = 0o600,
                     (existing.st_uid, existing.st_gid) != (os.geteuid(), os.getegid()):
                 os.fchown(handle.fileno(), existing.st_uid, existing.st_gid)
             os.fchmod(handle.fileno(), mode)
-            handle.write(data)
+            if isinstance(data, bytes):
+                handle.write(data)
+            else:
+                for chunk in data:
+                    handle.write(chunk)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp_path, path)
@@ -67,9 +72,10 @@ def atomic_write(path: str, data: bytes, default_mode: int = 0o600,
     _fsync_directory(directory)
 
 
-def write_output(path: str, data: bytes, new_mode: int) -> None:
-    """Given an output path (`--output`, `--prometheus`), bytes, and the mode for a new file, put
-    the bytes there in a way a reader can predict, whatever the umask:
+def write_output(path: str, data: Union[bytes, Iterable[bytes]], new_mode: int) -> None:
+    """Given an output path (`--output`, `--prometheus`), bytes (or byte chunks, written as they
+    come: consumed once, by the one write that happens), and the mode for a new file, put the
+    bytes there in a way a reader can predict, whatever the umask:
 
     - a missing target is created atomically with exactly `new_mode`;
     - an existing regular file is replaced atomically and keeps its mode;
@@ -115,7 +121,7 @@ def _trusted_directory(directory: str) -> bool:
     return info.st_uid in (0, os.geteuid()) and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
-def _write_into(path: str, data: bytes, follow: bool) -> bool:
+def _write_into(path: str, data: Union[bytes, Iterable[bytes]], follow: bool) -> bool:
     """Write `data` into the non-regular file at `path` (a device, a FIFO with a reader) and
     return True; return False, having written nothing, when what is there now is a regular file
     (or, without `follow`, a link). O_NONBLOCK: opening a FIFO nobody reads fails (ENXIO) instead
@@ -136,9 +142,10 @@ def _write_into(path: str, data: bytes, follow: bool) -> bool:
         if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
             return False
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        for chunk in [data] if isinstance(data, bytes) else data:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
     finally:
         os.close(fd)
     return True

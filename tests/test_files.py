@@ -230,3 +230,25 @@ def test_atomic_write_relative_path_writes_in_current_directory(tmp_path, monkey
     module.atomic_write("rel.json", b"x")
     assert (tmp_path / "rel.json").read_bytes() == b"x"
     assert os.listdir(tmp_path) == ["rel.json"]
+
+
+def test_atomic_write_chunks_are_written_in_order_as_one_file(tmp_path):
+    path = tmp_path / "report.json"
+    chunks = (piece.encode("utf-8") for piece in ["{", '"a": 1', ", ", '"b": "\u00e9"', "}"])
+    module.atomic_write(str(path), chunks, default_mode=0o644)
+    assert path.read_bytes() == '{"a": 1, "b": "\u00e9"}'.encode("utf-8")
+    assert mode_of(path) == 0o644
+
+
+def test_atomic_write_chunks_that_raise_midway_leave_the_old_file(tmp_path):
+    path = tmp_path / "report.json"
+    path.write_bytes(b"old")
+
+    def chunks():
+        yield b"new, part one"
+        raise RuntimeError("the renderer failed")
+
+    with pytest.raises(RuntimeError):
+        module.atomic_write(str(path), chunks())
+    assert path.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["report.json"]

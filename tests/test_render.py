@@ -127,3 +127,36 @@ def test_render_table_groups_by_source_in_both_layouts_with_one_legend():
         assert "cpa:8317/claude-off.json" in text
     assert table.render_table(report, layout="lines").count("runs out before its reset") == 1
     assert "== local ==" not in table.render_table(base)
+
+
+# --- JSON streamed account by account --------------------------------------------------------
+
+def whole_document(report):
+    """What render_json wrote before it streamed: one json.dumps of the whole tree."""
+    return json.dumps(json_report.report_json(report), indent=2, ensure_ascii=True) + "\n"
+
+
+def test_render_json_streamed_is_byte_identical_to_one_dump_of_the_tree():
+    tricky = AccountUsage(id="codex-t\u00e9st\n\"q\".json", provider=Provider.CODEX,
+                          email="line\nbreak\u2028@example.com", error="tab\there",
+                          credits={"balance": "0", "nested": {"list": [1, {"a": None}]}},
+                          plan="plus")
+    report = sample_report()
+    report = Report(accounts=report.accounts + (tricky,), skipped=report.skipped,
+                    generated_at=NOW)
+    assert json_report.render_json(report) == whole_document(report)
+
+
+def test_render_json_streamed_empty_arrays_are_identical_too():
+    report = Report(accounts=(), skipped=(), generated_at=NOW)
+    assert json_report.render_json(report) == whole_document(report)
+    assert json.loads(json_report.render_json(report))["accounts"] == []
+
+
+def test_iter_json_yields_one_piece_per_account_not_the_whole_document():
+    report = sample_report()
+    pieces = list(json_report.iter_json(report))
+    assert "".join(pieces) == whole_document(report)
+    holding = [piece for piece in pieces if '"id": "' in piece and '"provider": ' in piece]
+    assert len(holding) == len(report.accounts) + len(report.skipped)
+    assert all(piece.count('"id": "') == 1 for piece in holding)

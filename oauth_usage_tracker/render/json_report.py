@@ -1,7 +1,7 @@
 """The JSON report, version 1: keys are added, never renamed; times are UTC with `Z`."""
 import json
 from datetime import datetime
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional
 
 from .. import pool
 from ..models import AccountUsage, Pace, Skipped, UsageWindow
@@ -72,12 +72,38 @@ def summary_json(report: Report) -> Dict[str, Any]:
             "unreadable_unknown_provider": pool.unattributed_unreadable(report)}
 
 
+def _document(report: Report) -> Dict[str, Any]:
+    """The report's top-level keys in order, its two long arrays as `map` objects (made on use)."""
+    return {"version": VERSION, "generated_at": _time(report.generated_at),
+            "accounts": map(account_json, report.accounts),
+            "skipped": map(skipped_json, report.skipped),
+            "summary": summary_json(report)}
+
+
 def report_json(report: Report) -> Dict[str, Any]:
     """The whole report as a JSON-ready dict."""
-    return {"version": VERSION, "generated_at": _time(report.generated_at),
-            "accounts": [account_json(account) for account in report.accounts],
-            "skipped": [skipped_json(skipped) for skipped in report.skipped],
-            "summary": summary_json(report)}
+    return {key: list(value) if isinstance(value, map) else value
+            for key, value in _document(report).items()}
+
+
+def iter_json(report: Report) -> Iterator[str]:
+    """Given a report, yield the text of `render_json` in pieces, one account at a time, so that
+    a report of thousands of accounts is never held whole, as a tree or as text. The pieces are
+    what json.dumps(report_json(report), indent=2, ensure_ascii=True) writes: json escapes a
+    newline inside a string, so every raw newline is indentation, shifted here by the depth."""
+    yield "{"
+    for position, (key, value) in enumerate(_document(report).items()):
+        yield ("," if position else "") + "\n  " + json.dumps(key) + ": "
+        if not isinstance(value, map):
+            yield json.dumps(value, indent=2, ensure_ascii=True).replace("\n", "\n  ")
+            continue
+        opening = "["
+        for item in value:
+            yield opening + "\n    " + json.dumps(item, indent=2, ensure_ascii=True).replace(
+                "\n", "\n    ")
+            opening = ","
+        yield "[]" if opening == "[" else "\n  ]"
+    yield "\n}\n"
 
 
 def render_json(report: Report) -> str:
@@ -85,4 +111,4 @@ def render_json(report: Report) -> str:
     every other character is a `\\u` escape, so the values are exactly what the files and
     servers said (a lone surrogate included) and no escape sequence or bidi control reaches a
     terminal that shows it."""
-    return json.dumps(report_json(report), indent=2, ensure_ascii=True) + "\n"
+    return "".join(iter_json(report))
