@@ -4,7 +4,7 @@ import fcntl
 import os
 import stat
 import tempfile
-from typing import Iterable, Optional, Union
+from typing import BinaryIO, Iterable, Optional, Union
 
 #: A new `--output` report: it names e-mails and plans, so the owner and group read it, no one else.
 REPORT_MODE = 0o640
@@ -17,14 +17,22 @@ class FileTooLarge(OSError):
     """A file is larger than the cap we read."""
 
 
+def open_regular(path: str) -> BinaryIO:
+    """Given a path, return the regular file there opened for binary reading. Raise OSError if
+    it cannot be opened or is not a regular file (a FIFO, a device, a directory)."""
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just below.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    handle = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        handle.close()
+        raise OSError(22, "not a regular file")
+    return handle
+
+
 def read_capped(path: str, limit: int) -> bytes:
     """Given a path and a byte limit, return the file's bytes. Raise FileTooLarge if it holds
     more than `limit` bytes, OSError if it cannot be read."""
-    # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just below.
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(22, "not a regular file")
+    with open_regular(path) as handle:
         data = handle.read(limit + 1)
     if len(data) > limit:
         raise FileTooLarge("larger than %d KiB" % (limit // 1024))

@@ -5,14 +5,16 @@ per access token, sometimes for hours once provoked. So a 429 starts a cooldown 
 request is sent for that account, and the report shows the last good values, marked stale.
 
 One JSON file (`state.json`) in the state directory, rewritten atomically under a sidecar lock by
-read-modify-write, so two processes that record at once both keep their entries.
+read-modify-write, so two processes that record at once both keep their entries. It holds one
+account per line and is read and written a line at a time: its size never sits in memory twice.
 """
 import json
 import logging
 import os
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, TypeVar, Union
+from typing import (Any, BinaryIO, Callable, Dict, Iterable, Iterator, List, Mapping,
+                    Optional, Tuple, TypeVar, Union)
 
 from . import files, pace
 from .models import LOCAL_SOURCE, AccountUsage, AuthAccount, Provider, UsageWindow
@@ -177,43 +179,59 @@ class StateStore:
         self.directory = os.path.abspath(os.path.expanduser(directory))
         self.path = os.path.join(self.directory, STATE_FILE)
 
-    def _read_raw(self) -> Dict[str, Any]:
-        parsed = _read_object(self.path)
-        if not isinstance(parsed.get("accounts"), dict):
-            if parsed:
-                logger.warning("Ignoring the corrupt state file %s; it will be rewritten",
-                               self.path)
-            return {}
-        return parsed["accounts"]
+    def _each_member(self, visit: Callable[[str, Any, Optional[bytes]], None]) -> bool:
+        """Call visit(name, entry as JSON, the member's bytes or None) for every stored account,
+        reading one line at a time; return False (with a warning) when the file is unreadable or
+        corrupt, so that the caller drops what it gathered. A missing file visits nothing."""
+        try:
+            with files.open_regular(self.path) as handle:
+                for name, raw, member in _members(handle, MAX_STATE_BYTES):
+                    visit(name, raw, member)
+        except FileNotFoundError:
+            return True
+        except OSError as error:
+            logger.warning("Ignoring the state file %s (%s); it will be rewritten", self.path,
+                           error.strerror or error)
+            return False
+        except (ValueError, RecursionError):
+            logger.warning("Ignoring the corrupt state file %s; it will be rewritten", self.path)
+            return False
+        return True
 
     def load(self) -> Dict[Key, AccountState]:
         """Return every stored account state; a missing, unreadable or corrupt file gives {}
         (with a warning for the last two)."""
-        result = {}
-        for name, raw in self._read_raw().items():
+        result: Dict[Key, AccountState] = {}
+
+        def visit(name: str, raw: Any, _member: Optional[bytes]) -> None:
             provider, _, file_id = name.partition("/")
             entry = _entry_from_json(raw)
-            if entry is not None and provider in {p.value for p in Provider} and file_id:
+            if entry is not None and provider in _PROVIDERS and file_id:
                 result[(provider, file_id)] = entry
-        return result
+        return result if self._each_member(visit) else {}
 
     def save(self, changes: Iterable[Tuple[Key, AccountState]]) -> None:
         """Given (key, state) pairs, store them: under the lock, re-read the file, replace those
         entries, write atomically. Other processes' entries are kept. Failures are logged, never
-        raised: state is an optimisation, not a reason to fail a run."""
-        changes = list(changes)
-        if not changes:
+        raised: state is an optimisation, not a reason to fail a run.
+
+        The file is read and written one account at a time: only the entries this save does
+        not replace are held, as the bytes they were stored as."""
+        changed = {_key_text(key): entry for key, entry in changes}
+        if not changed:
             return
         import filelock
         try:
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
             with filelock.FileLock(self.path + ".lock", timeout=LOCK_TIMEOUT):
-                accounts = self._read_raw()
-                for key, entry in changes:
-                    accounts[_key_text(key)] = _entry_to_json(entry)
-                data = json.dumps({"version": VERSION, "accounts": accounts},
-                                  separators=(",", ":"), sort_keys=True)
-                files.atomic_write(self.path, data.encode("utf-8"), default_mode=0o600)
+                kept: Dict[str, bytes] = {}
+
+                def visit(name: str, raw: Any, member: Optional[bytes]) -> None:
+                    if name not in changed:
+                        kept[name] = member if member is not None else _member(name, raw)
+                if not self._each_member(visit):
+                    kept.clear()
+                files.atomic_write(self.path, _layout(changed, kept), default_mode=0o600)
         except Exception as error:  # state is an optimisation: never fail a run for it
             logger.warning("Cannot write the state file %s (%s)", self.path,
                            getattr(error, "strerror", None) or type(error).__name__)
@@ -261,6 +279,67 @@ def _read_object(path: str) -> Dict[str, Any]:
         logger.warning("Ignoring the corrupt state file %s; it will be rewritten", path)
         return {}
     return parsed
+
+
+# The layout `save` writes: still one JSON object, {"accounts": {name: entry, ...}, "version": 1}
+# with sorted keys, but one account per line, so that it is read and written line by line.
+_HEAD = b'{"accounts":{\n'
+_TAIL = b'},"version":%d}\n' % VERSION
+_PROVIDERS = frozenset(p.value for p in Provider)
+
+
+def _member(name: str, raw: Any) -> bytes:
+    """One account's line (without its comma): `"name":{...}`, compact, keys sorted."""
+    return (json.dumps(name) + ":" + json.dumps(raw, separators=(",", ":"), sort_keys=True)
+            ).encode("utf-8")
+
+
+def _layout(changed: Dict[str, AccountState], kept: Dict[str, bytes]) -> Iterator[bytes]:
+    """Yield the state file in pieces: the changed entries and the kept members, by name."""
+    yield _HEAD
+    names = sorted(changed.keys() | kept.keys())
+    for position, name in enumerate(names):
+        member = kept[name] if name in kept else _member(name, _entry_to_json(changed[name]))
+        yield member + (b",\n" if position + 1 < len(names) else b"\n")
+    yield _TAIL
+
+
+def _members(handle: BinaryIO, limit: int) -> Iterator[Tuple[str, Any, Optional[bytes]]]:
+    """Given the state file open for reading, yield (name, entry as JSON, the member's bytes)
+    for every stored account, a line at a time in the layout `save` writes. A file in another
+    layout (an older version's one line, or a file edited by hand) is parsed whole and yields no
+    member bytes. Raise ValueError or RecursionError if it is not a state file, FileTooLarge
+    past `limit` bytes."""
+    first = handle.readline(limit + 1)
+    if first != _HEAD:
+        data = first + handle.read(limit + 1 - len(first))
+        _check_size(len(data), limit)
+        parsed = json.loads(data)
+        if not isinstance(parsed, dict) or not isinstance(parsed.get("accounts"), dict):
+            raise ValueError("not a state object")
+        for name, raw in parsed["accounts"].items():
+            yield name, raw, None
+        return
+    size = len(first)
+    while True:
+        line = handle.readline(limit + 1 - size)
+        size += len(line)
+        _check_size(size, limit)
+        if line.startswith(b"}"):  # the last line closes the accounts and holds the version
+            if not isinstance(json.loads(b'{"accounts":{' + line), dict) or handle.read(1):
+                raise ValueError("not a state object")
+            return
+        if not line.endswith(b"\n"):
+            raise ValueError("the state file ends before its last line")
+        member = line[:-2] if line.endswith(b",\n") else line[:-1]
+        parsed = json.loads(b"{" + member + b"}")
+        for name, raw in parsed.items():
+            yield name, raw, member if len(parsed) == 1 else None
+
+
+def _check_size(size: int, limit: int) -> None:
+    if size > limit:
+        raise files.FileTooLarge("larger than %d KiB" % (limit // 1024))
 
 
 def next_state(previous: Optional[AccountState], now: datetime,

@@ -105,6 +105,85 @@ def test_store_corrupt_file_is_ignored_with_warning_and_rewritten(tmp_path, capl
     json.loads((directory / "state.json").read_text())
 
 
+def saved(store, *names):
+    store.save([(("codex", name), module.next_state(None, NOW, windows=[WINDOW]))
+                for name in names])
+
+
+def test_store_file_holds_one_account_per_line_and_is_one_json_object(tmp_path):
+    store = module.StateStore(str(tmp_path / "state"))
+    saved(store, "codex-b.json", "codex-a.json", "codex-c.json")
+    lines = (tmp_path / "state" / "state.json").read_bytes().splitlines()
+    assert lines[0] == b'{"accounts":{' and lines[-1] == b'},"version":1}'
+    assert [line.split(b":")[0] for line in lines[1:-1]] == [
+        b'"codex/codex-a.json"', b'"codex/codex-b.json"', b'"codex/codex-c.json"']
+    document = json.loads(b"\n".join(lines))
+    # The same document one json.dumps of the whole tree would give.
+    assert json.dumps(document, separators=(",", ":"), sort_keys=True).encode() == \
+        b"".join(lines)
+    assert sorted(store.load()) == [("codex", "codex-a.json"), ("codex", "codex-b.json"),
+                                    ("codex", "codex-c.json")]
+
+
+def test_store_keeps_other_entries_byte_for_byte(tmp_path):
+    directory = tmp_path / "state"
+    store = module.StateStore(str(directory))
+    saved(store, "codex-a.json", "codex-b.json")
+    path = directory / "state.json"
+    # Another writer's entry, with a key this version does not know: kept as it was stored.
+    other = b'"claude/claude-x.json":{"future_key":[1,2],"windows":[]}'
+    lines = path.read_bytes().splitlines()
+    path.write_bytes(b"\n".join(lines[:1] + [other + b","] + lines[1:]) + b"\n")
+    saved(store, "codex-b.json")
+    assert other + b"," in path.read_bytes().splitlines()
+    assert sorted(store.load()) == [("claude", "claude-x.json"), ("codex", "codex-a.json"),
+                                    ("codex", "codex-b.json")]
+
+
+def test_store_reads_a_single_line_file_of_an_older_version_and_keeps_its_entries(tmp_path):
+    directory = tmp_path / "state"
+    directory.mkdir()
+    old = {"version": 1, "accounts": {"codex/codex-a.json": {
+        "windows": [{"key": "five_hour", "title": "5-hour", "used_percent": 12.0}],
+        "fetched_at": "2026-11-24T13:00:00Z"}}}
+    (directory / "state.json").write_text(json.dumps(old, indent=1))
+    store = module.StateStore(str(directory))
+    assert store.load()[("codex", "codex-a.json")].windows[0].used_percent == 12.0
+    saved(store, "codex-b.json")
+    stored = json.loads((directory / "state.json").read_text())["accounts"]
+    assert stored["codex/codex-a.json"] == old["accounts"]["codex/codex-a.json"]
+    assert sorted(stored) == ["codex/codex-a.json", "codex/codex-b.json"]
+
+
+@pytest.mark.parametrize("damage", [
+    lambda lines: lines[:-1],                                  # ends before its last line
+    lambda lines: lines[:1] + [b'"codex/codex-a.json":{,'] + lines[2:],  # a broken line
+    lambda lines: lines + [b"trailing"],                       # data after the end
+    lambda lines: lines[:-1] + [b"}"],                         # a last line that is no JSON
+])
+def test_store_damaged_line_layout_is_ignored_with_warning_and_rewritten(tmp_path, caplog,
+                                                                         damage):
+    directory = tmp_path / "state"
+    store = module.StateStore(str(directory))
+    saved(store, "codex-a.json", "codex-b.json")
+    path = directory / "state.json"
+    path.write_bytes(b"\n".join(damage(path.read_bytes().splitlines())) + b"\n")
+    with caplog.at_level(logging.WARNING):
+        assert store.load() == {}
+    assert "corrupt state file" in caplog.text
+    saved(store, "codex-c.json")
+    assert list(store.load()) == [("codex", "codex-c.json")]
+
+
+def test_store_file_over_the_cap_is_ignored_with_warning(tmp_path, caplog, monkeypatch):
+    store = module.StateStore(str(tmp_path / "state"))
+    saved(store, *["codex-%03d.json" % index for index in range(20)])
+    monkeypatch.setattr(module, "MAX_STATE_BYTES", 1000)
+    with caplog.at_level(logging.WARNING):
+        assert store.load() == {}
+    assert "larger than" in caplog.text
+
+
 def test_store_unwritable_directory_logs_and_does_not_raise(tmp_path, caplog):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
