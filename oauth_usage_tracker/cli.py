@@ -339,6 +339,8 @@ class Run:
         started = time.monotonic()
         discovery = self.discover()
         handle = tracker.refresh(*self.selected(discovery))
+        # From here on only the skipped files are needed: each account is let go once fetched.
+        discovery = Discovery(skipped=discovery.skipped, auth_dir=discovery.auth_dir)
         _import_the_rest(tracker)
         self.last_report = self.report(discovery, handle, started)
         return self.finish(self.last_report)

@@ -4,6 +4,7 @@ Nothing here does I/O or reads the clock: `now` is always passed in.
 """
 import math
 import re
+import sys
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
@@ -149,8 +150,10 @@ def make_window(key: str, title: str, used_percent: Optional[float],
     if used is None and reset_date is None:
         return None
     text = reset_text(reset_date, now) if reset_date is not None else None
-    return UsageWindow(key=key, title=title, used_percent=used, reset_date=reset_date,
-                       reset_text=text, length_seconds=length_seconds)
+    # Interned: every account repeats the same few keys and titles (decoded afresh from each
+    # answer), and a pool of thousands keeps them all.
+    return UsageWindow(key=sys.intern(key), title=sys.intern(title), used_percent=used,
+                       reset_date=reset_date, reset_text=text, length_seconds=length_seconds)
 
 
 def title_length(title: str) -> Optional[float]:

@@ -11,13 +11,14 @@ account per line and is read and written a line at a time: its size never sits i
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import (Any, BinaryIO, Callable, Dict, Iterable, Iterator, List, Mapping,
                     Optional, Tuple, TypeVar, Union)
 
 from . import files, pace
-from .models import LOCAL_SOURCE, AccountUsage, AuthAccount, Provider, UsageWindow
+from .models import LOCAL_SOURCE, SLOTS, AccountUsage, AuthAccount, Provider, UsageWindow
 from .pace import Reading, WindowHistory
 from .parsing import (clamp_percent, format_timestamp, number_value, parse_timestamp,
                       reset_text, roll_over)
@@ -57,7 +58,7 @@ def cooldown_seconds(retry_after: Optional[float], previous: Optional[float]) ->
     return DEFAULT_COOLDOWN
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, **SLOTS)
 class AccountState:
     """What is remembered about one account."""
 
@@ -127,7 +128,7 @@ def _window_from_json(raw: Any) -> Optional[UsageWindow]:
                         for name in ("severity", "locked_reason"))
     active = raw.get("is_active")
     length = number_value(raw.get("length_seconds"))
-    return UsageWindow(raw["key"], raw["title"], clamp_percent(used),
+    return UsageWindow(sys.intern(raw["key"]), sys.intern(raw["title"]), clamp_percent(used),
                        parse_timestamp(raw.get("reset_date")),
                        is_active=active if isinstance(active, bool) else None,
                        length_seconds=length if length is not None and length > 0 else None,
