@@ -14,24 +14,27 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import replace
 from datetime import datetime, timezone
 from functools import partial
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import (TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Sequence, Tuple,
+                    Union)
 
 from . import http, outcome, pace, remote
 from .lanes import Lanes, interleaved
 from .accounts import select_accounts
 from .config import Settings
 from .errors import RefreshSuperseded, UsageTrackerError
-from .events import Event, EventLedger, Thresholds
 from .models import AccountState as State
 from .models import LOCAL_SOURCE, AccountUsage, AuthAccount, Provider, Skipped
 from .state import (AccountState, StateStore, cooldown_message, default_state_dir, from_store,
                     next_state, state_key)
 
+if TYPE_CHECKING:  # imported by the first subscribe_events()
+    from .events import Event, EventLedger, Thresholds
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_WORKERS = 16
 Listener = Callable[[List[AccountUsage], bool], None]
-EventListener = Callable[[Event], None]
+EventListener = Callable[["Event"], None]
 Fetcher = Callable[..., AccountUsage]
 
 
@@ -138,7 +141,7 @@ class OAuthUsageTracker:
                  environ: Optional[Mapping[str, str]] = None,
                  fetchers: Optional[Mapping[Provider, Fetcher]] = None,
                  state_dir: Union[str, "os.PathLike[str]", bool, None] = True,
-                 max_age: float = 0.0, event_thresholds: Optional[Thresholds] = None):
+                 max_age: float = 0.0, event_thresholds: Optional["Thresholds"] = None):
         self.settings = settings or Settings.from_environ(
             environ, workers=workers, timeout=timeout, allow_token_refresh=allow_token_refresh,
             include_expired=include_expired)
@@ -149,8 +152,10 @@ class OAuthUsageTracker:
         #: A stored result younger than this many seconds is reused instead of asking again.
         self.max_age = max_age
         # What earlier refreshes announced: in the state store (shared with the script and other
-        # processes on the same directory) or, without one, in this object.
-        self._ledger = EventLedger(self.state, event_thresholds or Thresholds())
+        # processes on the same directory) or, without one, in this object. Made by the first
+        # subscribe_events(): a run nobody asks events of does not import them.
+        self._event_thresholds = event_thresholds
+        self._ledger: Optional["EventLedger"] = None
         self._event_listeners: List[EventListener] = []
         if fetchers is None:
             from .providers import FETCHERS
@@ -206,7 +211,10 @@ class OAuthUsageTracker:
         the tracker's threads, in event order, before the refresh publishes its results (so
         they have all run when refresh_and_wait returns); a callback that raises is logged and
         ignored."""
+        from .events import EventLedger, Thresholds
         with self._lock:
+            if self._ledger is None:
+                self._ledger = EventLedger(self.state, self._event_thresholds or Thresholds())
             self._event_listeners.append(callback)
 
         def unsubscribe() -> None:
@@ -221,9 +229,10 @@ class OAuthUsageTracker:
         with self._lock:
             callbacks = list(self._event_listeners)
             current = generation == self._generation
-        if not callbacks or not current:
+            ledger = self._ledger
+        if not callbacks or not current or ledger is None:
             return
-        for event in self._ledger.record(usages, skipped, datetime.now(timezone.utc)):
+        for event in ledger.record(usages, skipped, datetime.now(timezone.utc)):
             for callback in callbacks:
                 try:
                     callback(event)
