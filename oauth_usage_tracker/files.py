@@ -44,8 +44,8 @@ def atomic_write(path: str, data: Union[bytes, Iterable[bytes]], default_mode: i
     """Given a path and bytes (or an iterable of byte chunks, written as they come, so that a
     large document is never held whole), replace the file atomically: write a temporary file in
     the same directory, fsync it, then os.replace it over the path, so a reader sees the old file
-    or the new one, never a part. The file keeps its permission bits (`default_mode` for a new file), or
-    gets exactly `mode` when it is given; the umask never applies.
+    or the new one, never a part. The file keeps its permission bits (`default_mode` for a new
+    file), or gets exactly `mode` when it is given; the umask never applies.
 
     The temporary name starts with a dot and ends in `.tmp`, so no reader's glob matches it:
     CLIProxyAPI reloads every `*.json` and node_exporter reads every `*.prom` in the directory.

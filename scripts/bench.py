@@ -19,7 +19,7 @@ average (other work on the machine slows the tool and its baseline alike, but no
   the fit's prediction.
 
     python3 scripts/bench.py                 # the full run (a few minutes)
-    python3 scripts/bench.py --quick         # a small smoke run (targets are meant for the full run)
+    python3 scripts/bench.py --quick         # a smoke run (the targets are the full run's)
     python3 scripts/bench.py --strict        # exit 1 when a target is missed
 """
 import argparse
