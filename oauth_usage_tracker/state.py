@@ -180,14 +180,15 @@ class StateStore:
         self.directory = os.path.abspath(os.path.expanduser(directory))
         self.path = os.path.join(self.directory, STATE_FILE)
 
-    def _each_member(self, visit: Callable[[str, Any, Optional[bytes]], None]) -> bool:
-        """Call visit(name, entry as JSON, the member's bytes or None) for every stored account,
+    def _each_member(self, visit: Callable[[str, bytes], None],
+                     wanted: Callable[[str], bool] = lambda name: True) -> bool:
+        """Call visit(name, member bytes) for every stored account whose name is `wanted`,
         reading one line at a time; return False (with a warning) when the file is unreadable or
         corrupt, so that the caller drops what it gathered. A missing file visits nothing."""
         try:
             with files.open_regular(self.path) as handle:
-                for name, raw, member in _members(handle, MAX_STATE_BYTES):
-                    visit(name, raw, member)
+                for name, member in _members(handle, MAX_STATE_BYTES, wanted):
+                    visit(name, member)
         except FileNotFoundError:
             return True
         except OSError as error:
@@ -204,11 +205,24 @@ class StateStore:
         (with a warning for the last two)."""
         result: Dict[Key, AccountState] = {}
 
-        def visit(name: str, raw: Any, _member: Optional[bytes]) -> None:
-            provider, _, file_id = name.partition("/")
-            entry = _entry_from_json(raw)
-            if entry is not None and provider in _PROVIDERS and file_id:
-                result[(provider, file_id)] = entry
+        def visit(name: str, member: bytes) -> None:
+            key = _key(name)
+            entry = _entry_from_json(_parse_member(member))
+            if entry is not None and key is not None:
+                result[key] = entry
+        return result if self._each_member(visit) else {}
+
+    def load_members(self) -> Dict[Key, bytes]:
+        """Return every stored account's entry as the bytes it is stored as, unparsed:
+        entry_from_member() parses one when its account is fetched, so that a refresh of
+        thousands of accounts neither waits for them all to be parsed before its first request
+        nor holds them all parsed. A missing, unreadable or corrupt file gives {}."""
+        result: Dict[Key, bytes] = {}
+
+        def visit(name: str, member: bytes) -> None:
+            key = _key(name)
+            if key is not None:
+                result[key] = member
         return result if self._each_member(visit) else {}
 
     def save(self, changes: Iterable[Tuple[Key, AccountState]]) -> None:
@@ -217,7 +231,7 @@ class StateStore:
         raised: state is an optimisation, not a reason to fail a run.
 
         The file is read and written one account at a time: only the entries this save does
-        not replace are held, as the bytes they were stored as."""
+        not replace are held (and parsed, to check them), as the bytes they were stored as."""
         changed = {_key_text(key): entry for key, entry in changes}
         if not changed:
             return
@@ -227,16 +241,15 @@ class StateStore:
             with filelock.FileLock(self.path + ".lock", timeout=LOCK_TIMEOUT):
                 kept: Dict[str, bytes] = {}
 
-                def visit(name: str, raw: Any, member: Optional[bytes]) -> None:
-                    if name not in changed:
-                        kept[name] = member if member is not None else _member(name, raw)
-                if not self._each_member(visit):
+                def visit(name: str, member: bytes) -> None:
+                    _parse_member(member)
+                    kept[name] = member
+                if not self._each_member(visit, lambda name: name not in changed):
                     kept.clear()
                 files.atomic_write(self.path, _layout(changed, kept), default_mode=0o600)
         except Exception as error:  # state is an optimisation: never fail a run for it
             logger.warning("Cannot write the state file %s (%s)", self.path,
                            getattr(error, "strerror", None) or type(error).__name__)
-
 
     def update_events(self, change: Callable[[Dict[str, Any]], Tuple[T, Dict[str, Any]]]) -> T:
         """Given change(stored) -> (result, new stored), apply it to the events memory file
@@ -305,12 +318,13 @@ def _layout(changed: Dict[str, AccountState], kept: Dict[str, bytes]) -> Iterato
     yield _TAIL
 
 
-def _members(handle: BinaryIO, limit: int) -> Iterator[Tuple[str, Any, Optional[bytes]]]:
-    """Given the state file open for reading, yield (name, entry as JSON, the member's bytes)
-    for every stored account, a line at a time in the layout `save` writes. A file in another
-    layout (an older version's one line, or a file edited by hand) is parsed whole and yields no
-    member bytes. Raise ValueError or RecursionError if it is not a state file, FileTooLarge
-    past `limit` bytes."""
+def _members(handle: BinaryIO, limit: int, wanted: Callable[[str], bool]
+             ) -> Iterator[Tuple[str, bytes]]:
+    """Given the state file open for reading, yield (name, member bytes) for every stored account
+    whose name is `wanted`, a line at a time in the layout `save` writes, without parsing the
+    entries (only their names). A file in another layout (an older version's one line, or a file
+    edited by hand) is parsed whole. Raise ValueError or RecursionError if it is not a state
+    file, FileTooLarge past `limit` bytes."""
     first = handle.readline(limit + 1)
     if first != _HEAD:
         data = first + handle.read(limit + 1 - len(first))
@@ -319,7 +333,8 @@ def _members(handle: BinaryIO, limit: int) -> Iterator[Tuple[str, Any, Optional[
         if not isinstance(parsed, dict) or not isinstance(parsed.get("accounts"), dict):
             raise ValueError("not a state object")
         for name, raw in parsed["accounts"].items():
-            yield name, raw, None
+            if wanted(name):
+                yield name, _member(name, raw)
         return
     size = len(first)
     while True:
@@ -330,12 +345,39 @@ def _members(handle: BinaryIO, limit: int) -> Iterator[Tuple[str, Any, Optional[
             if not isinstance(json.loads(b'{"accounts":{' + line), dict) or handle.read(1):
                 raise ValueError("not a state object")
             return
-        if not line.endswith(b"\n"):
-            raise ValueError("the state file ends before its last line")
+        if not line.endswith(b"\n") or not line.startswith(b'"'):
+            raise ValueError("not a line of the state file")
         member = line[:-2] if line.endswith(b",\n") else line[:-1]
-        parsed = json.loads(b"{" + member + b"}")
-        for name, raw in parsed.items():
-            yield name, raw, member if len(parsed) == 1 else None
+        text = member.decode("utf-8")
+        name, end = json.decoder.scanstring(text, 1)
+        if not text.startswith(":", end):
+            raise ValueError("not a line of the state file")
+        if wanted(name):
+            yield name, member
+
+
+def _parse_member(member: bytes) -> Any:
+    """Given a member's bytes (`"name":{...}`), return its entry as JSON. Raise ValueError or
+    RecursionError if it is not one JSON member."""
+    parsed = json.loads(b"{" + member + b"}")
+    if len(parsed) != 1:
+        raise ValueError("not one member")
+    return next(iter(parsed.values()))
+
+
+def entry_from_member(member: bytes) -> Optional[AccountState]:
+    """Given an account's entry as load_members() returned it, return its AccountState, or None
+    when it holds none (a damaged line costs that account its state, not the run)."""
+    try:
+        return _entry_from_json(_parse_member(member))
+    except (ValueError, RecursionError):
+        return None
+
+
+def _key(name: str) -> Optional[Key]:
+    """The key of a stored name (`claude/<file id>`), or None when it names no account."""
+    provider, _, file_id = name.partition("/")
+    return (sys.intern(provider), file_id) if provider in _PROVIDERS and file_id else None
 
 
 def _check_size(size: int, limit: int) -> None:

@@ -24,8 +24,8 @@ from .config import Settings
 from .errors import RefreshSuperseded, UsageTrackerError
 from .models import AccountState as State
 from .models import LOCAL_SOURCE, AccountUsage, AuthAccount, Provider, Skipped
-from .state import (AccountState, StateStore, cooldown_message, default_state_dir, from_store,
-                    next_state, state_key)
+from .state import (AccountState, StateStore, cooldown_message, default_state_dir,
+                    entry_from_member, from_store, next_state, state_key)
 
 if TYPE_CHECKING:  # imported by the first subscribe_events()
     from .events import Event, EventLedger, Thresholds
@@ -93,7 +93,7 @@ class _Batch:
     each account and its stored state are let go once a worker takes them."""
 
     def __init__(self, generation: int, handle: RefreshHandle, accounts: Sequence[AuthAccount],
-                 stored: Dict[Tuple[str, str], AccountState]):
+                 stored: Dict[Tuple[str, str], bytes]):
         self.generation = generation
         self.handle = handle
         self.results: List[Optional[Tuple[AccountUsage, Optional[AccountState]]]] = \
@@ -105,7 +105,7 @@ class _Batch:
         self.workers = 0
         self.lock = threading.Lock()
 
-    def take(self) -> Optional[Tuple[int, AuthAccount, Optional[AccountState]]]:
+    def take(self) -> Optional[Tuple[int, AuthAccount, Optional[bytes]]]:
         """The next account to fetch with its stored state, or None when none can start now."""
         item = self.lanes.take()
         if item is None:
@@ -292,7 +292,7 @@ class OAuthUsageTracker:
                                             is_loading=True, source=a.source) for a in kept),
                               key=sort_key)
         self._publish(generation, placeholders, True)
-        stored = self.state.load() if self.state is not None else {}
+        stored = self.state.load_members() if self.state is not None else {}
         batch = _Batch(generation, handle, kept, stored)
         # Submit under the lock: a close() or newer refresh() that got in after the checks above
         # either ran before this block (nothing starts) or runs after it (it sees these futures).
@@ -391,7 +391,8 @@ class OAuthUsageTracker:
             item = batch.take()
             if item is None:
                 return
-            index, account, entry = item
+            index, account, member = item
+            entry = entry_from_member(member) if member is not None else None
             result = self._fetch_one(batch.generation, account, entry)
             batch.lanes.done(account)
             if result is None:
