@@ -212,19 +212,6 @@ class StateStore:
                 result[key] = entry
         return result if self._each_member(visit) else {}
 
-    def load_members(self) -> Dict[Key, bytes]:
-        """Return every stored account's entry as the bytes it is stored as, unparsed:
-        entry_from_member() parses one when its account is fetched, so that a refresh of
-        thousands of accounts neither waits for them all to be parsed before its first request
-        nor holds them all parsed. A missing, unreadable or corrupt file gives {}."""
-        result: Dict[Key, bytes] = {}
-
-        def visit(name: str, member: bytes) -> None:
-            key = _key(name)
-            if key is not None:
-                result[key] = member
-        return result if self._each_member(visit) else {}
-
     def save(self, changes: Iterable[Tuple[Key, AccountState]]) -> None:
         """Given (key, state) pairs, store them: under the lock, re-read the file, replace those
         entries, write atomically. Other processes' entries are kept. Failures are logged, never
@@ -363,15 +350,6 @@ def _parse_member(member: bytes) -> Any:
     if len(parsed) != 1:
         raise ValueError("not one member")
     return next(iter(parsed.values()))
-
-
-def entry_from_member(member: bytes) -> Optional[AccountState]:
-    """Given an account's entry as load_members() returned it, return its AccountState, or None
-    when it holds none (a damaged line costs that account its state, not the run)."""
-    try:
-        return _entry_from_json(_parse_member(member))
-    except (ValueError, RecursionError):
-        return None
 
 
 def _key(name: str) -> Optional[Key]:

@@ -15,7 +15,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from functools import partial
 from typing import (TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Sequence, Tuple,
-                    Union)
+                    Union, cast)
 
 from . import http, outcome, pace, remote
 from .lanes import Lanes, interleaved
@@ -24,8 +24,8 @@ from .config import Settings
 from .errors import RefreshSuperseded, UsageTrackerError
 from .models import AccountState as State
 from .models import LOCAL_SOURCE, AccountUsage, AuthAccount, Provider, Skipped
-from .state import (AccountState, StateStore, cooldown_message, default_state_dir,
-                    entry_from_member, from_store, next_state, state_key)
+from .state import (AccountState, StateStore, cooldown_message, default_state_dir, from_store,
+                    next_state, state_key)
 
 if TYPE_CHECKING:  # imported by the first subscribe_events()
     from .events import Event, EventLedger, Thresholds
@@ -93,11 +93,13 @@ class _Batch:
     each account and its stored state are let go once a worker takes them."""
 
     def __init__(self, generation: int, handle: RefreshHandle, accounts: Sequence[AuthAccount],
-                 stored: Dict[Tuple[str, str], bytes]):
+                 stored: Dict[Tuple[str, str], AccountState]):
         self.generation = generation
         self.handle = handle
-        self.results: List[Optional[Tuple[AccountUsage, Optional[AccountState]]]] = \
-            [None] * len(accounts)
+        #: Each account's usage and new stored state (None: not fetched), in two lists rather
+        #: than one of pairs: a pair per account is 64 bytes more, thousands of times over.
+        self.usages: List[Optional[AccountUsage]] = [None] * len(accounts)
+        self.entries: List[Optional[AccountState]] = [None] * len(accounts)
         #: The accounts not yet taken, by source: a proxy's enter only as its calls finish.
         self.lanes = Lanes(accounts)
         self.stored = stored
@@ -105,7 +107,7 @@ class _Batch:
         self.workers = 0
         self.lock = threading.Lock()
 
-    def take(self) -> Optional[Tuple[int, AuthAccount, Optional[bytes]]]:
+    def take(self) -> Optional[Tuple[int, AuthAccount, Optional[AccountState]]]:
         """The next account to fetch with its stored state, or None when none can start now."""
         item = self.lanes.take()
         if item is None:
@@ -292,7 +294,7 @@ class OAuthUsageTracker:
                                             is_loading=True, source=a.source) for a in kept),
                               key=sort_key)
         self._publish(generation, placeholders, True)
-        stored = self.state.load_members() if self.state is not None else {}
+        stored = self.state.load() if self.state is not None else {}
         batch = _Batch(generation, handle, kept, stored)
         # Submit under the lock: a close() or newer refresh() that got in after the checks above
         # either ran before this block (nothing starts) or runs after it (it sees these futures).
@@ -391,13 +393,13 @@ class OAuthUsageTracker:
             item = batch.take()
             if item is None:
                 return
-            index, account, member = item
-            entry = entry_from_member(member) if member is not None else None
+            index, account, entry = item
             result = self._fetch_one(batch.generation, account, entry)
             batch.lanes.done(account)
             if result is None:
                 return
-            batch.results[index] = result  # each index is written by the one worker that took it
+            # Each index is written by the one worker that took it.
+            batch.usages[index], batch.entries[index] = result
 
     def _drained(self, batch: _Batch, _future: Future) -> None:
         """A worker finished or was cancelled; the last one saves and publishes the batch."""
@@ -406,18 +408,21 @@ class OAuthUsageTracker:
             if batch.workers:
                 return
         # The futures (kept for cancelling) hold the batch: let go of what it holds now.
-        results, batch.results = batch.results, []
+        usages, batch.usages = batch.usages, []
+        entries, batch.entries = batch.entries, []
         batch.stored.clear()
-        done = [result for result in results if result is not None]
         if self.state is not None:
             # Even a superseded generation's outcomes are facts worth keeping (a 429 above all).
             self.state.save((state_key(usage), entry)
-                            for usage, entry in done if entry is not None)
-        if len(done) < len(results):
+                            for usage, entry in zip(usages, entries)
+                            if usage is not None and entry is not None)
+        del entries
+        if any(usage is None for usage in usages):
             return  # superseded: a newer generation cancelled or skipped some of these
-        usages = sorted((usage for usage, _ in done), key=sort_key)
-        self._announce(batch.generation, usages, batch.handle.skipped)
-        self._publish(batch.generation, usages, False, batch.handle)
+        done = cast(List[AccountUsage], usages)
+        done.sort(key=sort_key)
+        self._announce(batch.generation, done, batch.handle.skipped)
+        self._publish(batch.generation, done, False, batch.handle)
 
     # --- lifetime -----------------------------------------------------------------------------
 
