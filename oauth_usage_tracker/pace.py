@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Dict, Iterable, Mapping, Optional, Tuple
 
-from .models import Pace, UsageWindow
+from .models import SLOTS, Pace, UsageWindow
 
 #: Below this elapsed share of a window, a projection says nothing useful.
 MIN_ELAPSED_SHARE = 0.05
@@ -42,7 +42,7 @@ ARTEFACT_TOLERANCE = 0.5
 MAX_PROJECTION_LENGTHS = 100
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, **SLOTS)
 class Reading:
     """One stored reading of a window: when, and how much was used."""
 
@@ -50,7 +50,7 @@ class Reading:
     used_percent: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, **SLOTS)
 class WindowHistory:
     """The earlier readings of one window (by key) in its current period. Never a token."""
 

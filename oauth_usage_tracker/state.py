@@ -8,6 +8,7 @@ One JSON file (`state.json`) in the state directory, rewritten atomically under 
 read-modify-write, so two processes that record at once both keep their entries. It holds one
 account per line and is read and written a line at a time: its size never sits in memory twice.
 """
+import functools
 import json
 import logging
 import os
@@ -96,10 +97,18 @@ def _reading_to_json(reading: Reading) -> List[Any]:
     return [format_timestamp(reading.at), reading.used_percent]
 
 
+@functools.lru_cache(maxsize=64)
+def _reading_time(text: str) -> Optional[datetime]:
+    """parse_timestamp for stored reading times, which repeat across an account's windows (one
+    fetch reads them all): one datetime object for each, not one per reading."""
+    return parse_timestamp(text)
+
+
 def _reading_from_json(raw: Any) -> Optional[Reading]:
     if not isinstance(raw, list) or len(raw) != 2:
         return None
-    at, used = parse_timestamp(raw[0]), clamp_percent(number_value(raw[1]))
+    at = _reading_time(raw[0]) if isinstance(raw[0], str) else parse_timestamp(raw[0])
+    used = clamp_percent(number_value(raw[1]))
     return Reading(at, used) if at is not None and used is not None else None
 
 
