@@ -228,7 +228,7 @@ class Bench:
 
     def row(self, measure: str, measured: str, ratio: str = "") -> None:
         self.rows.append((measure, measured, ratio))
-        print("  %s: %s %s" % (measure, measured, ratio), file=sys.stderr, flush=True)
+        print(("  %s: %s %s" % (measure, measured, ratio)).rstrip(), file=sys.stderr, flush=True)
 
     def check(self, name: str, held: bool) -> None:
         self.checks.append((name, held))
@@ -237,7 +237,7 @@ class Bench:
         width = max(len(row[0]) for row in self.rows)
         print("%-*s  %-32s  %s" % (width, "measure", "measured", "ratio"))
         for name, measured, value in self.rows:
-            print("%-*s  %-32s  %s" % (width, name, measured, value))
+            print(("%-*s  %-32s  %s" % (width, name, measured, value)).rstrip())
         print()
         for name, held in self.checks:
             print("%s  %s" % ("PASS" if held else "FAIL", name))
