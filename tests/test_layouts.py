@@ -4,6 +4,7 @@ After a deliberate change of the table, rewrite the golden files with
 `UPDATE_GOLDEN=1 python -m pytest tests/test_layouts.py` and review the diff.
 """
 import os
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -24,7 +25,7 @@ FIVE, WEEK = 5 * 3600.0, 7 * 86400.0
 def window(key, title, used, reset_in, length):
     reset = NOW + timedelta(seconds=reset_in)
     made = UsageWindow(key, title, used, reset, reset_text(reset, NOW), length_seconds=length)
-    return UsageWindow(**{**made.__dict__, "pace": pace.pace(made, NOW)})
+    return replace(made, pace=pace.pace(made, NOW))
 
 
 def pool_account(index):
