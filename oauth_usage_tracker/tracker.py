@@ -17,7 +17,7 @@ from functools import partial
 from typing import (TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Sequence, Tuple,
                     Union, cast)
 
-from . import http, outcome, pace, remote
+from . import http, outcome, pace
 from .lanes import Lanes, interleaved
 from .accounts import select_accounts
 from .config import Settings
@@ -360,9 +360,12 @@ class OAuthUsageTracker:
                 return replace(from_store(account, entry, now, stale=True,
                                           error=cooldown_message(entry)),
                                state=state, cooldown_until=entry.cooldown_until), None
-        # An account a proxy listed is read through that proxy, never from a file.
-        fetch: Fetcher = remote.fetch_usage if account.remote is not None \
-            else self._fetchers[account.provider]
+        # An account a proxy listed is read through that proxy, never from a file (imported
+        # then: a run of local accounts does not pay for the management API client).
+        fetch: Fetcher = self._fetchers[account.provider]
+        if account.remote is not None:
+            from . import remote
+            fetch = remote.fetch_usage
         try:
             usage = fetch(account, self._session, self.settings)
         except UsageTrackerError as error:
