@@ -466,7 +466,8 @@ class OAuthUsageTracker:
         waits for workers that do not exist."""
         self._lock = threading.Lock()
         self._publish_lock = threading.RLock()
-        self._ledger._lock = threading.Lock()  # its memory stays; its lock may be a parent's
+        if self._ledger is not None:
+            self._ledger._lock = threading.Lock()  # its memory stays; its lock may be a parent's
         self._inherited.append((self._pool, self._session))
         self._pool, self._session = None, None
         self._futures = []
