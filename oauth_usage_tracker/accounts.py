@@ -1,9 +1,11 @@
 """Finding the accounts: the credential files in CLIProxyAPI's auth directory. Read-only."""
 import logging
 import os
+import stat
 import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
+from .authdir import AuthDirectory, DirectoryId, UnsafeFile
 from .credentials import READ_PAUSE, READ_TRIES, UnparsedFile, read_json_once
 from .errors import ConfigurationError, CredentialError
 from .models import AccountState, AuthAccount, Discovery, Provider, Skipped
@@ -30,21 +32,24 @@ def discover_accounts(auth_dir: Union[str, "os.PathLike[str]", None] = None,
                       environ: Optional[Mapping[str, str]] = None) -> Discovery:
     """Given an auth directory (see resolve_auth_dir), return every Claude and Codex account in
     its `*.json` files, disabled and expired ones included, and the files that are not usable
-    accounts with their reasons. Raise ConfigurationError if the directory does not exist."""
+    accounts with their reasons. The directory is opened once, listed and read through that
+    descriptor, and its identity recorded on each account (`directory_id`), so that a later
+    read or refresh refuses another directory put at the same path. Raise ConfigurationError if
+    the directory does not exist or cannot be listed."""
     directory = resolve_auth_dir(auth_dir, environ)
     if not os.path.isdir(directory):
         raise ConfigurationError("Auth directory %s does not exist (set --auth-dir or %s)"
                                  % (directory, AUTH_DIR_ENV))
-    real_directory = os.path.realpath(directory)
     found: Dict[Provider, List[AuthAccount]] = {Provider.CLAUDE: [], Provider.CODEX: []}
     skipped: List[Skipped] = []
     try:
-        names = sorted(entry for entry in os.listdir(directory) if entry.endswith(".json"))
-    except OSError as error:
-        raise ConfigurationError("Cannot list auth directory %s (%s)"
-                                 % (directory, error.strerror)) from None
-    results = _read_all(names, directory, real_directory)
-    _mark_duplicates(results, directory)
+        with AuthDirectory(directory) as auth:
+            names = sorted(entry for entry in os.listdir(auth.fd) if entry.endswith(".json"))
+            results = _read_all(names, auth)
+            _mark_duplicates(results, auth)
+    except (OSError, CredentialError) as error:
+        why = error.strerror if isinstance(error, OSError) else str(error)
+        raise ConfigurationError("Cannot list auth directory %s (%s)" % (directory, why)) from None
     for name in names:
         account = results[name]
         if isinstance(account, Skipped):
@@ -61,16 +66,23 @@ def discover_accounts(auth_dir: Union[str, "os.PathLike[str]", None] = None,
 
 
 def _mark_duplicates(results: Dict[str, Union[AuthAccount, Skipped, None]],
-                     directory: str) -> None:
+                     auth: AuthDirectory) -> None:
     """One file under two names (a symlink, a hard link) is one account: the second name would
     make a run send its refresh token twice. Keep the regular file's name, skip the others."""
     first: Dict[Tuple[int, int], str] = {}
+
+    def is_link(name: str) -> bool:
+        try:
+            return stat.S_ISLNK(os.stat(name, dir_fd=auth.fd, follow_symlinks=False).st_mode)
+        except OSError:
+            return False
+
     by_links_last = sorted((name for name, found in results.items()
                             if isinstance(found, AuthAccount)),
-                           key=lambda name: (os.path.islink(os.path.join(directory, name)), name))
+                           key=lambda name: (is_link(name), name))
     for name in by_links_last:
         try:
-            info = os.stat(os.path.join(directory, name))
+            info = os.stat(name, dir_fd=auth.fd)
         except OSError:
             continue
         key = (info.st_dev, info.st_ino)
@@ -80,7 +92,7 @@ def _mark_duplicates(results: Dict[str, Union[AuthAccount, Skipped, None]],
             first[key] = name
 
 
-def _read_all(names: List[str], directory: str, real_directory: str
+def _read_all(names: List[str], auth: AuthDirectory
               ) -> Dict[str, Union[AuthAccount, Skipped, None]]:
     """Read every entry; the ones that do not parse (perhaps caught mid-rewrite) are read again
     together, READ_TRIES rounds READ_PAUSE apart, so many broken files cost one half second,
@@ -93,7 +105,7 @@ def _read_all(names: List[str], directory: str, real_directory: str
         retry = []
         for name in pending:
             try:
-                results[name] = _read_account(name, os.path.join(directory, name), real_directory)
+                results[name] = _read_account(name, auth)
             except UnparsedFile as error:
                 if attempt == READ_TRIES - 1:
                     results[name] = unreadable(name, str(error))
@@ -105,33 +117,42 @@ def _read_all(names: List[str], directory: str, real_directory: str
     return results
 
 
-def _read_account(name: str, path: str, real_directory: str) -> Union[AuthAccount, Skipped, None]:
-    """Return the account in one directory entry, a Skipped record, or None for a sub-folder.
-    Raise UnparsedFile when the file does not parse (the caller reads it again)."""
-    if os.path.islink(path):
-        target = os.path.realpath(path)
-        if os.path.commonpath([target, real_directory]) != real_directory:
-            return unreadable(name, "symlink points outside the auth directory")
-    if os.path.isdir(path):
-        return None
-    if not os.path.exists(path):
-        if not os.path.islink(path):
-            return None  # removed since the directory was listed
-        return unreadable(name, "broken symlink")
-    if not os.path.isfile(path):
-        return unreadable(name, "not a regular file")
+def _read_account(name: str, auth: AuthDirectory) -> Union[AuthAccount, Skipped, None]:
+    """Return the account in one entry of the open directory, a Skipped record, or None for a
+    sub-folder. Raise UnparsedFile when the file does not parse (the caller reads it again)."""
     try:
-        data = read_json_once(path)
+        is_link = stat.S_ISLNK(os.stat(name, dir_fd=auth.fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return None  # removed since the directory was listed
+    if is_link:
+        try:
+            auth.inside(os.readlink(name, dir_fd=auth.fd))
+        except (OSError, UnsafeFile):
+            return unreadable(name, "symlink points outside the auth directory")
+    try:
+        info = os.stat(name, dir_fd=auth.fd)
+    except OSError:
+        return unreadable(name, "broken symlink") if is_link else None
+    if stat.S_ISDIR(info.st_mode):
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        return unreadable(name, "not a regular file")
+    path = os.path.join(auth.path, name)
+    try:
+        with auth.again() as handle:
+            data = read_json_once(path, auth=handle)
     except UnparsedFile:
         raise
     except CredentialError as error:
         return unreadable(name, str(error))
-    return account_from_json(name, path, data)
+    return account_from_json(name, path, data, auth.identity)
 
 
-def account_from_json(name: str, path: str, data: Dict[str, Any]) -> Union[AuthAccount, Skipped]:
-    """Given a file name, its path and its JSON object, return the AuthAccount it describes, or
-    a Skipped record when its `type` is missing or not Claude/Codex. Pure."""
+def account_from_json(name: str, path: str, data: Dict[str, Any],
+                      directory_id: Optional[DirectoryId] = None) -> Union[AuthAccount, Skipped]:
+    """Given a file name, its path, its JSON object and its directory's identity, return the
+    AuthAccount it describes, or a Skipped record when its `type` is missing or not
+    Claude/Codex. Pure."""
     raw_type = data.get("type")
     if not isinstance(raw_type, str) or not raw_type.strip():
         return unreadable(name, "no \"type\" field")
@@ -147,7 +168,7 @@ def account_from_json(name: str, path: str, data: Dict[str, Any]) -> Union[AuthA
         logger.debug("%s: ignoring non-boolean \"disabled\" value", name)
     return AuthAccount(id=name, provider=provider, email=email, display_name=display_name,
                        path=path, expired=parse_timestamp(data.get("expired")),
-                       is_disabled=disabled is True)
+                       is_disabled=disabled is True, directory_id=directory_id)
 
 
 def unreadable(name: str, why: str) -> Skipped:

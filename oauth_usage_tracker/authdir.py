@@ -1,15 +1,27 @@
-"""File operations of the token refresh, each relative to an open descriptor of the auth directory.
+"""File operations on the auth directory (discovery, reads, the token refresh), each relative to an
+open descriptor of the directory.
 
 The auth directory belongs to the account that runs CLIProxyAPI, and the refresh often runs as root
 (cron, systemd). Anything running as that account can rename, replace or symlink any name in the
 directory at any moment, so a name is never trusted twice. The rules, and the race each closes:
 
-- The directory is opened once (`O_DIRECTORY`) and every later open, rename and unlink passes
-  `dir_fd=`: a name always means an entry of *this* directory.
+- Each use (a read, a refresh) opens the directory once (`O_DIRECTORY`) and every later open,
+  rename and unlink of that use passes `dir_fd=`: a name always means an entry of *this*
+  directory.
 
       root checks auth/a.json     attacker: mv auth auth.old; ln -s /etc auth
       root opens auth/a.json   -> would open /etc/a.json; with dir_fd it still opens the entry
                                   of the directory root checked
+
+- Discovery, the usage read and the refresh are separate uses, seconds apart, and each opens
+  the directory by its path again. Discovery records the identity (`st_dev`, `st_ino`, from
+  `fstat` of the descriptor it listed through) on each account; every later open compares the
+  `fstat` of the directory it got and refuses a different one, before anything is read, locked
+  or sent:
+
+      discovery lists auth (inode 41)      attacker: mv auth auth.old; ln -s /root/x auth
+      root opens auth for the refresh   -> inode 97, not 41: refused; without the check root
+                                           would lock, read and send /root/x's credential
 
 - Every file is opened with `O_NOFOLLOW`, then `fstat`ed: a regular file with one link, or
   refused. A name checked with lstat can be swapped for a symlink before the open:
@@ -57,20 +69,43 @@ class UnsafeFile(CredentialError):
     a file with other hard links…); nothing is done with it."""
 
 
+class DirectoryReplaced(CredentialError):
+    """The auth directory at the account's path is not the one discovery listed."""
+
+
+#: A directory's identity: (st_dev, st_ino) of the directory a descriptor holds.
+DirectoryId = Tuple[int, int]
+
+
 def _why(error: OSError) -> str:
     return error.strerror or type(error).__name__
 
 
 class AuthDirectory:
     """An open auth directory. Use as a context manager; every method works on names of this
-    directory through its descriptor."""
+    directory through its descriptor. Given `expected` (the identity discovery recorded), refuse
+    with DirectoryReplaced, saying it is not `doing` (e.g. "reading the credential file"), a
+    directory that is not that one; `identity` is the opened directory's own."""
 
-    def __init__(self, path: str) -> None:
-        try:
-            self.fd = os.open(path, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
-        except OSError as error:
-            raise CredentialError("Cannot open the auth directory (%s)" % _why(error)) from None
+    def __init__(self, path: str, expected: Optional[DirectoryId] = None,
+                 doing: str = "using it") -> None:
+        self.fd = _open_directory(path)
+        info = os.fstat(self.fd)
+        self.identity: DirectoryId = (info.st_dev, info.st_ino)
         self.path = path
+        if expected is not None and self.identity != tuple(expected):
+            self.close()
+            raise DirectoryReplaced("The auth directory was replaced since it was read; not %s"
+                                    % doing)
+
+    def again(self) -> "AuthDirectory":
+        """Return a second AuthDirectory on this very directory, opened through this one's
+        descriptor, never its path: `resolve` may move a handle into a sub-directory, so each
+        file read gets its own."""
+        other = AuthDirectory.__new__(AuthDirectory)
+        other.fd = _open_directory(".", self.fd)
+        other.identity, other.path = self.identity, self.path
+        return other
 
     def __enter__(self) -> "AuthDirectory":
         return self
@@ -99,7 +134,7 @@ class AuthDirectory:
             target = os.readlink(name, dir_fd=self.fd)
         except OSError:  # no longer a symlink: swapped between the lstat and now
             raise UnsafeFile("The credential file was replaced meanwhile") from None
-        parts = self._inside(target)
+        parts = self.inside(target)
         fd = self.fd
         try:
             for part in parts[:-1]:
@@ -119,7 +154,7 @@ class AuthDirectory:
             raise UnsafeFile(_OUTSIDE)
         return parts[-1]
 
-    def _inside(self, target: str) -> List[str]:
+    def inside(self, target: str) -> List[str]:
         """Given a symlink's target, return its path below this directory as components; raise
         UnsafeFile when it leaves the directory or names it in a roundabout way (`..`, `.`)."""
         if os.path.isabs(target):
@@ -278,6 +313,13 @@ class AuthDirectory:
         info = os.fstatvfs(self.fd)
         blocks = info.f_bfree if os.geteuid() == 0 else info.f_bavail
         return blocks * info.f_frsize
+
+
+def _open_directory(path: str, dir_fd: Optional[int] = None) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC, dir_fd=dir_fd)
+    except OSError as error:
+        raise CredentialError("Cannot open the auth directory (%s)" % _why(error)) from None
 
 
 def _kind(name: str) -> str:

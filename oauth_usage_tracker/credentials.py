@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any, Dict, Optional
 
 from . import files
-from .authdir import AuthDirectory
+from .authdir import AuthDirectory, DirectoryId
 from .errors import CredentialError
 from .parsing import format_timestamp
 
@@ -29,31 +29,44 @@ class UnparsedFile(CredentialError):
     caught mid-rewrite, so it is worth reading again."""
 
 
-def read_capped(path: str, limit: int) -> bytes:
-    """Given a credential file's path, as discovery found it, and a byte limit, return the file's
-    bytes. The name may have been swapped since discovery checked it (for a symlink out of the
-    directory, a FIFO, a device), so it is resolved again through its directory: a symlink only to
-    a regular file inside it, nothing opened through a symlink, only a regular file read. Raise
-    files.FileTooLarge over `limit` bytes, CredentialError or OSError otherwise."""
+def read_capped(path: str, limit: int, directory: Optional[DirectoryId] = None) -> bytes:
+    """Given a credential file's path, as discovery found it, a byte limit and the identity
+    discovery recorded for its directory (None: not checked), return the file's bytes. The
+    directory at that path may have been replaced since (DirectoryReplaced), and the name
+    swapped (for a symlink out of the directory, a FIFO, a device), so it is resolved again
+    through its directory: a symlink only to a regular file inside it, nothing opened through a
+    symlink, only a regular file read. Raise files.FileTooLarge over `limit` bytes,
+    CredentialError or OSError otherwise."""
     if os.open not in os.supports_dir_fd:  # pragma: no cover - not POSIX
         return files.read_capped(path, limit)
-    directory, name = os.path.split(os.path.abspath(path))
-    with AuthDirectory(directory) as auth:
-        fd, _ = auth.open_regular(auth.resolve(name), single_link=False)
-        try:
-            data = auth.read(fd, limit)
-        finally:
-            os.close(fd)
+    parent, name = os.path.split(os.path.abspath(path))
+    with AuthDirectory(parent, directory, "reading the credential file") as auth:
+        return read_in(auth, name, limit)
+
+
+def read_in(auth: AuthDirectory, name: str, limit: int) -> bytes:
+    """Given an open auth directory (which `resolve` may move), a name in it and a byte limit,
+    return the regular file's bytes (see read_capped)."""
+    fd, _ = auth.open_regular(auth.resolve(name), single_link=False)
+    try:
+        data = auth.read(fd, limit)
+    finally:
+        os.close(fd)
     if len(data) > limit:
         raise files.FileTooLarge("larger than %d KiB" % (limit // 1024))
     return data
 
 
-def read_json_once(path: str) -> Dict[str, Any]:
-    """Given a credential file's path, read it once and return its JSON object. Raise
-    UnparsedFile when it does not parse, CredentialError with a short reason otherwise."""
+def read_json_once(path: str, directory: Optional[DirectoryId] = None,
+                   auth: Optional[AuthDirectory] = None) -> Dict[str, Any]:
+    """Given a credential file's path and its directory's identity (see read_capped), or an
+    open directory `auth` to read the path's name in, read it once and return its JSON object.
+    Raise UnparsedFile when it does not parse, CredentialError with a short reason otherwise."""
     try:
-        data = read_capped(path, MAX_FILE_BYTES)
+        if auth is None:
+            data = read_capped(path, MAX_FILE_BYTES, directory)
+        else:
+            data = read_in(auth, os.path.basename(path), MAX_FILE_BYTES)
     except files.FileTooLarge as error:
         raise CredentialError(str(error), unreadable=True) from None
     except OSError as error:
@@ -79,14 +92,15 @@ def parse_json(data: bytes) -> Dict[str, Any]:
     return parsed
 
 
-def read_json_object(path: str, tries: int = READ_TRIES,
-                     pause: Optional[float] = None) -> Dict[str, Any]:
-    """Given a credential file's path, return its JSON object. CLIProxyAPI rewrites files in
+def read_json_object(path: str, tries: int = READ_TRIES, pause: Optional[float] = None,
+                     directory: Optional[DirectoryId] = None) -> Dict[str, Any]:
+    """Given a credential file's path (and its directory's identity, see read_capped), return
+    its JSON object. CLIProxyAPI rewrites files in
     place (truncate, then write), so a file that does not parse is read again, `tries` times
     `pause` apart, before it is reported. Raise CredentialError with a short reason."""
     for attempt in range(tries):
         try:
-            return read_json_once(path)
+            return read_json_once(path, directory)
         except UnparsedFile:
             if attempt >= tries - 1:
                 raise

@@ -191,6 +191,9 @@ class AuthAccount:
     """Where the account comes from: `local`, or a remote proxy's host:port."""
     remote: Optional["RemoteAccount"] = field(default=None, repr=False, compare=False)
     """For an account listed by a remote proxy: how to reach it there (None for a file)."""
+    directory_id: Optional[Tuple[int, int]] = field(default=None, repr=False, compare=False)
+    """For a file: (st_dev, st_ino) of the auth directory discovery listed. Every later read or
+    refresh refuses a directory at `path`'s parent that is not this one (None: not checked)."""
 
     @property
     def is_expired(self) -> bool:

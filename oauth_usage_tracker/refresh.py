@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Dict, Iterator, Optional, Set, Tuple
 
-from .authdir import AuthDirectory, write_all
+from .authdir import AuthDirectory, DirectoryId, write_all
 from .credentials import (MAX_FILE_BYTES, READ_PAUSE, READ_TRIES, TokenGrant, UnparsedFile,
                           merge_grant, parse_json, serialize_like, token_field)
 from .errors import CredentialError, TokenRefreshError
@@ -145,19 +145,22 @@ def _fingerprint(token: str) -> str:
 
 def refresh_tokens(path: str, seen: Dict[str, Any], exchange: Callable[[str], TokenGrant],
                    now: Callable[[], datetime], lock_timeout: float,
-                   invalid_grant_wait: Optional[float] = None) -> RefreshResult:
+                   invalid_grant_wait: Optional[float] = None,
+                   directory_id: Optional[DirectoryId] = None) -> RefreshResult:
     """Given a credential file, the object this process read from it earlier, and an `exchange`
     that trades a refresh token for a TokenGrant, return the access token to use.
 
     Under the file's lock, the file is read again; if its refresh token or expiry changed since
     `seen` was read, those tokens are taken and nothing is sent. Otherwise, once the write-back is
     known to be possible, the refresh token is exchanged and the new tokens are written back
-    atomically before anything else happens, every other key kept. Raise LockTimeout,
-    CredentialError or TokenRefreshError (the file is then left as it was)."""
+    atomically before anything else happens, every other key kept. Given `directory_id` (what
+    discovery recorded), a directory at the path that is not that one is refused before anything
+    is locked, read or sent. Raise LockTimeout, CredentialError or TokenRefreshError (the file is
+    then left as it was)."""
     if not hasattr(os, "pread") or not hasattr(os, "fchown"):
         raise CredentialError("Token refresh needs a POSIX system; use --no-token-refresh")
     directory, name = os.path.split(os.path.abspath(path))
-    with AuthDirectory(directory) as auth:
+    with AuthDirectory(directory, directory_id, "refreshing the token") as auth:
         name = auth.resolve(name)
         fd, info = auth.open_regular(name)
         os.close(fd)

@@ -29,14 +29,14 @@ def fast_rereads(monkeypatch):
 def read_log(monkeypatch):
     """Record every capped read, by file name, as the bytes it returned."""
     log = {}
-    real_read = credentials.read_capped
+    real_read = credentials.read_in
 
-    def recording_read(path, limit):
-        data = real_read(path, limit)
-        log.setdefault(os.path.basename(os.fspath(path)), []).append(data)
+    def recording_read(auth, name, limit):
+        data = real_read(auth, name, limit)
+        log.setdefault(name, []).append(data)
         return data
 
-    monkeypatch.setattr(credentials, "read_capped", recording_read)
+    monkeypatch.setattr(credentials, "read_in", recording_read)
     return log
 
 
@@ -656,18 +656,18 @@ class InPlaceWriter(threading.Thread):
 
 def hold_first_read(monkeypatch, name, writer, log):
     """Make the first read of `name` report to `writer`, and return only once it rewrote."""
-    real_read = credentials.read_capped
+    real_read = credentials.read_in
 
-    def read(path, limit):
-        data = real_read(path, limit)
-        if os.path.basename(os.fspath(path)) == name:
+    def read(auth, entry, limit):
+        data = real_read(auth, entry, limit)
+        if entry == name:
             log.append(data)
             if len(log) == 1:
                 writer.reader_saw_torn.set()
                 assert writer.rewritten.wait(5), "the writer never finished"
         return data
 
-    monkeypatch.setattr(credentials, "read_capped", read)
+    monkeypatch.setattr(credentials, "read_in", read)
 
 
 def cut_points(content):

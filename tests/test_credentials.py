@@ -33,7 +33,7 @@ def writer_finishes_after_first_read(monkeypatch, path, complete):
     real_read = module.read_capped
     reads = []
 
-    def read_then_writer_finishes(name, limit):
+    def read_then_writer_finishes(name, limit, directory=None):
         data = real_read(name, limit)
         reads.append(data)
         path.write_bytes(complete)
@@ -83,7 +83,7 @@ def test_read_json_object_gives_up_after_the_tries(tmp_path, monkeypatch):
     real_read = module.read_capped
     reads = []
     monkeypatch.setattr(module, "read_capped",
-                        lambda name, limit: reads.append(1) or real_read(name, limit))
+                        lambda name, limit, *_: reads.append(1) or real_read(name, limit))
     with pytest.raises(CredentialError) as caught:
         module.read_json_object(str(path), tries=4, pause=0.001)
     assert str(caught.value) == "file is empty"
@@ -102,7 +102,7 @@ def test_read_json_object_valid_json_that_is_no_object_fails_at_once(tmp_path, m
     real_read = module.read_capped
     reads = []
     monkeypatch.setattr(module, "read_capped",
-                        lambda name, limit: reads.append(1) or real_read(name, limit))
+                        lambda name, limit, *_: reads.append(1) or real_read(name, limit))
     with pytest.raises(CredentialError) as caught:
         module.read_json_object(str(path), tries=5, pause=0.001)
     assert str(caught.value) == reason
@@ -122,7 +122,7 @@ def test_read_json_object_unparsable_file_is_reread_then_reported(tmp_path, monk
     real_read = module.read_capped
     reads = []
     monkeypatch.setattr(module, "read_capped",
-                        lambda name, limit: reads.append(1) or real_read(name, limit))
+                        lambda name, limit, *_: reads.append(1) or real_read(name, limit))
     with pytest.raises(CredentialError) as caught:
         module.read_json_object(str(path), tries=4, pause=0.001)
     assert str(caught.value) == reason

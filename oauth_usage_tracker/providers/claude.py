@@ -212,7 +212,8 @@ def _refresh(account: AuthAccount, seen: Dict[str, Any], session: requests.Sessi
         return exchange_refresh_token(session, settings, refresh_token)
 
     result = refresh.refresh_tokens(
-        account.path, seen, exchange, lambda: datetime.now(timezone.utc), settings.lock_timeout)
+        account.path, seen, exchange, lambda: datetime.now(timezone.utc), settings.lock_timeout,
+        directory_id=account.directory_id)
     if result.rotated:
         logger.info("%s: Claude tokens refreshed and written back", account.id)
     return result
@@ -264,7 +265,7 @@ def fetch_usage(account: AuthAccount, session: requests.Session, settings: Setti
     token first when it has expired, or once when the usage endpoint rejects it. Raise
     UsageTrackerError subclasses (with a sentence for people) on failure; `token_refreshed` on
     the error says whether the tokens had already been rotated."""
-    seen = read_json_object(account.path)
+    seen = read_json_object(account.path, directory=account.directory_id)
     token = token_field(seen, "access_token")
     expired = parse_timestamp(seen.get("expired"))
     needs_refresh = token is None or (expired is not None

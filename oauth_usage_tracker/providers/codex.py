@@ -160,7 +160,7 @@ def usage_from_response(account: AuthAccount, response: http.HttpResponse) -> Ac
 def fetch_usage(account: AuthAccount, session: requests.Session, settings: Settings) -> AccountUsage:
     """Given a Codex account, a session and settings, return its AccountUsage. Raise
     CredentialError or ProviderError (with a sentence for people) on failure."""
-    data = read_json_object(account.path)
+    data = read_json_object(account.path, directory=account.directory_id)
     access_token = token_field(data, "access_token")
     if access_token is None:
         raise CredentialError("The credential file has no access_token; log in again with "
