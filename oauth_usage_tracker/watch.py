@@ -17,15 +17,25 @@ Fingerprint = FrozenSet[Tuple[str, int, int]]
 
 def directory_fingerprint(auth_dir: Optional[str]) -> Optional[Fingerprint]:
     """Given the auth directory, return the names, mtimes and sizes of its `*.json` files (one
-    cheap scandir), or None when it cannot be listed (or no directory is read)."""
+    cheap scandir) and the directory's own identity (as `(".", st_dev, st_ino)`: another
+    directory put at the path means a new discovery, which records the new identity), or None
+    when it cannot be listed (or no directory is read)."""
     if auth_dir is None:
         return None
     try:
-        with os.scandir(auth_dir) as entries:
-            return frozenset((entry.name, entry.stat().st_mtime_ns, entry.stat().st_size)
-                             for entry in entries if entry.name.endswith(".json"))
+        fd = os.open(auth_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:
         return None
+    try:
+        info = os.fstat(fd)
+        with os.scandir(fd) as entries:
+            found = {(entry.name, entry.stat().st_mtime_ns, entry.stat().st_size)
+                     for entry in entries if entry.name.endswith(".json")}
+        return frozenset(found | {(".", info.st_dev, info.st_ino)})
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 class Watcher:
