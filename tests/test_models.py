@@ -160,7 +160,7 @@ def test_is_expired_offset_expiry_compares_as_instant():
 def test_auth_account_fields_hold_no_token():
     names = {f.name for f in dataclasses.fields(AuthAccount)}
     assert names == {"id", "provider", "email", "display_name", "path", "expired", "is_disabled",
-                     "source", "remote"}
+                     "source", "remote", "directory_id"}
     assert not any("token" in name for name in names)
 
 
