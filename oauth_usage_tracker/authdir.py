@@ -45,12 +45,13 @@ directory at any moment, so a name is never trusted twice. The rules, and the ra
   (a sub-directory is entered component by component with `O_NOFOLLOW`); from then on the
   target's own name is used, relative to the directory that holds it.
 """
+import contextlib
 import errno
 import os
 import secrets
 import stat
 import time
-from typing import List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 from .errors import CredentialError, LockTimeout
 
@@ -178,26 +179,8 @@ class AuthDirectory:
 
     def open_regular(self, name: str, flags: int = os.O_RDONLY,
                      single_link: bool = True) -> Tuple[int, os.stat_result]:
-        """Given a name, open it without following a symlink, waiting on a FIFO or taking a
-        terminal, and return the descriptor and its fstat. Raise UnsafeFile unless it is a
-        regular file (with one link, when `single_link`: a file about to be replaced or given an
-        owner must have no other name), CredentialError when it cannot be opened."""
-        try:
-            fd = os.open(name, flags | _O_NOFOLLOW | _O_CLOEXEC | os.O_NONBLOCK | _O_NOCTTY,
-                         dir_fd=self.fd)
-        except OSError as error:
-            if error.errno == errno.ELOOP:
-                raise UnsafeFile("%s is now a symlink" % _kind(name).capitalize()) from None
-            raise CredentialError(_why(error)) from None
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            os.close(fd)
-            raise UnsafeFile("not a regular file")
-        if single_link and info.st_nlink != 1:
-            os.close(fd)
-            raise UnsafeFile("%s is not a regular file with a single name"
-                             % _kind(name).capitalize())
-        return fd, info
+        """Given a name, open it as `open_regular_at` does in this directory."""
+        return open_regular_at(self.fd, name, flags, single_link)
 
     def read(self, fd: int, limit: int) -> bytes:
         """Given an open file, return up to `limit` + 1 of its bytes from the start."""
@@ -212,54 +195,14 @@ class AuthDirectory:
 
     def lock(self, name: str, mode: int, owner: Tuple[int, int], timeout: float) -> int:
         """Given a credential name, the lock file's mode and owner, and a timeout, take the
-        exclusive lock on `<name>.lock` (flock, as filelock and earlier versions take it) and
-        return its descriptor; closing it releases the lock. The lock file is never unlinked: a
-        process waiting on an unlinked inode would hold a lock nobody else sees. Raise
-        LockTimeout or CredentialError."""
-        import fcntl
-        lock_name = name + LOCK_SUFFIX
-        created = True
+        exclusive lock on `<name>.lock` (see `lock_at`) and return its descriptor; closing it
+        releases the lock. Raise LockTimeout or CredentialError."""
         try:
-            fd = os.open(lock_name, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC,
-                         0o600, dir_fd=self.fd)
-        except FileExistsError:
-            created = False
-            fd, _ = self.open_regular(lock_name, os.O_RDWR)
+            return lock_at(self.fd, name + LOCK_SUFFIX, mode, owner, timeout,
+                           "Another process has been refreshing this account's token for "
+                           "over %g s; try again later" % timeout)
         except OSError as error:
-            raise CredentialError("Cannot create the lock file (%s)" % _why(error)) from None
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
-                raise UnsafeFile("The lock file was replaced or removed meanwhile")
-            if created:
-                # Only a lock file this call created is touched. An existing one, even one of
-                # ours with a single link, may be another file by now:
-                #   attacker: ln /etc/some-root-file a.json.lock   (if it may: protected_hardlinks)
-                #   root: open a.json.lock (O_EXCL fails, plain open succeeds)
-                #   attacker: rm a.json.lock            -> the inode is down to its outside link
-                #   root: fstat: regular, one link, root's own -> fchown would give it away
-                os.fchmod(fd, mode & 0o666)
-                if os.geteuid() == 0 and (info.st_uid, info.st_gid) != owner:
-                    # Root's lock file goes to the credential's owner, so that the proxy's
-                    # own account can still take it later.
-                    os.fchown(fd, *owner)
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return fd
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise LockTimeout("Another process has been refreshing this account's "
-                                          "token for over %g s; try again later" % timeout) \
-                            from None
-                    time.sleep(LOCK_POLL)
-        except OSError as error:
-            os.close(fd)
             raise CredentialError("Cannot lock the credential file (%s)" % _why(error)) from None
-        except BaseException:
-            os.close(fd)
-            raise
 
     def create(self, name: str, mode: int, owner: Optional[Tuple[int, int]]) -> int:
         """Given a new name, a mode and an owner (None: ours), create the file exclusively,
@@ -320,6 +263,99 @@ def _open_directory(path: str, dir_fd: Optional[int] = None) -> int:
         return os.open(path, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC, dir_fd=dir_fd)
     except OSError as error:
         raise CredentialError("Cannot open the auth directory (%s)" % _why(error)) from None
+
+
+def open_regular_at(dir_fd: int, name: str, flags: int = os.O_RDONLY,
+                    single_link: bool = True) -> Tuple[int, os.stat_result]:
+    """Given a directory's descriptor and a name in it, open the name without following a
+    symlink, waiting on a FIFO or taking a terminal, and return the descriptor and its fstat.
+    Raise UnsafeFile unless it is a regular file (with one link, when `single_link`: a file
+    about to be replaced or given an owner must have no other name), CredentialError when it
+    cannot be opened."""
+    try:
+        fd = os.open(name, flags | _O_NOFOLLOW | _O_CLOEXEC | os.O_NONBLOCK | _O_NOCTTY,
+                     dir_fd=dir_fd)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise UnsafeFile("%s is now a symlink" % _kind(name).capitalize()) from None
+        raise CredentialError(_why(error)) from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise UnsafeFile("not a regular file")
+    if single_link and info.st_nlink != 1:
+        os.close(fd)
+        raise UnsafeFile("%s is not a regular file with a single name" % _kind(name).capitalize())
+    return fd, info
+
+
+def lock_at(dir_fd: int, lock_name: str, mode: int, owner: Optional[Tuple[int, int]],
+            timeout: float, busy: str) -> int:
+    """Given a directory's descriptor, a lock file's name in it, the lock file's mode and owner
+    (None: ours), a timeout and the sentence for a lock held too long, take the exclusive lock
+    (flock, as filelock and earlier versions take it) and return its descriptor; closing it
+    releases the lock. The lock file is created 0600 whatever the umask, then given `mode`; it
+    is never unlinked: a process waiting on an unlinked inode would hold a lock nobody else
+    sees. The credential, state, events-memory and rejected-keys locks all go through here.
+    Raise LockTimeout(busy), UnsafeFile, CredentialError or OSError."""
+    import fcntl
+    created = True
+    try:
+        fd = os.open(lock_name, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC,
+                     0o600, dir_fd=dir_fd)
+    except FileExistsError:
+        created = False
+        fd, _ = open_regular_at(dir_fd, lock_name, os.O_RDWR)
+    except OSError as error:
+        raise CredentialError("Cannot create the lock file (%s)" % _why(error)) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            raise UnsafeFile("The lock file was replaced or removed meanwhile")
+        if created:
+            # Only a lock file this call created is touched. An existing one, even one of
+            # ours with a single link, may be another file by now:
+            #   attacker: ln /etc/some-root-file a.json.lock   (if it may: protected_hardlinks)
+            #   root: open a.json.lock (O_EXCL fails, plain open succeeds)
+            #   attacker: rm a.json.lock            -> the inode is down to its outside link
+            #   root: fstat: regular, one link, root's own -> fchown would give it away
+            os.fchmod(fd, mode & 0o666)
+            if owner is not None and os.geteuid() == 0 and \
+                    (info.st_uid, info.st_gid) != owner:
+                # Root's lock file goes to the credential's owner, so that the proxy's
+                # own account can still take it later.
+                os.fchown(fd, *owner)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LockTimeout(busy) from None
+                time.sleep(LOCK_POLL)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+@contextlib.contextmanager
+def locked_directory(directory: str, lock_name: str, timeout: float) -> Iterator[int]:
+    """Given a directory (the state directory), the name of a lock file in it and a timeout,
+    open the directory, hold the lock (`lock_at`, created 0600 and kept ours) for the body, and
+    yield the directory's descriptor: the body reads and writes names relative to it, without
+    following a symlink, so a name planted by whoever else can write the directory is never
+    written through. Raise as `lock_at` does."""
+    dir_fd = os.open(directory, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+    try:
+        lock_fd = lock_at(dir_fd, lock_name, 0o600, None, timeout,
+                          "another process has held %s for over %g s" % (lock_name, timeout))
+        try:
+            yield dir_fd
+        finally:
+            os.close(lock_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def _kind(name: str) -> str:

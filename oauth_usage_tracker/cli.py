@@ -382,12 +382,10 @@ class Run:
 
 
 def _import_the_rest(tracker: "OAuthUsageTracker") -> None:
-    """Import what the end of a run needs (the renderers, the state file's lock) while the
+    """Import what the end of a run needs (the renderers) while the
     fetches are in flight: workers waiting on their sockets leave the interpreter free, so the
     ~20 ms these imports take are spent during the network's latency, not after the answers."""
     from . import render  # noqa: F401
-    if tracker.state is not None:
-        import filelock  # noqa: F401
 
 
 class Shutdown:

@@ -2,8 +2,8 @@
 import errno
 import fcntl
 import os
+import secrets
 import stat
-import tempfile
 from typing import BinaryIO, Iterable, Optional, Union
 
 #: A new `--output` report: it names e-mails and plans, so the owner and group read it, no one else.
@@ -17,11 +17,13 @@ class FileTooLarge(OSError):
     """A file is larger than the cap we read."""
 
 
-def open_regular(path: str) -> BinaryIO:
-    """Given a path, return the regular file there opened for binary reading. Raise OSError if
-    it cannot be opened or is not a regular file (a FIFO, a device, a directory)."""
+def open_regular(path: str, dir_fd: Optional[int] = None, follow: bool = True) -> BinaryIO:
+    """Given a path (relative to `dir_fd` when given), return the regular file there opened for
+    binary reading; without `follow`, a symlink as the last component is refused (ELOOP). Raise
+    OSError if it cannot be opened or is not a regular file (a FIFO, a device, a directory)."""
     # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just below.
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    fd = os.open(path, flags, dir_fd=dir_fd)
     handle = os.fdopen(fd, "rb")
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         handle.close()
@@ -29,10 +31,11 @@ def open_regular(path: str) -> BinaryIO:
     return handle
 
 
-def read_capped(path: str, limit: int) -> bytes:
-    """Given a path and a byte limit, return the file's bytes. Raise FileTooLarge if it holds
-    more than `limit` bytes, OSError if it cannot be read."""
-    with open_regular(path) as handle:
+def read_capped(path: str, limit: int, dir_fd: Optional[int] = None,
+                follow: bool = True) -> bytes:
+    """Given a path (as `open_regular` takes it) and a byte limit, return the file's bytes.
+    Raise FileTooLarge if it holds more than `limit` bytes, OSError if it cannot be read."""
+    with open_regular(path, dir_fd, follow) as handle:
         data = handle.read(limit + 1)
     if len(data) > limit:
         raise FileTooLarge("larger than %d KiB" % (limit // 1024))
@@ -40,44 +43,80 @@ def read_capped(path: str, limit: int) -> bytes:
 
 
 def atomic_write(path: str, data: Union[bytes, Iterable[bytes]], default_mode: int = 0o600,
-                 preserve_owner: bool = False, mode: Optional[int] = None) -> None:
-    """Given a path and bytes (or an iterable of byte chunks, written as they come, so that a
-    large document is never held whole), replace the file atomically: write a temporary file in
-    the same directory, fsync it, then os.replace it over the path, so a reader sees the old file
-    or the new one, never a part. The file keeps its permission bits (`default_mode` for a new
-    file), or gets exactly `mode` when it is given; the umask never applies.
+                 preserve_owner: bool = False, mode: Optional[int] = None,
+                 dir_fd: Optional[int] = None) -> None:
+    """Given a path (a name relative to `dir_fd` when given) and bytes (or an iterable of byte
+    chunks, written as they come, so that a large document is never held whole), replace the
+    file atomically: write a temporary file in the same directory, fsync it, then rename it over
+    the name, so a reader sees the old file or the new one, never a part. The file keeps its
+    permission bits (`default_mode` for a new file), or gets exactly `mode` when it is given;
+    the umask never applies.
+
+    Every step is relative to one descriptor of the directory and follows no symlink: the
+    temporary file is created with O_EXCL | O_NOFOLLOW (a name planted in advance makes the
+    create fail), and a symlink at the target is itself replaced, its target neither written
+    nor consulted for a mode or an owner.
 
     The temporary name starts with a dot and ends in `.tmp`, so no reader's glob matches it:
     CLIProxyAPI reloads every `*.json` and node_exporter reads every `*.prom` in the directory.
     With `preserve_owner`, the new file gets the old one's owner and group, or PermissionError is
     raised (root refreshing the proxy user's file must not leave it unreadable to the proxy).
     """
+    if dir_fd is not None:
+        _atomic_write_at(dir_fd, path, data, default_mode, preserve_owner, mode)
+        return
     directory, name = os.path.split(os.path.abspath(path))
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        existing: Optional[os.stat_result] = os.stat(path)
+        _atomic_write_at(dir_fd, name, data, default_mode, preserve_owner, mode)
+    finally:
+        os.close(dir_fd)
+
+
+def _atomic_write_at(dir_fd: int, name: str, data: Union[bytes, Iterable[bytes]],
+                     default_mode: int, preserve_owner: bool, mode: Optional[int]) -> None:
+    try:
+        existing: Optional[os.stat_result] = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         existing = None
+    if existing is not None and not stat.S_ISREG(existing.st_mode):
+        existing = None  # a symlink (or anything else) is replaced, not imitated
     if mode is None:
         mode = stat.S_IMODE(existing.st_mode) if existing is not None else default_mode
-    fd, temp_path = tempfile.mkstemp(prefix="." + name + ".", suffix=".tmp", dir=directory)
+    temp = ".%s.%s.tmp" % (name, secrets.token_hex(6))
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600, dir_fd=dir_fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
+        try:
             if preserve_owner and existing is not None and \
                     (existing.st_uid, existing.st_gid) != (os.geteuid(), os.getegid()):
-                os.fchown(handle.fileno(), existing.st_uid, existing.st_gid)
-            os.fchmod(handle.fileno(), mode)
-            if isinstance(data, bytes):
-                handle.write(data)
-            else:
-                for chunk in data:
-                    handle.write(chunk)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_path, path)
+                os.fchown(fd, existing.st_uid, existing.st_gid)
+            os.fchmod(fd, mode)
+            for chunk in [data] if isinstance(data, bytes) else data:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
-        _remove_quietly(temp_path)
+        try:
+            os.unlink(temp, dir_fd=dir_fd)
+        except OSError:
+            pass
         raise
-    _fsync_directory(directory)
+    # The rename itself is durable only once the directory entry is on disk.
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+
+
+def why(error: BaseException) -> str:
+    """Given an exception met while locking, reading or writing a state file, return the
+    reason to log: the system's sentence, else the exception's own, else its type."""
+    return getattr(error, "strerror", None) or str(error) or type(error).__name__
 
 
 def write_output(path: str, data: Union[bytes, Iterable[bytes]], new_mode: int) -> None:
@@ -157,24 +196,3 @@ def _write_into(path: str, data: Union[bytes, Iterable[bytes]], follow: bool) ->
     finally:
         os.close(fd)
     return True
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def _fsync_directory(directory: str) -> None:
-    # The rename itself is durable only once the directory entry is on disk.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any, Dict, Optional
 
 from . import files
+from .authdir import LOCK_SUFFIX, locked_directory
 from .parsing import format_timestamp, number_value, parse_timestamp
 
 logger = logging.getLogger(__name__)
@@ -85,11 +86,15 @@ class RejectedKeys:
         self.path = (os.path.join(os.path.abspath(os.path.expanduser(directory)), REJECTED_FILE)
                      if directory else None)
 
-    def _read(self) -> Dict[str, Any]:
+    def _read(self, dir_fd: Optional[int] = None) -> Dict[str, Any]:
+        """Return the stored rejections (read relative to `dir_fd` when given, never through a
+        symlink); {} when there are none or the file is unreadable (with a warning)."""
         if self.path is None:
             return {}
+        name = os.path.basename(self.path) if dir_fd is not None else self.path
         try:
-            parsed = json.loads(files.read_capped(self.path, _MAX_BYTES).decode("utf-8"))
+            parsed = json.loads(files.read_capped(name, _MAX_BYTES, dir_fd, follow=False)
+                                .decode("utf-8"))
         except FileNotFoundError:
             return {}
         except (OSError, ValueError, RecursionError):
@@ -124,11 +129,11 @@ class RejectedKeys:
     def _update(self, key_fingerprint: str, rejection: Optional[Rejection]) -> None:
         if self.path is None:
             return
-        import filelock
+        directory, name = os.path.split(self.path)
         try:
-            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
-            with filelock.FileLock(self.path + ".lock", timeout=_LOCK_TIMEOUT):
-                entries = self._read()
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            with locked_directory(directory, name + LOCK_SUFFIX, _LOCK_TIMEOUT) as dir_fd:
+                entries = self._read(dir_fd)
                 if rejection is None:
                     entries.pop(key_fingerprint, None)
                 else:
@@ -141,10 +146,10 @@ class RejectedKeys:
                     entries = {name: raw for name, raw in entries.items()
                                if (_from_json(raw) or Rejection(cutoff, 0)).at > cutoff}
                 data = json.dumps({"version": 1, "rejected": entries}, sort_keys=True)
-                files.atomic_write(self.path, data.encode("utf-8"), default_mode=0o600)
+                files.atomic_write(name, data.encode("utf-8"), default_mode=0o600,
+                                   dir_fd=dir_fd)
         except Exception as error:  # remembering is a courtesy: never fail a run for it
-            logger.warning("Cannot write %s (%s)", self.path,
-                           getattr(error, "strerror", None) or type(error).__name__)
+            logger.warning("Cannot write %s (%s)", self.path, files.why(error))
 
 
 def clear_memory() -> None:

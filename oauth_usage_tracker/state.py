@@ -19,6 +19,7 @@ from typing import (Any, BinaryIO, Callable, Dict, Iterable, Iterator, List, Map
                     Optional, Tuple, TypeVar, Union)
 
 from . import files, pace
+from .authdir import LOCK_SUFFIX, locked_directory
 from .models import LOCAL_SOURCE, SLOTS, AccountUsage, AuthAccount, Provider, UsageWindow
 from .pace import Reading, WindowHistory
 from .parsing import (clamp_percent, format_timestamp, number_value, parse_timestamp,
@@ -190,12 +191,15 @@ class StateStore:
         self.path = os.path.join(self.directory, STATE_FILE)
 
     def _each_member(self, visit: Callable[[str, bytes], None],
-                     wanted: Callable[[str], bool] = lambda name: True) -> bool:
+                     wanted: Callable[[str], bool] = lambda name: True,
+                     dir_fd: Optional[int] = None) -> bool:
         """Call visit(name, member bytes) for every stored account whose name is `wanted`,
-        reading one line at a time; return False (with a warning) when the file is unreadable or
-        corrupt, so that the caller drops what it gathered. A missing file visits nothing."""
+        reading one line at a time (in the directory open as `dir_fd`, when given); return False
+        (with a warning) when the file is unreadable, a symlink or corrupt, so that the caller
+        drops what it gathered. A missing file visits nothing."""
         try:
-            with files.open_regular(self.path) as handle:
+            with files.open_regular(STATE_FILE if dir_fd is not None else self.path, dir_fd,
+                                    follow=False) as handle:
                 for name, member in _members(handle, MAX_STATE_BYTES, wanted):
                     visit(name, member)
         except FileNotFoundError:
@@ -231,21 +235,21 @@ class StateStore:
         changed = {_key_text(key): entry for key, entry in changes}
         if not changed:
             return
-        import filelock
         try:
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            with filelock.FileLock(self.path + ".lock", timeout=LOCK_TIMEOUT):
+            with locked_directory(self.directory, STATE_FILE + LOCK_SUFFIX,
+                                  LOCK_TIMEOUT) as dir_fd:
                 kept: Dict[str, bytes] = {}
 
                 def visit(name: str, member: bytes) -> None:
                     _parse_member(member)
                     kept[name] = member
-                if not self._each_member(visit, lambda name: name not in changed):
+                if not self._each_member(visit, lambda name: name not in changed, dir_fd):
                     kept.clear()
-                files.atomic_write(self.path, _layout(changed, kept), default_mode=0o600)
+                files.atomic_write(STATE_FILE, _layout(changed, kept), default_mode=0o600,
+                                   dir_fd=dir_fd)
         except Exception as error:  # state is an optimisation: never fail a run for it
-            logger.warning("Cannot write the state file %s (%s)", self.path,
-                           getattr(error, "strerror", None) or type(error).__name__)
+            logger.warning("Cannot write the state file %s (%s)", self.path, files.why(error))
 
     def update_events(self, change: Callable[[Dict[str, Any]], Tuple[T, Dict[str, Any]]]) -> T:
         """Given change(stored) -> (result, new stored), apply it to the events memory file
@@ -253,28 +257,30 @@ class StateStore:
         Two processes recording at once run one after the other, so each sees the other's
         memory. Failures to lock or write are logged, never raised: the result is returned
         anyway (an event announced twice is better than one lost)."""
-        import filelock
         path = os.path.join(self.directory, EVENTS_FILE)
         decided = []
         try:
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            with filelock.FileLock(path + ".lock", timeout=LOCK_TIMEOUT):
-                result, stored = change(_read_object(path))
+            with locked_directory(self.directory, EVENTS_FILE + LOCK_SUFFIX,
+                                  LOCK_TIMEOUT) as dir_fd:
+                result, stored = change(_read_object(EVENTS_FILE, dir_fd))
                 decided.append(result)
                 data = json.dumps(stored, separators=(",", ":"), sort_keys=True)
-                files.atomic_write(path, data.encode("utf-8"), default_mode=0o600)
+                files.atomic_write(EVENTS_FILE, data.encode("utf-8"), default_mode=0o600,
+                                   dir_fd=dir_fd)
         except Exception as error:  # memory is bookkeeping: never fail a run for it
             logger.warning("Cannot update the events memory %s (%s); events may repeat", path,
-                           getattr(error, "strerror", None) or type(error).__name__)
+                           files.why(error))
         # Without the lock, decide against what can be read: better than a blank memory.
         return decided[0] if decided else change(_read_object(path))[0]
 
 
-def _read_object(path: str) -> Dict[str, Any]:
-    """Given a state file's path, return its JSON object; {} when it is missing, and (with a
-    warning) when it cannot be read or is not a JSON object."""
+def _read_object(path: str, dir_fd: Optional[int] = None) -> Dict[str, Any]:
+    """Given a state file's path (relative to `dir_fd` when given), return its JSON object; {}
+    when it is missing, and (with a warning) when it is a symlink, cannot be read or is not a
+    JSON object."""
     try:
-        data = files.read_capped(path, MAX_STATE_BYTES)
+        data = files.read_capped(path, MAX_STATE_BYTES, dir_fd, follow=False)
     except FileNotFoundError:
         return {}
     except OSError as error:

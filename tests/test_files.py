@@ -131,9 +131,11 @@ def test_atomic_write_temp_file_name_matches_no_reader_glob(tmp_path, monkeypatc
     seen = []
     real_replace = os.replace
 
-    def spying_replace(source, target):
-        seen.append((source, target, sorted(os.listdir(tmp_path))))
-        return real_replace(source, target)
+    def spying_replace(source, target, **dir_fds):
+        # Names relative to the directory's descriptor (the only one open here: tmp_path).
+        seen.append((os.path.join(tmp_path, source), os.path.join(tmp_path, target),
+                     sorted(os.listdir(tmp_path))))
+        return real_replace(source, target, **dir_fds)
 
     monkeypatch.setattr(os, "replace", spying_replace)
     path = tmp_path / name
@@ -159,10 +161,10 @@ def test_atomic_write_temp_file_is_complete_and_fsynced_before_replace(tmp_path,
         events.append("fsync")
         return real_fsync(fd)
 
-    def spying_replace(source, target):
-        with open(source, "rb") as handle:
-            events.append(("replace", handle.read(), mode_of(source)))
-        return real_replace(source, target)
+    def spying_replace(source, target, **dir_fds):
+        with open(tmp_path / source, "rb") as handle:
+            events.append(("replace", handle.read(), mode_of(tmp_path / source)))
+        return real_replace(source, target, **dir_fds)
 
     monkeypatch.setattr(os, "fsync", spying_fsync)
     monkeypatch.setattr(os, "replace", spying_replace)
@@ -181,8 +183,8 @@ def test_atomic_write_replace_fails_leaves_old_file_and_no_stray_files(tmp_path,
     path.write_bytes(b"old content")
     os.chmod(path, 0o640)
 
-    def failing_replace(source, target):
-        assert os.path.exists(source)
+    def failing_replace(source, target, **dir_fds):
+        assert os.path.exists(tmp_path / source)
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", failing_replace)
@@ -209,7 +211,7 @@ def test_atomic_write_interrupted_leaves_no_stray_files(tmp_path, monkeypatch):
     path = tmp_path / "a.json"
     path.write_bytes(b"old")
 
-    def interrupted_replace(source, target):
+    def interrupted_replace(source, target, **dir_fds):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(os, "replace", interrupted_replace)
