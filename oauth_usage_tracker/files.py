@@ -1,6 +1,5 @@
 """Reading with a size cap, and atomic replacement of files that other programs read. No JSON, no locks."""
 import errno
-import fcntl
 import os
 import secrets
 import stat
@@ -11,6 +10,8 @@ REPORT_MODE = 0o640
 #: A new `--prometheus` file: node_exporter runs as another user and must read it.
 METRICS_MODE = 0o644
 _MAX_LINKS = 8
+#: Seconds a device or FIFO may take to accept what is written into it before the write fails.
+WRITE_DEADLINE = 5.0
 
 
 class FileTooLarge(OSError):
@@ -126,15 +127,18 @@ def write_output(path: str, data: Union[bytes, Iterable[bytes]], new_mode: int) 
 
     - a missing target is created atomically with exactly `new_mode`;
     - an existing regular file is replaced atomically and keeps its mode;
-    - an existing device, FIFO or other non-regular file (`/dev/null`, a pipe to a reader) is
-      written into, never replaced, when it is reached without following a symbolic link;
-    - a symbolic link is followed only when the directory holding it is not writable by anyone
-      but its owner, and that owner is root or this user (`/dev/stdout`, an operator's link);
-      its target is then treated as above. A link in a directory others can write is replaced
-      by the new file itself: in a group-writable textfile directory, anyone in the group could
-      point `oauth_usage.prom` at /etc/passwd, and root must not write through that.
+    - an existing device, FIFO or other non-regular file (`/dev/null`, a pipe to a reader) in a
+      trusted directory is written into, never replaced, when it is reached without following a
+      symbolic link, within WRITE_DEADLINE; in a directory others can write it is replaced like
+      a regular file, never opened: a FIFO planted there would hand the report to whoever
+      planted it, or hang the run with a reader that never drains;
+    - a symbolic link is followed only in a trusted directory (`/dev/stdout`, an operator's
+      link); its target is then treated as above. A link in a directory others can write is
+      replaced by the new file itself: in a group-writable textfile directory, anyone in the
+      group could point `oauth_usage.prom` at /etc/passwd, and root must not write through that.
 
-    Raise OSError when it cannot be done (a directory, a FIFO nobody reads, no permission)."""
+    Raise OSError when it cannot be done (a directory, a FIFO nobody reads or that does not
+    drain within the deadline, no permission)."""
     path = os.path.abspath(path)
     for _ in range(_MAX_LINKS):
         try:
@@ -142,28 +146,32 @@ def write_output(path: str, data: Union[bytes, Iterable[bytes]], new_mode: int) 
         except FileNotFoundError:
             atomic_write(path, data, mode=new_mode)
             return
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+        trusted = trusted_directory(os.path.dirname(path))
+        if stat.S_ISREG(info.st_mode):
+            atomic_write(path, data, mode=stat.S_IMODE(info.st_mode))
+            return
+        if not trusted:
+            # A link, a FIFO, a device: replaced by the new file itself, never opened.
+            atomic_write(path, data, mode=new_mode)
+            return
         if stat.S_ISLNK(info.st_mode):
-            if not _trusted_directory(os.path.dirname(path)):
-                atomic_write(path, data, mode=new_mode)  # the link itself is replaced
-                return
             if _write_into(path, data, follow=True):
                 return
             path = os.path.realpath(path)
             if os.path.islink(path):  # a loop, or a link to a missing file
                 raise OSError(errno.ELOOP, "a symbolic link that leads nowhere", path)
             continue
-        if stat.S_ISDIR(info.st_mode):
-            raise IsADirectoryError(errno.EISDIR, "is a directory", path)
-        if stat.S_ISREG(info.st_mode):
-            atomic_write(path, data, mode=stat.S_IMODE(info.st_mode))
-            return
         if _write_into(path, data, follow=False):
             return
         # Swapped for a regular file or a link since the lstat above: decide again.
     raise OSError(errno.ELOOP, "too many symbolic links", path)
 
 
-def _trusted_directory(directory: str) -> bool:
+def trusted_directory(directory: str) -> bool:
+    """Given a directory, return True when nobody but its owner can add or replace names in it
+    and that owner is root or this user: what is there was put there by one of them."""
     info = os.stat(directory)
     return info.st_uid in (0, os.geteuid()) and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
@@ -188,11 +196,33 @@ def _write_into(path: str, data: Union[bytes, Iterable[bytes]], follow: bool) ->
         mode = os.fstat(fd).st_mode
         if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
             return False
-        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-        for chunk in [data] if isinstance(data, bytes) else data:
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view):]
+        write_before_deadline(fd, [data] if isinstance(data, bytes) else data, path)
     finally:
         os.close(fd)
     return True
+
+
+def write_before_deadline(fd: int, chunks: Iterable[bytes], path: str,
+                          deadline: Optional[float] = None) -> None:
+    """Given a descriptor opened with O_NONBLOCK (a FIFO, a device, a file), byte chunks and the
+    path it stands for, write every chunk whole, in order, waiting with poll() while the reader
+    is full, for at most `deadline` seconds in all (WRITE_DEADLINE when None). Raise OSError
+    (ETIMEDOUT) when the reader has not taken everything by then: a reader that never drains
+    must not hold the run."""
+    import select
+    import time
+    end = time.monotonic() + (WRITE_DEADLINE if deadline is None else deadline)
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    for chunk in chunks:
+        view = memoryview(chunk)
+        while view:
+            try:
+                view = view[os.write(fd, view):]
+                continue
+            except BlockingIOError:
+                pass
+            left = end - time.monotonic()
+            if left <= 0 or not poller.poll(left * 1000):
+                raise OSError(errno.ETIMEDOUT, "the reader took nothing for %g s"
+                              % (WRITE_DEADLINE if deadline is None else deadline), path)

@@ -19,6 +19,7 @@ import subprocess
 from datetime import datetime
 from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence
 
+from . import files
 from .events import Event, EventLedger
 from .models import AccountUsage, Skipped
 from .text import printable
@@ -124,14 +125,16 @@ def _kill_group(process: "subprocess.Popen[bytes]") -> None:
 
 def append_to_log(path: str, events: Sequence[Event]) -> None:
     """Append the events as JSON lines to `path`, creating it with mode 0600. The final name is
-    never followed as a symlink, and only a regular file with one link (or a FIFO or character
-    device, written into) is accepted: run as root in a directory others can write, the log
-    must not become a way to append to another file. Failures are warnings."""
+    never followed as a symlink, and only a regular file with one link is accepted, or, in a
+    directory nobody else can write (`files.trusted_directory`), a FIFO or character device,
+    written into within `files.WRITE_DEADLINE`: run as root in a directory others can write,
+    the log must not become a way to append to another file, to hand the events to a planted
+    FIFO's reader, or to hang on one that never drains. Failures are warnings."""
     if not events:
         return
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-                     | os.O_NONBLOCK, 0o600)
+                     | os.O_NONBLOCK | os.O_NOCTTY, 0o600)
     except OSError as error:
         logger.warning("Cannot open the events log %s (%s)", path, error.strerror or error)
         return
@@ -139,12 +142,14 @@ def append_to_log(path: str, events: Sequence[Event]) -> None:
         info = os.fstat(fd)
         if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
             raise OSError(0, "it has other hard links; refusing to append")
-        if not (stat.S_ISREG(info.st_mode) or stat.S_ISFIFO(info.st_mode)
-                or stat.S_ISCHR(info.st_mode)):
-            raise OSError(0, "not a regular file")
-        os.set_blocking(fd, True)
-        for event in events:
-            os.write(fd, event_line(event))  # one write per line: O_APPEND keeps lines whole
+        if not stat.S_ISREG(info.st_mode):
+            if not (stat.S_ISFIFO(info.st_mode) or stat.S_ISCHR(info.st_mode)):
+                raise OSError(0, "not a regular file")
+            if not files.trusted_directory(os.path.dirname(os.path.abspath(path))):
+                raise OSError(0, "not a regular file, in a directory others can write; "
+                                 "refusing to write into it")
+        # One write per line: O_APPEND keeps lines whole.
+        files.write_before_deadline(fd, (event_line(event) for event in events), path)
     except OSError as error:
         logger.warning("Cannot append to the events log %s (%s)", path, error.strerror or error)
     finally:

@@ -193,3 +193,42 @@ def require_tool(name, *candidates):
     if os.environ.get("CI"):
         pytest.fail(reason + "; CI must run this test")
     pytest.skip(reason)
+
+
+class StuckFifo:
+    """A FIFO at `path` whose reader never drains it: the reader holds it open and the pipe is
+    already full, so the next write would block. `taken()` (after the test) returns what reached
+    the pipe beyond the filler; `close()` ends the reader."""
+
+    FILLER = b"f"
+
+    def __init__(self, path):
+        os.mkfifo(str(path), 0o666)
+        os.chmod(str(path), 0o666)
+        self.reader = os.open(str(path), os.O_RDONLY | os.O_NONBLOCK)
+        writer = os.open(str(path), os.O_WRONLY | os.O_NONBLOCK)
+        self.filled = 0
+        try:
+            while True:
+                self.filled += os.write(writer, self.FILLER * 4096)
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(writer)
+
+    def taken(self):
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(self.reader, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        data = b"".join(chunks)
+        assert data[:self.filled] == self.FILLER * self.filled
+        return data[self.filled:]
+
+    def close(self):
+        os.close(self.reader)

@@ -191,3 +191,45 @@ def test_main_with_no_state_warns_that_each_run_starts_without_memory(tmp_path, 
                    "--events-log", str(tmp_path / "events.jsonl")])
     assert status == 0
     assert "--no-state: events are decided without memory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_append_to_log_to_a_fifo_that_never_drains_gives_up_at_the_deadline(
+        tmp_path, caplog, monkeypatch, trusted):
+    from oauth_usage_tracker import files
+    from support import StuckFifo
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    os.chmod(directory, 0o700 if trusted else 0o1777)
+    monkeypatch.setattr(files, "WRITE_DEADLINE", 0.5)
+    fifo = StuckFifo(directory / "events.jsonl")
+    try:
+        started = time.monotonic()
+        module.append_to_log(str(directory / "events.jsonl"), some_events())
+        elapsed = time.monotonic() - started
+        leaked = fifo.taken()
+    finally:
+        fifo.close()
+    assert stat.S_ISFIFO(os.lstat(directory / "events.jsonl").st_mode)
+    assert "Cannot append to the events log" in caplog.text
+    if trusted:
+        assert 0.4 <= elapsed < 3, elapsed
+        assert "took nothing for 0.5 s" in caplog.text
+    else:
+        assert elapsed < 0.4, elapsed  # refused at once, nothing written
+        assert "others can write" in caplog.text
+        assert leaked == b""
+
+
+def test_append_to_log_fifo_with_a_reader_in_a_private_directory_gets_the_lines(tmp_path):
+    os.chmod(tmp_path, 0o700)
+    fifo = tmp_path / "events.jsonl"
+    os.mkfifo(fifo, 0o600)
+    reader = os.open(str(fifo), os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        module.append_to_log(str(fifo), some_events())
+        data = os.read(reader, 65536)
+    finally:
+        os.close(reader)
+    lines = data.splitlines()
+    assert len(lines) == len(some_events()) and all(json.loads(line) for line in lines)

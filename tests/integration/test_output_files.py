@@ -8,10 +8,13 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
 from oauth_usage_tracker import files
+
+from support import StuckFifo
 
 COMMAND = ([shutil.which("oauth-usage-tracker")] if shutil.which("oauth-usage-tracker")
            else [sys.executable, "-m", "oauth_usage_tracker"])
@@ -111,6 +114,46 @@ def test_fifo_nobody_reads_is_an_error_not_a_hang(private_dir, tmp_path):
     assert result.returncode == 2
     assert "Cannot write the report: nothing is reading from this pipe" in result.stderr
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+@pytest.mark.parametrize("flag", ["--output", "--prometheus"])
+def test_fifo_that_never_drains_in_a_private_directory_fails_within_the_deadline(
+        flag, private_dir, tmp_path):
+    fifo = StuckFifo(private_dir / "pipe")
+    try:
+        started = time.monotonic()
+        result = run([flag, str(private_dir / "pipe")] + (
+            ["--output", str(tmp_path / "r")] if flag == "--prometheus" else []), tmp_path,
+            timeout=60)
+        elapsed = time.monotonic() - started
+    finally:
+        fifo.close()
+    assert result.returncode == 2, result.stderr
+    assert "Cannot write the report: the reader took nothing for 5 s" in result.stderr
+    assert "Traceback" not in result.stderr
+    # The deadline (5 s) plus the script's start, with room for a loaded machine.
+    assert files.WRITE_DEADLINE <= elapsed < files.WRITE_DEADLINE + 20, elapsed
+
+
+@pytest.mark.parametrize("mode", [0o775, 0o1777])
+def test_fifo_planted_in_a_shared_directory_is_replaced_and_gets_nothing(mode, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, mode)
+    fifo = StuckFifo(shared / "report.json")
+    try:
+        started = time.monotonic()
+        result = run(["--json", "--output", str(shared / "report.json")], tmp_path)
+        elapsed = time.monotonic() - started
+        leaked = fifo.taken()
+    finally:
+        fifo.close()
+    assert result.returncode == 0, result.stderr
+    assert elapsed < files.WRITE_DEADLINE + 20
+    assert leaked == b""  # the planted reader never sees the report
+    report = shared / "report.json"
+    assert stat.S_ISREG(os.lstat(report).st_mode) and mode_of(report) == files.REPORT_MODE
+    assert report.read_text().startswith("{")
 
 
 def test_directory_target_is_an_error(private_dir, tmp_path):
