@@ -83,7 +83,8 @@ def _atomic_write_at(dir_fd: int, name: str, data: Union[bytes, Iterable[bytes]]
     if existing is not None and not stat.S_ISREG(existing.st_mode):
         existing = None  # a symlink (or anything else) is replaced, not imitated
     if mode is None:
-        mode = stat.S_IMODE(existing.st_mode) if existing is not None else default_mode
+        # Permission bits only: a setuid or setgid bit someone left there is never carried over.
+        mode = stat.S_IMODE(existing.st_mode) & 0o777 if existing is not None else default_mode
     temp = ".%s.%s.tmp" % (name, secrets.token_hex(6))
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o600, dir_fd=dir_fd)
@@ -126,7 +127,10 @@ def write_output(path: str, data: Union[bytes, Iterable[bytes]], new_mode: int) 
     bytes there in a way a reader can predict, whatever the umask:
 
     - a missing target is created atomically with exactly `new_mode`;
-    - an existing regular file is replaced atomically and keeps its mode;
+    - an existing regular file is replaced atomically and keeps its permission bits (`& 0o777`,
+      without write for others) when this user owns it in a trusted directory (see
+      `trusted_directory`); otherwise the new file gets `new_mode`: nobody else chooses the mode
+      of a file root writes, setuid bits included;
     - an existing device, FIFO or other non-regular file (`/dev/null`, a pipe to a reader) in a
       trusted directory is written into, never replaced, when it is reached without following a
       symbolic link, within WRITE_DEADLINE; in a directory others can write it is replaced like
@@ -150,7 +154,7 @@ def write_output(path: str, data: Union[bytes, Iterable[bytes]], new_mode: int) 
             raise IsADirectoryError(errno.EISDIR, "is a directory", path)
         trusted = trusted_directory(os.path.dirname(path))
         if stat.S_ISREG(info.st_mode):
-            atomic_write(path, data, mode=stat.S_IMODE(info.st_mode))
+            atomic_write(path, data, mode=_kept_mode(info, trusted, new_mode))
             return
         if not trusted:
             # A link, a FIFO, a device: replaced by the new file itself, never opened.
@@ -167,6 +171,16 @@ def write_output(path: str, data: Union[bytes, Iterable[bytes]], new_mode: int) 
             return
         # Swapped for a regular file or a link since the lstat above: decide again.
     raise OSError(errno.ELOOP, "too many symbolic links", path)
+
+
+def _kept_mode(existing: os.stat_result, trusted: bool, new_mode: int) -> int:
+    """Given the regular file about to be replaced, whether its directory is trusted, and the
+    mode of a new file, return the replacement's mode: the old permission bits only when this
+    user owns the file in a trusted directory (an operator's chmod), without setuid, setgid,
+    sticky or write-for-others bits; else `new_mode`."""
+    if not trusted or existing.st_uid != os.geteuid():
+        return new_mode
+    return stat.S_IMODE(existing.st_mode) & 0o777 & ~stat.S_IWOTH
 
 
 def trusted_directory(directory: str) -> bool:

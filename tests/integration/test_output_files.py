@@ -66,6 +66,52 @@ def test_existing_regular_file_is_replaced_and_keeps_its_mode(existing, private_
     assert os.lstat(report).st_ino != inode  # replaced, not rewritten in place
 
 
+def test_existing_file_of_ours_keeps_only_permission_bits_without_write_for_others(
+        private_dir, tmp_path):
+    report, metrics = private_dir / "report.txt", private_dir / "usage.prom"
+    for path in (report, metrics):
+        path.write_text("old")
+        os.chmod(path, 0o6777)
+    result = run(["--output", str(report), "--prometheus", str(metrics)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert mode_of(report) == mode_of(metrics) == 0o775  # no setuid/setgid, no o+w
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another uid")
+def test_existing_file_of_another_owner_gets_the_new_file_mode(private_dir, tmp_path):
+    from support import OTHER_GID, OTHER_UID
+    report, metrics = private_dir / "report.txt", private_dir / "usage.prom"
+    for path in (report, metrics):
+        path.write_text("old")
+        os.chown(path, OTHER_UID, OTHER_GID)
+        os.chmod(path, 0o6777)
+    result = run(["--output", str(report), "--prometheus", str(metrics)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (mode_of(report), mode_of(metrics)) == (files.REPORT_MODE, files.METRICS_MODE)
+    assert os.lstat(report).st_uid == os.lstat(metrics).st_uid == os.geteuid()
+
+
+def test_existing_file_in_a_shared_directory_gets_the_new_file_mode(tmp_path):
+    shared = tmp_path / "textfile"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    report, metrics = shared / "report.txt", shared / "usage.prom"
+    for path in (report, metrics):
+        path.write_text("old")
+        os.chmod(path, 0o6777)
+    result = run(["--output", str(report), "--prometheus", str(metrics)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (mode_of(report), mode_of(metrics)) == (files.REPORT_MODE, files.METRICS_MODE)
+
+
+def test_atomic_write_never_carries_setuid_bits(tmp_path):
+    path = tmp_path / "state.json"
+    path.write_text("{}")
+    os.chmod(path, 0o6755)
+    files.atomic_write(str(path), b"{}")
+    assert mode_of(path) == 0o755
+
+
 def _char_device(path):
     """A character device like /dev/null (1, 3), made here rather than touching the real one."""
     try:
