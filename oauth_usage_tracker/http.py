@@ -157,8 +157,12 @@ def _send_unguarded(session: requests.Session, method: str, url: str, *, what: s
                     data: Union[str, bytes, Mapping[str, str], None] = None) -> HttpResponse:
     deadline = time.monotonic() + timeout
     proxies = session.proxies_for(url) if isinstance(session, _Session) else None
+    # Ask for the body as it is: a compliant server then sends nothing to decompress. A server
+    # that compresses anyway is decoded by urllib3 (>= 2.6.3, which decompresses no more than
+    # each read asks for and at most 5 chained encodings), and the body stays under max_body.
+    sent_headers = dict(headers or {}, **{"Accept-Encoding": "identity"})
     try:
-        with session.request(method, url, headers=dict(headers or {}), auth=auth, data=data,
+        with session.request(method, url, headers=sent_headers, auth=auth, data=data,
                              timeout=timeout, stream=True, allow_redirects=False,
                              proxies=proxies) as response:
             body = _read_body(response, what, max_body, deadline, timeout)

@@ -336,6 +336,19 @@ def gzip_bomb(megabytes: int = 64) -> bytes:
     return gzip.compress(b" " * (1024 * 1024), compresslevel=9) * megabytes
 
 
+def nested_gzip_bomb(layers: int = 3, mebibytes: int = 512) -> bytes:
+    """A few hundred bytes that inflate, through `layers` gzip encodings one inside the other
+    (sent as `Content-Encoding: gzip, gzip, gzip`), to `mebibytes` MiB of spaces. Built a MiB at
+    a time: the inflated size is never held here either."""
+    import zlib
+    inner = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = b" " * (1024 * 1024)
+    data = b"".join([inner.compress(block) for _ in range(mebibytes)] + [inner.flush()])
+    for _ in range(layers - 1):
+        data = gzip.compress(data, compresslevel=9)
+    return data
+
+
 def accept_never_read_listener() -> socket.socket:
     """A listening socket that never accepts: the kernel completes the handshake, nobody reads."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
