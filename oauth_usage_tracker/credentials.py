@@ -145,14 +145,18 @@ def merge_grant(data: Dict[str, Any], grant: TokenGrant, now: datetime) -> Dict[
 def serialize_like(data: Dict[str, Any], original: bytes) -> bytes:
     """Given an object and the file's previous bytes, return JSON in the same style: compact as
     CLIProxyAPI writes it, or indented as other tools do, with the trailing newline kept. Text
-    that UTF-8 cannot carry (a lone surrogate from a `\\ud800` escape) is written escaped."""
+    that UTF-8 cannot carry (a lone surrogate from a `\\ud800` escape) is written escaped.
+    Raise ValueError for a number JSON cannot carry (`1e400` reads as infinity, and `NaN`):
+    written back as `Infinity` or `NaN`, the file would no longer parse for a strict reader."""
     text = original.decode("utf-8", "replace")
     lines = text.strip().split("\n")
     indent = (len(lines[1]) - len(lines[1].lstrip(" "))) or 2 if len(lines) > 1 else None
     separators = (",", ":") if indent is None else None
     tail = b"\n" if text.endswith("\n") else b""
     try:
-        body = json.dumps(data, indent=indent, separators=separators, ensure_ascii=False)
+        body = json.dumps(data, indent=indent, separators=separators, ensure_ascii=False,
+                          allow_nan=False)
         return body.encode("utf-8") + tail
     except UnicodeEncodeError:
-        return json.dumps(data, indent=indent, separators=separators).encode("ascii") + tail
+        return json.dumps(data, indent=indent, separators=separators,
+                          allow_nan=False).encode("ascii") + tail

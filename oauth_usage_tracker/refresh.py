@@ -262,7 +262,10 @@ def preflight(auth: AuthDirectory, name: str, current: Dict[str, Any], original:
                             "process cannot keep")
     try:
         sample = serialize_like(merge_grant(current, _SAMPLE_GRANT, now), original)
-    except (TypeError, ValueError, RecursionError):
+    except ValueError:
+        raise _cannot_store("the file holds a number JSON cannot carry (Infinity or NaN, "
+                            "such as 1e400)") from None
+    except (TypeError, RecursionError):
         raise _cannot_store("the merged content cannot be written as JSON") from None
     need = len(sample) + ROOM_MARGIN
     free = auth.free_bytes()
