@@ -29,6 +29,7 @@ credential file is never written in place, so it is never left cut off. Every fi
 through `authdir.AuthDirectory` (descriptor-relative, no symlink followed).
 """
 import hashlib
+import json
 import logging
 import os
 import stat
@@ -37,7 +38,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Dict, Iterator, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, NoReturn, Optional, Set, Tuple
 
 from .authdir import AuthDirectory, DirectoryId, write_all
 from .credentials import (MAX_FILE_BYTES, READ_PAUSE, READ_TRIES, TokenGrant, UnparsedFile,
@@ -327,14 +328,10 @@ def _write_back(auth: AuthDirectory, name: str, temp: str, temp_fd: int,
     """Write the grant into the prepared temporary file and rename it over the credential file;
     return True. The old refresh token is spent: the new one exists only here, so a failure is
     retried, then the tokens are kept in a recovery file named in the CredentialError raised."""
-    try:
-        # Merge into the file as it is now, so an edit made during the exchange survives.
-        latest, latest_bytes, _ = _read(auth, name)
-        if latest.get("refresh_token") == current.get("refresh_token"):
-            current, original = latest, latest_bytes
-    except CredentialError:
-        pass
-    data = serialize_like(merge_grant(current, grant, now), original)
+    data = _merged(auth, name, current, original, grant, now)
+    if data is None:
+        # Not even the checked content merges with this grant: keep the tokens, at least.
+        _keep(auth, name, _bare(current, grant), info, now, "the new tokens do not fit the file")
     why = ""
     for attempt in range(WRITE_TRIES):
         if attempt:
@@ -347,6 +344,13 @@ def _write_back(auth: AuthDirectory, name: str, temp: str, temp_fd: int,
             why = error.strerror or type(error).__name__
             logger.warning("%s: writing the new tokens failed (%s), attempt %d of %d", name, why,
                            attempt + 1, WRITE_TRIES)
+    _keep(auth, name, data, info, now, why)
+
+
+def _keep(auth: AuthDirectory, name: str, data: bytes, info: os.stat_result, now: datetime,
+          why: str) -> NoReturn:
+    """The write-back failed for `why`: keep `data` in a recovery file and raise the
+    CredentialError that names it (or says that even that failed)."""
     kept = _recover(auth, name, data, info, now)
     if kept is None:
         raise CredentialError(
@@ -355,6 +359,36 @@ def _write_back(auth: AuthDirectory, name: str, temp: str, temp_fd: int,
     raise CredentialError(
         "New tokens could not be written back (%s); they are kept in %s (mode 0600) in the auth "
         "directory: move it over %s, or log in again with CLIProxyAPI" % (why, kept, name))
+
+
+def _merged(auth: AuthDirectory, name: str, current: Dict[str, Any], original: bytes,
+            grant: TokenGrant, now: datetime) -> Optional[bytes]:
+    """Return the credential file's next bytes: the grant merged into the file as it is now,
+    so that an edit made during the exchange survives; else, when that re-read fails or does
+    not serialise (the preflight never saw it), into the content the preflight checked; None
+    when neither serialises. Never raises: the old refresh token is already spent."""
+    try:
+        latest, latest_bytes, _ = _read(auth, name)
+        if latest.get("refresh_token") == current.get("refresh_token"):
+            return serialize_like(merge_grant(latest, grant, now), latest_bytes)
+    except Exception as error:  # whatever it is, the checked content below still holds
+        logger.warning("%s: the file changed during the refresh into something that cannot be "
+                       "written back (%s); writing the new tokens into the content read "
+                       "before the refresh", name, type(error).__name__)
+    try:
+        return serialize_like(merge_grant(current, grant, now), original)
+    except Exception as error:
+        logger.error("%s: the new tokens cannot be merged into the file (%s)", name,
+                     type(error).__name__)
+        return None
+
+
+def _bare(current: Dict[str, Any], grant: TokenGrant) -> bytes:
+    """The least a recovery file must hold: the account's type and the new tokens."""
+    kept = {"type": current.get("type") if isinstance(current.get("type"), str) else "claude",
+            "access_token": grant.access_token,
+            "refresh_token": grant.refresh_token or current.get("refresh_token")}
+    return json.dumps(kept, ensure_ascii=True).encode("ascii") + b"\n"
 
 
 def _recover(auth: AuthDirectory, name: str, data: bytes, info: os.stat_result,

@@ -1,5 +1,9 @@
 """refresh: what the write-back serialises. A number JSON cannot carry (`1e400`, `NaN`) is
-refused before the refresh token is sent."""
+refused before the refresh token is sent; after the exchange, a re-read file that does not
+serialise falls back to the checked content, and then to a recovery file: the old refresh
+token is spent, its successor must never be lost."""
+import json
+import logging
 import os
 from datetime import datetime, timezone
 
@@ -60,3 +64,47 @@ def test_a_number_json_cannot_carry_is_refused_before_sending(tmp_path, raw):
 def test_serialize_like_never_writes_infinity():
     with pytest.raises(ValueError):
         credentials.serialize_like({"a": float("inf")}, b"{}")
+
+
+def test_a_file_edited_during_the_exchange_into_1e400_gets_the_checked_content(tmp_path,
+                                                                                caplog):
+    path = write_compact(tmp_path / "claude-a.json", claude_credentials(label="kept"))
+    exchange = Exchange(action=lambda: with_raw_field(path, "1e400"))
+    result = refresh(path, exchange)
+    assert result.rotated and exchange.sent == [CLAUDE_REFRESH]
+    written = json.loads(path.read_text())  # strict enough: Infinity would parse, so check it
+    assert "extra" not in written and written["label"] == "kept"
+    assert (written["access_token"], written["refresh_token"]) == (NEW_ACCESS, NEW_REFRESH)
+    assert "Infinity" not in path.read_text()
+    assert "content read before the refresh" in caplog.text
+    assert sorted(os.listdir(tmp_path)) == ["claude-a.json", "claude-a.json.lock"]
+
+
+def test_any_failure_to_serialise_after_the_exchange_ends_in_a_recovery_file(tmp_path,
+                                                                             monkeypatch,
+                                                                             caplog):
+    path = write_compact(tmp_path / "claude-a.json", claude_credentials())
+    before = path.read_bytes()
+    calls = []
+    real = module.serialize_like
+
+    def fails_after_the_preflight(data, original):
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("unforeseen")
+        return real(data, original)
+
+    monkeypatch.setattr(module, "serialize_like", fails_after_the_preflight)
+    exchange = Exchange()
+    with pytest.raises(CredentialError) as caught:
+        refresh(path, exchange)
+    assert exchange.sent == [CLAUDE_REFRESH]
+    [recovered] = [name for name in os.listdir(tmp_path) if ".recovered-" in name]
+    assert recovered in str(caught.value)
+    kept = json.loads((tmp_path / recovered).read_text())
+    assert (kept["access_token"], kept["refresh_token"]) == (NEW_ACCESS, NEW_REFRESH)
+    assert kept["type"] == "claude"
+    assert os.stat(tmp_path / recovered).st_mode & 0o777 == 0o600
+    assert path.read_bytes() == before
+    assert NEW_REFRESH not in str(caught.value) and NEW_REFRESH not in caplog.text
+    assert any(r.levelno == logging.ERROR for r in caplog.records)
