@@ -24,7 +24,7 @@ from .management import Proxy
 from .models import AccountState, AccountUsage, AuthAccount, Discovery, Provider, Skipped
 from .parsing import format_timestamp
 from .providers import claude, codex
-from .state import default_state_dir
+from .state import default_state_dir, split_remote_key
 from .text import printable
 
 logger = logging.getLogger(__name__)
@@ -132,10 +132,10 @@ def _unlisted(proxy: Proxy, message: str, remembered: Iterable[Tuple[str, str]],
     none of them sends a request."""
     proxy.stop(ProviderError(message, login_problem=login_problem))
     found: Dict[Provider, List[AuthAccount]] = {Provider.CLAUDE: [], Provider.CODEX: []}
-    prefix = proxy.source + "/"
     for provider_name, key in remembered:
-        if key.startswith(prefix) and provider_name in found.keys():
-            name = key[len(prefix):]
+        parts = split_remote_key(key)
+        if parts is not None and parts[0] == proxy.source and provider_name in found.keys():
+            name = parts[1]
             found[Provider(provider_name)].append(AuthAccount(
                 id=name, provider=Provider(provider_name), email=None, display_name=name,
                 path="%s#%s" % (proxy.url, name), source=proxy.source,

@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -172,11 +173,35 @@ def _entry_to_json(entry: AccountState) -> Dict[str, Any]:
 
 def state_key(account: Union[AuthAccount, AccountUsage]) -> Key:
     """Given an account (or its result), return its key in the store: (provider, file id), the
-    id prefixed by `<source>/` for a remote proxy's account, so that two sources' files of the
-    same name never share an entry."""
+    id replaced by `<source>/<id>` for a remote proxy's account, so that two sources' files of
+    the same name never share an entry. Both parts of a remote key are escaped (`%` and `/`),
+    so that its one `/` splits it unambiguously: `h:443` + `x/a.json` and `h:443/x` + `a.json`
+    are two keys. A local id is a file name (never a `/`), stored as it is."""
     if account.source == LOCAL_SOURCE:
         return (account.provider.value, account.id)
-    return (account.provider.value, "%s/%s" % (account.source, account.id))
+    return (account.provider.value, remote_key(account.source, account.id))
+
+
+def remote_key(source: str, file_id: str) -> str:
+    """Given a proxy's source and a file id it listed, return the id part of its state key."""
+    return "%s/%s" % (_escape(source), _escape(file_id))
+
+
+def split_remote_key(text: str) -> Optional[Tuple[str, str]]:
+    """Given the id part of a state key, return (source, file id) for a remote key, or None
+    for a local one (or a remote key written before escaping, which is ambiguous)."""
+    if text.count("/") != 1:
+        return None
+    source, _, file_id = text.partition("/")
+    return _unescape(source), _unescape(file_id)
+
+
+def _escape(text: str) -> str:
+    return text.replace("%", "%25").replace("/", "%2F")
+
+
+def _unescape(text: str) -> str:
+    return re.sub("%(25|2F)", lambda match: "%" if match.group(1) == "25" else "/", text)
 
 
 def _key_text(key: Key) -> str:

@@ -142,3 +142,44 @@ def test_superseded_refresh_never_sends_the_accounts_still_waiting(tmp_path):
             assert old.superseded
     assert len(calls) == 2  # the old generation's running call and the new one, nothing more
     assert "claude/a.example.net:443/claude-0.json" in (tmp_path / "state.json").read_text()
+
+
+def test_state_keys_of_two_proxies_never_collide_when_both_parts_hold_a_slash(
+        mocked_responses, tmp_path):
+    """`h:443` + `x/a.json` and `h:443/x` + `a.json` would both be `h:443/x/a.json` unescaped."""
+    def named(url, name, index):
+        return remote.accounts_from_listing({"files": [{
+            "name": name, "type": "claude", "auth_index": index}]},
+            management.Proxy(url, KEY)).claude[0]
+    first, second = named("https://h.example.net", "x/a.json", "01"), \
+        named("https://h.example.net/x", "a.json", "02")
+    assert first.source == "h.example.net:443" and second.source == "h.example.net:443/x"
+    assert module.state_key(first) != module.state_key(second)
+    mocked_responses.post("https://h.example.net/v0/management/api-call",
+                          json=envelope(429, load_payload("claude_429"), {"Retry-After": ["600"]}))
+    mocked_responses.post("https://h.example.net/x/v0/management/api-call",
+                          json=envelope(200, load_payload("claude_max")))
+    mocked_responses.post("https://h.example.net/x/v0/management/api-call",
+                          json=envelope(200, load_payload("claude_max")))
+    with module.OAuthUsageTracker(settings=Settings(), state_dir=tmp_path) as tracker:
+        tracker.refresh_and_wait((), (first, second))
+        again = {u.source: u for u in tracker.refresh_and_wait((), (first, second))}
+    assert "cooldown" in again["h.example.net:443"].error  # its own 429, remembered
+    assert again["h.example.net:443/x"].error is None  # not the other one's cooldown
+    assert len(mocked_responses.calls) == 3
+    stored = json.loads((tmp_path / "state.json").read_text())["accounts"]
+    assert set(stored) == {"claude/h.example.net:443/x%2Fa.json",
+                           "claude/h.example.net:443%2Fx/a.json"}
+    # A proxy that cannot be listed gets back exactly its own remembered accounts.
+    remembered = [("claude", k.partition("/")[2]) for k in stored] + [("claude", "local.json")]
+    for proxy_url, name in (("https://h.example.net", "x/a.json"),
+                            ("https://h.example.net/x", "a.json")):
+        proxy = management.Proxy(proxy_url, KEY)
+        found = remote._unlisted(proxy, "down", remembered, login_problem=False)
+        assert [a.id for a in found.claude] == [name]
+
+
+def test_local_state_keys_keep_their_format():
+    account = AuthAccount(id="claude-a%2F.json", provider=Provider.CLAUDE, email=None,
+                          display_name="a", path="/x/claude-a%2F.json")
+    assert module.state_key(account) == ("claude", "claude-a%2F.json")
