@@ -131,6 +131,22 @@ def endpoint_host(url: str) -> Optional[str]:
         return None
 
 
+def redacted_url(url: str) -> str:
+    """Given a URL as someone wrote it (parseable or not), return it fit to quote in a message:
+    a user name or password (`user:pass@`) and a query or fragment (`?key=...`) are replaced by
+    `...`, since a secret pasted there must not reach a log. Total: never raises."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        scheme, rest = "", url
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    tail = rest[len(authority):]
+    if "@" in authority:
+        authority = "...@" + authority.rpartition("@")[2]
+    path = re.split(r"[?#]", tail, maxsplit=1)[0]
+    mark = tail[len(path):len(path) + 1]
+    return "%s%s%s%s%s" % (scheme, separator, authority, path, mark + "..." if mark else "")
+
+
 def check_url(url: str, name: str = "endpoint") -> str:
     """Given an endpoint URL, return it if it is https://, or http:// to a loopback address,
     as urllib3 reads it, with an authority of host and port only. Raise ConfigurationError
@@ -146,7 +162,8 @@ def check_url(url: str, name: str = "endpoint") -> str:
             return url
     raise ConfigurationError(
         "Refused %s URL %s: only https:// URLs, or http:// to a loopback address, with no user "
-        "name, backslash, space or control character, are allowed." % (name, ascii(url)))
+        "name, backslash, space or control character, are allowed." % (name,
+                                                                      ascii(redacted_url(url))))
 
 
 #: Remote CLIProxyAPI (its management API): proxy URLs, the management key, calls per proxy.

@@ -26,7 +26,8 @@ import requests
 from requests.structures import CaseInsensitiveDict
 
 from . import http
-from .config import CPA_KEY_ENV, DEFAULT_CPA_WORKERS, Settings, check_url, is_loopback_host
+from .config import (CPA_KEY_ENV, DEFAULT_CPA_WORKERS, Settings, check_url, is_loopback_host,
+                     redacted_url)
 from .errors import ConfigurationError, ProviderError
 from .lockout import Rejection, RejectedKeys, fingerprint
 
@@ -97,7 +98,8 @@ def base_url(url: str, allow_http: bool = False) -> str:
         check_url(url, name)
     parts = urlsplit(url)
     if parts.query or parts.fragment:
-        raise ConfigurationError("Refused CLIProxyAPI URL %r: no query or fragment, please" % url)
+        raise ConfigurationError("Refused CLIProxyAPI URL %s: no query or fragment, please"
+                                 % ascii(redacted_url(url)))
     path = _MANAGEMENT_SUFFIX.sub("", parts.path.rstrip("/"))
     return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), path, "", ""))
 

@@ -424,3 +424,25 @@ def test_metrics_label_each_source_and_one_file_name_at_two_proxies_stays_two_se
     assert states[(source_b, "claude-dead@example.com.json", "login_failed")] == 1
     assert states[(source_a, "claude-ann@example.com.json", "ok")] == 1
     assert KEY not in text
+
+
+SECRET = "pasted-SECRETinURLnotREAL-9e1d"
+
+
+@pytest.mark.parametrize("args, env", [
+    (["--cpa-url", "https://cpa.example.net/?key=" + SECRET], {"OAUTH_USAGE_TRACKER_CPA_KEY": KEY}),
+    (["--cpa-url", "https://cpa.example.net/#" + SECRET], {"OAUTH_USAGE_TRACKER_CPA_KEY": KEY}),
+    (["--cpa-url", "https://admin:%s@cpa.example.net" % SECRET],
+     {"OAUTH_USAGE_TRACKER_CPA_KEY": KEY}),
+    (["--cpa-url", "http://admin:%s@10.1.2.3:8317/?k=%s" % (SECRET, SECRET)],
+     {"OAUTH_USAGE_TRACKER_CPA_KEY": KEY}),
+    ([], {"OAUTH_USAGE_TRACKER_CLAUDE_USAGE_URL": "http://u:%s@10.1.2.3/usage" % SECRET}),
+    ([], {"OAUTH_USAGE_TRACKER_CODEX_USAGE_URL": "http://10.1.2.3/usage?token=" + SECRET}),
+])
+def test_refused_urls_are_named_without_their_userinfo_or_query(args, env, tmp_path):
+    (tmp_path / "auth").mkdir()
+    result = run(args + ["--no-state", "-vv", "--auth-dir", str(tmp_path / "auth")], env,
+                 timeout=20)
+    assert result.returncode == 2, result.stderr
+    assert "Refused" in result.stderr
+    assert SECRET not in result.stdout + result.stderr
