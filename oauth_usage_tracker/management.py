@@ -140,6 +140,9 @@ class Proxy:
         self._slots = threading.BoundedSemaphore(workers)
         self._lock = threading.Lock()
         self._stopped: Optional[ProviderError] = None
+        #: An api-call was answered with this key (not 401/403) in this run: the probe gate
+        #: (see `lanes`) lets the other calls in. Written once, False to True.
+        self._accepted = False
         if allow_http and self.url.startswith("http://") \
                 and not is_loopback_host(urlsplit(self.url).hostname or ""):
             logger.warning("%s: plain http (--cpa-allow-http): the management key, which has "
@@ -151,6 +154,13 @@ class Proxy:
 
     def _what(self, name: str) -> str:
         return "CLIProxyAPI %s %s" % (self.source, name)
+
+    @property
+    def gate_open(self) -> bool:
+        """True once more than one api-call may be in flight: the key was accepted for one in
+        this run, or the proxy was stopped (every later call then fails without a request)."""
+        with self._lock:
+            return self._accepted or self._stopped is not None
 
     def stop(self, error: ProviderError) -> ProviderError:
         """Stop every later call to this proxy in this run with `error` (the first stop wins,
@@ -192,13 +202,22 @@ class Proxy:
                                      timeout=settings.timeout, max_body=max_body,
                                      headers=headers, auth=http.BearerAuth(self._key), data=body)
             except ProviderError as error:
+                if error.status in (401, 403):
+                    raise self.stop(self._rejected(error.status)) from None
                 if error.status is not None:
+                    self._accept(name)
                     raise  # it answered (a body over the cap): not a dead proxy
                 raise self.stop(ProviderError(
                     "%s; no more requests to it in this run" % error)) from None
             if response.status in (401, 403):
                 raise self.stop(self._rejected(response.status))
+            self._accept(name)
             return response
+
+    def _accept(self, name: str) -> None:
+        if name == "api-call":
+            with self._lock:
+                self._accepted = True
 
     def list_payload(self, session: requests.Session, settings: Settings) -> Any:
         """Return the proxy's decoded credential listing (v0 first, then v8 when v0 is absent)

@@ -397,8 +397,10 @@ class OAuthUsageTracker:
             if item is None:
                 return
             index, account, entry = item
-            result = self._fetch_one(batch.generation, account, entry)
-            batch.lanes.done(account)
+            try:
+                result = self._fetch_one(batch.generation, account, entry)
+            finally:
+                batch.lanes.done(account)  # always: a worker may wait for this account's probe
             if result is None:
                 return
             # Each index is written by the one worker that took it.

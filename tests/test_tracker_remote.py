@@ -183,3 +183,44 @@ def test_local_state_keys_keep_their_format():
     account = AuthAccount(id="claude-a%2F.json", provider=Provider.CLAUDE, email=None,
                           display_name="a", path="/x/claude-a%2F.json")
     assert module.state_key(account) == ("claude", "claude-a%2F.json")
+
+
+@pytest.mark.parametrize("outcome", ["accepted", "stopped"])
+def test_lanes_hold_a_proxy_to_one_call_until_its_probe_is_answered(outcome):
+    import threading
+    from oauth_usage_tracker.errors import ProviderError
+    accounts = proxied("https://a.example.net", 4, workers=4)
+    proxy = accounts[0].remote.proxy
+    mine = local("l0")
+    queue = lanes.Lanes(lanes.interleaved(accounts + [mine]))
+    probe = queue.take()
+    assert probe[1].id == "claude-0.json" and queue.take()[1].id == "l0"
+    got, waiting = [], threading.Event()
+
+    def worker():
+        waiting.set()
+        got.append(queue.take())
+    thread = threading.Thread(target=worker)
+    thread.start()
+    assert waiting.wait(5)
+    thread.join(0.3)
+    assert thread.is_alive() and not got  # gated: it waits for the probe, it does not leave
+    queue.done(mine)  # a local account finishing opens nothing
+    thread.join(0.3)
+    assert thread.is_alive()
+    if outcome == "accepted":
+        proxy._accept("api-call")
+    else:
+        proxy.stop(ProviderError("rejected", status=401, login_problem=True))
+    queue.done(probe[1])
+    thread.join(5)
+    assert not thread.is_alive() and got[0][1].id == "claude-1.json"
+    assert [queue.take()[1].id for _ in range(2)] == ["claude-2.json", "claude-3.json"]
+
+
+def test_lanes_leave_when_nothing_is_gated():
+    accounts = proxied("https://a.example.net", 3, workers=4)
+    queue = lanes.Lanes(accounts)
+    accounts[0].remote.proxy._accept("api-call")
+    assert [queue.take()[1].id for _ in range(3)] == [a.id for a in accounts]
+    assert queue.take() is None  # nothing waiting: no wait
