@@ -491,6 +491,9 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> Run:
     settings = _settings(args, environ)
     state_dir = None if args.no_state else (args.state_dir or default_state_dir(environ))
     remote = bool(cpa_urls(args, environ))
+    if remote:
+        from .lockout import warn_if_unremembered
+        warn_if_unremembered(state_dir)
     read_local = not remote or bool(args.auth_dir or environ.get(AUTH_DIR_ENV))
     return Run(args, settings, args.auth_dir, state_dir=state_dir, read_local=read_local,
                make_proxies=(lambda: remote_proxies(args, environ, state_dir)) if remote else None)

@@ -156,3 +156,29 @@ def clear_memory() -> None:
     """Forget the rejections this process has seen (tests start as a new process would)."""
     with _memory_lock:
         _memory.clear()
+
+
+def unremembered(directory: Optional[str]) -> Optional[str]:
+    """Given the state directory (None: --no-state), return why a rejection cannot be
+    remembered across runs there (None: it can). Creates the directory (0700) if missing."""
+    if not directory:
+        return "--no-state"
+    path = os.path.abspath(os.path.expanduser(directory))
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as error:
+        return "the state directory %s cannot be created: %s" % (path, error.strerror or error)
+    if not os.access(path, os.W_OK | os.X_OK):
+        return "the state directory %s is not writable" % path
+    return None
+
+
+def warn_if_unremembered(directory: Optional[str]) -> None:
+    """Log, loudly, that a wrong management key will lock this host out when rejections cannot
+    be remembered across runs."""
+    reason = unremembered(directory)
+    if reason is not None:
+        logger.warning("Rejected CLIProxyAPI management keys cannot be remembered between runs "
+                       "(%s): a wrong key is offered again by every run, and CLIProxyAPI locks "
+                       "this host out of its management API for 30 minutes after 5 failed "
+                       "logins, so after 5 runs. Give the tool a writable --state-dir.", reason)
