@@ -446,3 +446,77 @@ def test_refused_urls_are_named_without_their_userinfo_or_query(args, env, tmp_p
     assert result.returncode == 2, result.stderr
     assert "Refused" in result.stderr
     assert SECRET not in result.stdout + result.stderr
+
+
+def many_accounts(providers, count):
+    credentials = []
+    for index in range(count):
+        token = "cpa-TESTmanyACCESSnotREAL-%04d" % index
+        email = "m%d@example.com" % index
+        providers.add_account(demo.FakeAccount("claude", email, [10.0, 20.0]), token)
+        credentials.append(Credential("claude-%s.json" % email, "claude", email, token))
+    return credentials
+
+
+def test_key_rejected_after_the_listing_costs_one_failed_login_whatever_the_cpa_workers(
+        providers, key_file, tmp_path):
+    """The probe gate: the first api-call goes alone; its 401 stops the other 19."""
+    args = ["--cpa-url", None, "--cpa-key-file", str(key_file), "--cpa-workers", "8",
+            "--workers", "8", "--json", "--state-dir", str(tmp_path / "state")]
+    with FakeManagement(KEY, many_accounts(providers, 20)) as proxy:
+        args[1] = proxy.url
+        proxy.key_after_listing = "a-new-key-set-by-the-operator"
+        first = run(args, providers.environ())
+        assert proxy.failed_logins == 1
+        assert proxy.requests.count("/v0/management/api-call") == 1
+        second = run(args, providers.environ())
+        assert proxy.failed_logins == 1  # nothing offered again: not even the listing
+        assert proxy.requests.count("/v0/management/auth-files") == 1
+    assert first.returncode == second.returncode == 1
+    errors = [account["error"] for account in json.loads(first.stdout)["accounts"]]
+    assert len(errors) == 20 and all("rejected the management key (401)" in e for e in errors)
+    assert KEY not in first.stdout + first.stderr
+
+
+def test_once_the_probe_is_answered_the_calls_run_side_by_side(key_file):
+    with demo.FakeProviders(latency=0.2) as slow:
+        with FakeManagement(KEY, many_accounts(slow, 12)) as proxy:
+            result = run(["--cpa-url", proxy.url, "--cpa-key-file", str(key_file),
+                          "--cpa-workers", "4", "--workers", "8", "--no-state"], slow.environ())
+            assert result.returncode == 0, result.stderr
+            assert proxy.max_in_flight == 4
+            assert len(proxy.api_calls) == 12
+            first_answer = min(proxy.answered)
+            # The probe was answered before a second call arrived: nothing overlapped it.
+            assert sorted(proxy.answered)[1] - first_answer >= 0.15
+
+
+def test_a_proxy_whose_api_calls_hang_costs_one_timeout_and_one_call(providers, key_file):
+    with FakeManagement(KEY, many_accounts(providers, 10)) as proxy:
+        proxy.delay = 30.0
+        started = time.monotonic()
+        result = run(["--cpa-url", proxy.url, "--cpa-key-file", str(key_file), "--cpa-workers",
+                      "8", "--workers", "8", "--timeout", "2", "--no-state", "--json"],
+                     providers.environ())
+        elapsed = time.monotonic() - started
+        assert proxy.requests.count("/v0/management/api-call") == 1
+    assert elapsed < 2 + 5, elapsed
+    errors = [account["error"] for account in json.loads(result.stdout)["accounts"]]
+    assert len(errors) == 10 and all("no more requests to it in this run" in e
+                                     or "timed out" in e for e in errors)
+
+
+@pytest.mark.parametrize("state", [["--no-state"], ["--state-dir", "{file}/state"], []])
+def test_a_wrong_key_that_cannot_be_remembered_is_announced_at_start(providers, key_file,
+                                                                     tmp_path, state):
+    (tmp_path / "file").write_text("not a directory")
+    state = [arg.format(file=tmp_path / "file") for arg in state]
+    with proxy_a(providers) as a:
+        result = run(["--cpa-url", a.url, "--cpa-key-file", str(key_file), "--json"] + state,
+                     dict(providers.environ(), HOME=str(tmp_path / "home")))
+    warned = "locks this host out of its management API for 30 minutes after 5 failed logins"
+    assert (warned in result.stderr) is bool(state), result.stderr
+    if state:
+        assert ("--no-state" if state == ["--no-state"] else "cannot be created") \
+            in result.stderr
+    assert result.stdout  # the run goes on
