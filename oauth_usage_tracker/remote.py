@@ -48,44 +48,90 @@ def _text(value: Any) -> Optional[str]:
     return value.strip() if isinstance(value, str) and value.strip() else None
 
 
-def _entry(raw: Any, index: int, proxy: "Proxy") -> Tuple[Optional[AuthAccount],
-                                                          Optional[Skipped]]:
-    """One listing entry as an account or a skipped record."""
+#: A proxy's listing is read up to this many entries; the rest are one skipped record. A proxy
+#: is no bigger in practice, and each account can cost an event, a hook run and a request.
+MAX_LISTED = 5000
+#: A longer name is no credential file's (a file system's limit): the entry is unusable.
+MAX_NAME = 255
+#: The ids of the per-proxy records for listing entries that cannot be read (fixed, so that
+#: events remember them from one run to the next whatever the count).
+BEYOND_CAP_ID = "(listing entries beyond %d)" % MAX_LISTED
+UNUSABLE_ID = "(unusable listing entries)"
+#: How many names of unusable entries the record quotes.
+_EXAMPLES = 3
+
+_NOT_OBJECT, _NO_NAME, _NO_INDEX = "not an object", "without a usable name", "without auth_index"
+
+
+def _entry(raw: Any, proxy: "Proxy") -> Tuple[Optional[AuthAccount], Optional[Skipped],
+                                               Optional[str]]:
+    """One listing entry as an account, a skipped record, or (for an entry that cannot be
+    read at all) the problem's name, collapsed with the others into one record by the caller."""
     source = proxy.source
-    if not isinstance(raw, dict) or not _text(raw.get("name")):
-        return None, Skipped("entry %d" % index, "unreadable: listing entry without a name",
-                             state=AccountState.UNREADABLE, source=source)
+    if not isinstance(raw, dict):
+        return None, None, _NOT_OBJECT
     name = _text(raw.get("name")) or ""
+    if not name or len(name) > MAX_NAME:
+        return None, None, _NO_NAME
     kind = (_text(raw.get("type")) or _text(raw.get("provider")) or "").lower()
     try:
         provider = Provider(kind)
     except ValueError:
-        return None, Skipped(name, "unsupported type '%s'" % printable(kind[:40]), source=source)
+        return None, Skipped(name, "unsupported type '%s'" % printable(kind[:40]),
+                             source=source), None
     email = _text(raw.get("email"))
     auth_index = raw.get("auth_index")
     if not isinstance(auth_index, str) or not _AUTH_INDEX.fullmatch(auth_index):
-        return None, Skipped(name, "unreadable: the proxy lists no auth_index for it (CLIProxyAPI "
-                             "v6.6.63 or later can be queried)", provider, email,
-                             state=AccountState.UNREADABLE, source=source)
+        return None, None, _NO_INDEX
     claims = raw.get("id_token")
     account_id = _text(claims.get("chatgpt_account_id")) if isinstance(claims, dict) else None
     return AuthAccount(id=name, provider=provider, email=email, display_name=email or name,
                        path="%s#%s" % (proxy.url, name), is_disabled=raw.get("disabled") is True,
                        source=source,
-                       remote=RemoteAccount(proxy, auth_index, account_id)), None
+                       remote=RemoteAccount(proxy, auth_index, account_id)), None, None
+
+
+def _unusable(counts: Dict[str, int], examples: List[str], source: str) -> Skipped:
+    """The one record for a proxy's listing entries that cannot be read, with their count."""
+    total = sum(counts.values())
+    parts = ["%d %s" % (counts[problem], problem) for problem in (_NOT_OBJECT, _NO_NAME, _NO_INDEX)
+             if counts.get(problem)]
+    reason = "unreadable: %d listing entr%s cannot be queried (%s)" % (
+        total, "y" if total == 1 else "ies", ", ".join(parts))
+    if counts.get(_NO_INDEX):
+        reason += "; CLIProxyAPI v6.6.63 or later lists the auth_index needed"
+    if examples:
+        reason += "; e.g. %s" % ", ".join(printable(name[:60]) for name in examples)
+    return Skipped(UNUSABLE_ID, reason, state=AccountState.UNREADABLE, source=source)
 
 
 def accounts_from_listing(payload: Any, proxy: "Proxy") -> Discovery:
     """Given a decoded auth-files listing, return its Claude and Codex accounts (disabled ones
-    included, flagged) and skipped records for the rest. Pure apart from the proxy reference."""
+    included, flagged) and skipped records for the rest. At most MAX_LISTED entries are read
+    (the rest are one record), and entries that cannot be read at all (not an object, no usable
+    name, no auth_index) are one record with their count: however a proxy lists, it costs a
+    bounded number of records, events and hook runs. Pure apart from the proxy reference."""
     files = payload.get("files") if isinstance(payload, dict) else None
     if not isinstance(files, list):
         raise ProviderError("CLIProxyAPI %s listing has no \"files\" list" % proxy.source)
     found: Dict[Provider, List[AuthAccount]] = {Provider.CLAUDE: [], Provider.CODEX: []}
     skipped: List[Skipped] = []
+    if len(files) > MAX_LISTED:
+        logger.error("%s: the listing holds %d entries; only the first %d are read",
+                     proxy.source, len(files), MAX_LISTED)
+        skipped.append(Skipped(BEYOND_CAP_ID, "unreadable: the proxy listed %d entries; only "
+                               "the first %d are read" % (len(files), MAX_LISTED),
+                               state=AccountState.UNREADABLE, source=proxy.source))
+    counts: Dict[str, int] = {}
+    examples: List[str] = []
     seen = set()
-    for index, raw in enumerate(files):
-        account, skip = _entry(raw, index, proxy)
+    for raw in files[:MAX_LISTED]:
+        account, skip, problem = _entry(raw, proxy)
+        if problem is not None:
+            counts[problem] = counts.get(problem, 0) + 1
+            if problem == _NO_INDEX and len(examples) < _EXAMPLES:
+                examples.append(_text(raw.get("name")) or "")
+            continue
         if account is not None and account.id in seen:
             skip, account = Skipped(account.id, "duplicate of '%s'" % account.id,
                                     source=proxy.source), None
@@ -94,10 +140,11 @@ def accounts_from_listing(payload: Any, proxy: "Proxy") -> Discovery:
             found[account.provider].append(account)
         elif skip is not None:
             skipped.append(skip)
-    missing = sum(1 for s in skipped if "auth_index" in s.reason)
-    if missing:
+    if counts.get(_NO_INDEX):
         logger.error("%s: %d account(s) listed without auth_index cannot be queried; update "
-                     "CLIProxyAPI", proxy.source, missing)
+                     "CLIProxyAPI", proxy.source, counts[_NO_INDEX])
+    if counts:
+        skipped.append(_unusable(counts, examples, proxy.source))
     return Discovery(codex=tuple(found[Provider.CODEX]), claude=tuple(found[Provider.CLAUDE]),
                      skipped=tuple(skipped))
 

@@ -161,11 +161,13 @@ def test_listing_claude_and_codex_with_claims_disabled_and_skips():
     assert codex.source == "cpa.example.net:8317" and codex.provider is Provider.CODEX
     assert found.claude[1].is_disabled and not found.claude[0].is_disabled
     reasons = {s.id: (s.reason, s.state, s.source) for s in found.skipped}
-    assert reasons["claude-old.json"][0].startswith("unreadable: the proxy lists no auth_index")
-    assert reasons["claude-old.json"][1] is AccountState.UNREADABLE
+    unusable = reasons[module.UNUSABLE_ID]
+    assert unusable[0] == ("unreadable: 2 listing entries cannot be queried (1 not an object, "
+                           "1 without auth_index); CLIProxyAPI v6.6.63 or later lists the "
+                           "auth_index needed; e.g. claude-old.json")
+    assert unusable[1] is AccountState.UNREADABLE
     assert reasons["gemini-g.json"][0] == "unsupported type 'gemini'"
     assert reasons["claude-a@example.com.json"][0].startswith("duplicate of")
-    assert reasons["entry 6"][0] == "unreadable: listing entry without a name"
     assert {source for _, _, source in reasons.values()} == {"cpa.example.net:8317"}
 
 
@@ -461,3 +463,36 @@ def test_api_call_body_over_the_cap_never_reaches_the_parser(mocked_responses, s
                           + b'"}', content_type="application/json")
     with pytest.raises(ProviderError, match="larger than"):
         module.fetch_usage(found.claude[0], session, Settings())
+
+
+@pytest.mark.parametrize("bad", [{}, "text", 5, None, [], {"name": "  "}, {"name": 42},
+                                 {"name": "n" * 256, "type": "claude", "auth_index": "ab"},
+                                 {"name": "c.json", "type": "claude"}])
+def test_unusable_entries_collapse_into_one_record_per_proxy(bad):
+    found = module.accounts_from_listing(listing(*[bad] * 20000), make_proxy())
+    assert not found.accounts
+    assert [(s.id, s.state) for s in found.skipped] == [
+        (module.BEYOND_CAP_ID, AccountState.UNREADABLE),
+        (module.UNUSABLE_ID, AccountState.UNREADABLE)]
+    assert "listed 20000 entries; only the first 5000 are read" in found.skipped[0].reason
+    assert found.skipped[1].reason.startswith("unreadable: 5000 listing entries cannot be queried")
+
+
+def test_a_listing_within_the_cap_is_read_whole_and_one_beyond_it_is_cut():
+    proxy = make_proxy()
+    entries = [entry("c%d.json" % index, auth_index="%016x" % index)
+               for index in range(module.MAX_LISTED + 1)]
+    found = module.accounts_from_listing(listing(*entries[:-1]), proxy)
+    assert len(found.claude) == module.MAX_LISTED and not found.skipped
+    found = module.accounts_from_listing(listing(*entries), proxy)
+    assert len(found.claude) == module.MAX_LISTED
+    assert [s.id for s in found.skipped] == [module.BEYOND_CAP_ID]
+
+
+def test_unusable_record_quotes_at_most_three_names_printably():
+    found = module.accounts_from_listing(listing(*[
+        entry("\x1b[2Jold-%d.json" % index, auth_index=None) for index in range(10)]),
+        make_proxy())
+    reason = found.skipped[0].reason
+    assert "10 listing entries" in reason and "10 without auth_index" in reason
+    assert "old-2.json" in reason and "old-3.json" not in reason and "\x1b" not in reason

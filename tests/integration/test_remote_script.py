@@ -105,8 +105,8 @@ def test_two_proxies_and_a_local_directory_in_one_run(providers, auth_dir, key_f
     assert "401" in dead and "log in again" in dead
     skipped = {(s["source"], s["id"]): s["reason"] for s in report["skipped"]}
     assert skipped[(source_a, "claude-off@example.com.json")] == "disabled"
-    assert skipped[(source_a, "claude-old@example.com.json")].startswith("unreadable: ")
-    assert "auth_index" in skipped[(source_a, "claude-old@example.com.json")]
+    assert skipped[(source_a, "(unusable listing entries)")].startswith("unreadable: 1 ")
+    assert "claude-old@example.com.json" in skipped[(source_a, "(unusable listing entries)")]
     assert skipped[(source_a, "gemini-gus@example.com.json")] == "unsupported type 'gemini'"
     # The same headers as local mode, the account id from the listing's claims, the token
     # substituted by the proxy.
@@ -398,7 +398,7 @@ def test_watch_lists_the_proxy_again_every_interval_and_exits_0_on_sigterm(provi
     assert a.failed_logins == 0
     report = json.loads(output.read_text())
     assert {s["id"] for s in report["skipped"]} >= {"claude-off@example.com.json",
-                                                    "claude-old@example.com.json"}
+                                                    "(unusable listing entries)"}
     assert "Traceback" not in stderr and KEY not in stderr
 
 
