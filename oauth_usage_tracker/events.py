@@ -43,7 +43,10 @@ DEFAULT_FAILING_AFTER = 1800.0
 PERIOD_TOLERANCE = timedelta(minutes=10)
 #: A window without a reset moment counts as reset once it is this many points above the threshold.
 REARM_POINTS = 10.0
-#: Memory bounds: accounts not seen for this long are forgotten; at most this many are kept.
+#: Memory bounds: accounts not seen for this long are forgotten; of those the latest run did
+#: not see, only the most recent are kept, up to this many accounts in all. Every account the
+#: latest run saw is kept whatever their number (a run holds them all anyway), so that none
+#: is announced again as new next run because a big run pushed it out.
 FORGET_AFTER = timedelta(days=30)
 MAX_ACCOUNTS = 10000
 #: Marks whose period ended this long ago belong to windows no longer reported: dropped.
@@ -344,13 +347,15 @@ def decide(memory: Mapping[Key, AccountMemory], accounts: Sequence[AccountUsage]
     Accounts this run did not see keep their memory, until FORGET_AFTER; loading placeholders
     and files that are no account are ignored. Pure."""
     events: List[Event] = []
-    result: Memory = dict(memory)
+    current: Memory = {}
     for seen in _observations(accounts, skipped):
-        found, result[seen.key] = _account(seen, memory.get(seen.key), now, thresholds)
+        found, current[seen.key] = _account(seen, memory.get(seen.key), now, thresholds)
         events.extend(found)
-    fresh = [(key, entry) for key, entry in result.items() if entry.seen_at > now - FORGET_AFTER]
-    fresh.sort(key=lambda item: item[1].seen_at, reverse=True)
-    return events, dict(fresh[:MAX_ACCOUNTS])
+    older = [(key, entry) for key, entry in memory.items()
+             if key not in current and entry.seen_at > now - FORGET_AFTER]
+    older.sort(key=lambda item: item[1].seen_at, reverse=True)
+    current.update(older[:max(0, MAX_ACCOUNTS - len(current))])
+    return events, current
 
 
 class EventLedger:

@@ -8,6 +8,11 @@ or does not exist is a warning: it never changes the run's exit status, and the 
 command runs anyway. Commands run one after another, in event order, so that a hook need not be
 safe to run twice at once (a mail, a line appended to a file); the price is that a hung hook
 delays the events after it by the deadline each.
+
+At most MAX_HOOK_EVENTS events of one run reach the commands (each command runs once for each):
+a proxy, or a file, can make a run produce thousands of events, and thousands of mails or
+pushes (or of 30-second waits for a hung hook) help nobody. The rest still go to the events log
+and to the library's callbacks, and one warning says how many the commands did not get.
 """
 import json
 import logging
@@ -38,6 +43,8 @@ KILL_GRACE = 2.0
 #: management key.
 SECRET_PREFIXES = ("OAUTH_USAGE_TRACKER_",)
 SECRET_NAMES = frozenset({"MANAGEMENT_PASSWORD"})
+#: At most this many events of one run are handed to the --on-event commands.
+MAX_HOOK_EVENTS = 50
 
 
 def split_command(text: str) -> List[str]:
@@ -168,13 +175,22 @@ class Notifier:
         self.deadline = deadline
 
     def deliver(self, events: Sequence[Event]) -> None:
-        """Log the events, then run every command for each of them in turn."""
+        """Log the events, then run every command for each of the first MAX_HOOK_EVENTS of
+        them in turn (one warning names how many more the commands did not get)."""
         if self.log_path:
             append_to_log(self.log_path, events)
-        for event in events:
+        for number, event in enumerate(events):
             logger.info("Event %s for %s", event.type.value, printable(event.account_id))
-            for argv in self.commands:
-                run_command(argv, event, deadline=self.deadline)
+            if number < MAX_HOOK_EVENTS:
+                for argv in self.commands:
+                    run_command(argv, event, deadline=self.deadline)
+        left = len(events) - MAX_HOOK_EVENTS
+        if self.commands and left > 0:
+            logger.warning("%d events in this run: the --on-event commands got the first %d; "
+                           "the other %d were not passed to them (%s)", len(events),
+                           MAX_HOOK_EVENTS, left, "they are in the events log %s"
+                           % self.log_path if self.log_path else "see the log above, or use "
+                           "--events-log")
 
     def handle(self, accounts: Sequence[AccountUsage], skipped: Sequence[Skipped],
                now: datetime) -> List[Event]:

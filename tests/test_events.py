@@ -281,9 +281,24 @@ def test_memory_is_bounded_in_marks_and_accounts(monkeypatch):
     _, memory = module.decide({}, [usage(*many)], [], T0)
     assert len(memory[("local", ID)].low) == event_memory.MAX_MARKS
     monkeypatch.setattr(module, "MAX_ACCOUNTS", 5)
-    _, memory = module.decide({}, [usage(window(20.0), id="a%d.json" % i) for i in range(9)],
-                              [], T0)
-    assert len(memory) == 5
+    earlier = [usage(window(20.0), id="a%d.json" % i) for i in range(9)]
+    _, memory = module.decide({}, earlier, [], T0)
+    assert len(memory) == 9  # every account of the latest run is kept
+    _, memory = module.decide(memory, earlier[:2], [], T0 + timedelta(minutes=5))
+    assert len(memory) == 5  # of the others, only the most recent, up to the bound
+    assert {("local", "a0.json"), ("local", "a1.json")} <= set(memory)
+
+
+def test_a_run_bigger_than_the_memory_bound_announces_nothing_again(monkeypatch):
+    """20 broken accounts and a bound of 5: the next run must not find 15 of them 'new'."""
+    monkeypatch.setattr(module, "MAX_ACCOUNTS", 5)
+    broken = [Skipped("b%d.json" % i, "unreadable: damaged", state=AccountState.UNREADABLE)
+              for i in range(20)]
+    events, memory = module.decide({}, [], broken, T0)
+    assert len(events) == 20
+    events, memory = module.decide(event_memory.memory_from_json(
+        event_memory.memory_to_json(memory)), [], broken, T0 + timedelta(minutes=5))
+    assert events == []
 
 
 def test_memory_from_json_ignores_damage():
