@@ -520,3 +520,32 @@ def test_a_wrong_key_that_cannot_be_remembered_is_announced_at_start(providers, 
         assert ("--no-state" if state == ["--no-state"] else "cannot be created") \
             in result.stderr
     assert result.stdout  # the run goes on
+
+
+def test_a_hostile_listing_costs_a_bounded_number_of_events_and_hook_runs(key_file, tmp_path):
+    """20,000 `{}` entries and 60 accounts whose token the proxy lacks: two records for the
+    junk, 62 events in the log, 50 hook runs and one warning; the next run announces nothing."""
+    hook = tmp_path / "hook.sh"
+    hook.write_text("#!/bin/sh\necho \"$OAUTH_USAGE_EVENT\" >> %s\n" % (tmp_path / "ran"))
+    hook.chmod(0o700)
+    credentials = [Credential("claude-h%d.json" % index, "claude", "h%d@example.com" % index, "")
+                   for index in range(60)]
+    with FakeManagement(KEY, credentials) as proxy:
+        real_listing = proxy.listing
+        proxy.listing = lambda: {"files": real_listing()["files"] + [{}] * 20000}
+        args = ["--cpa-url", proxy.url, "--cpa-key-file", str(key_file), "--cpa-workers", "8",
+                "--json", "--state-dir", str(tmp_path / "state"), "--on-event", str(hook),
+                "--events-log", str(tmp_path / "events.log")]
+        first = run(args, timeout=120)
+        second = run(args, timeout=120)
+    report = json.loads(first.stdout)
+    assert len(report["accounts"]) == 60
+    assert [s["id"] for s in report["skipped"]] == ["(listing entries beyond 5000)",
+                                                     "(unusable listing entries)"]
+    logged = [json.loads(line) for line in (tmp_path / "events.log").read_text().splitlines()]
+    assert len(logged) == 62 and {e["event"] for e in logged} == {"login_failed"}
+    assert (tmp_path / "ran").read_text().splitlines() == ["login_failed"] * 50
+    assert first.stderr.count("the --on-event commands got the first 50; the other 12 were "
+                              "not passed to them") == 1
+    # Read after both runs: the second one announced nothing again.
+    assert "--on-event" not in second.stderr and second.returncode == first.returncode
