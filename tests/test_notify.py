@@ -233,3 +233,27 @@ def test_append_to_log_fifo_with_a_reader_in_a_private_directory_gets_the_lines(
         os.close(reader)
     lines = data.splitlines()
     assert len(lines) == len(some_events()) and all(json.loads(line) for line in lines)
+
+
+def test_commands_get_at_most_max_hook_events_per_run_and_one_warning(tmp_path, monkeypatch,
+                                                                      caplog):
+    monkeypatch.setattr(module, "MAX_HOOK_EVENTS", 1)
+    ran = tmp_path / "ran"
+    first = hook(tmp_path, 'echo "a $OAUTH_USAGE_EVENT" >> %s\n' % ran, "a.sh")
+    second = hook(tmp_path, 'echo "b $OAUTH_USAGE_EVENT" >> %s\n' % ran, "b.sh")
+    events = some_events()
+    assert len(events) == 2
+    notifier = module.Notifier(EventLedger(), [[first], [second]], str(tmp_path / "events.log"))
+    with caplog.at_level("WARNING", logger="oauth_usage_tracker"):
+        notifier.deliver(events)
+    # Each command ran for the first event only; the log holds both.
+    assert ran.read_text().splitlines() == ["a " + events[0].type.value,
+                                            "b " + events[0].type.value]
+    assert len((tmp_path / "events.log").read_text().splitlines()) == 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["2 events in this run: the --on-event commands got the first 1; the "
+                        "other 1 were not passed to them (they are in the events log %s)"
+                        % (tmp_path / "events.log")]
+    caplog.clear()
+    module.Notifier(EventLedger()).deliver(events)  # no command: nothing was held back
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
