@@ -178,7 +178,9 @@ def warn_if_unremembered(directory: Optional[str]) -> None:
     be remembered across runs."""
     reason = unremembered(directory)
     if reason is not None:
-        logger.warning("Rejected CLIProxyAPI management keys cannot be remembered between runs "
-                       "(%s): a wrong key is offered again by every run, and CLIProxyAPI locks "
-                       "this host out of its management API for 30 minutes after 5 failed "
-                       "logins, so after 5 runs. Give the tool a writable --state-dir.", reason)
+        # ERROR, not WARNING: the shipped cron line and unit run with -q, and this is what
+        # locks an operator out of their own proxy's web UI.
+        logger.error("Rejected CLIProxyAPI management keys cannot be remembered between runs "
+                     "(%s): a wrong key is offered again by every run, and CLIProxyAPI locks "
+                     "this host out of its management API for 30 minutes after 5 failed "
+                     "logins, so after 5 runs. Give the tool a writable --state-dir.", reason)

@@ -549,3 +549,15 @@ def test_a_hostile_listing_costs_a_bounded_number_of_events_and_hook_runs(key_fi
                               "not passed to them") == 1
     # Read after both runs: the second one announced nothing again.
     assert "--on-event" not in second.stderr and second.returncode == first.returncode
+
+
+def test_no_state_with_a_proxy_says_so_at_error_level_even_with_q(providers, key_file):
+    """The shipped cron line runs with -q: a set-up that cannot remember a rejected key (and so
+    would lock the host out after 5 runs of a wrong key) must still be said, at ERROR."""
+    with proxy_a(providers) as a:
+        quiet = run(["--cpa-url", a.url, "--cpa-key-file", str(key_file), "--no-state", "-q",
+                     "--json"], providers.environ())
+        remembered = run(["--cpa-url", a.url, "--cpa-key-file", str(key_file), "-q", "--json"],
+                         providers.environ())
+    assert "ERROR: Rejected CLIProxyAPI management keys cannot be remembered" in quiet.stderr
+    assert "cannot be remembered" not in remembered.stderr
