@@ -1,19 +1,28 @@
-"""A hard wall-clock deadline for each request: a timer shuts the request's socket down.
+"""A hard wall-clock deadline for each request: a watchdog shuts the request's socket down.
 
 urllib3's timeouts bound each socket operation, not the exchange: a server that sends one header
 byte every half second keeps a request alive forever under a 5-second read timeout. Here every
 request runs under a `Deadline`. The connection classes below hand it the socket they use (a new
 one from `_new_conn`, before any TLS handshake; a reused one when the request starts), and when
-the deadline passes, or the run is stopping, the timer shuts that socket down: the blocked read
+the deadline passes, or the run is stopping, the watchdog shuts that socket down: the blocked read
 returns at once and the request fails, whatever phase it was in (connecting, the TLS handshake,
 the status line and headers, the body). Name resolution happens before there is a socket and is
 bounded by the resolver's own timeout.
+
+One watchdog thread per process serves every deadline (a heap of due moments under a
+Condition), rather than a timer thread per request: starting a thread costs more CPU than the
+rest of a request's bookkeeping. It starts with the first deadline, and a forked child, where
+the parent's watchdog thread does not exist, gets a new one with its first deadline.
 """
+import heapq
+import itertools
 import logging
+import os
 import socket
 import threading
+import time
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional, Set
+from typing import Any, Iterator, List, Optional, Set, Tuple
 
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
@@ -32,24 +41,27 @@ _current = threading.local()
 class Deadline:
     """One request's deadline. `reason` is None until it fires, then TIMED_OUT or STOPPING.
 
-    Timeline of the race it closes: the worker attaches the socket under `_lock`; the timer
+    Timeline of the race it closes: the worker attaches the socket under `_lock`; the watchdog
     fires under the same lock and shuts down whatever is attached. A socket attached after the
     deadline fired is shut down at once by `attach`; once `finish` detached it (the connection
-    may go back to the pool and serve another request), the timer can no longer touch it.
+    may go back to the pool and serve another request), the watchdog can no longer touch it.
     """
 
-    def __init__(self, seconds: float, abortable: bool):
+    __slots__ = ("abortable", "reason", "seconds", "finished", "_lock", "_socket")
+
+    def __init__(self, seconds: float, abortable: bool) -> None:
         #: True for requests that may be cut short when the run stops (reads, not token exchanges).
         self.abortable = abortable
         self.reason: Optional[str] = None
+        self.seconds = seconds
+        #: Set by finish(): the watchdog forgets a finished deadline instead of firing it.
+        self.finished = False
         self._lock = threading.Lock()
         self._socket: Optional[socket.socket] = None
-        self._timer = threading.Timer(seconds, self.fire, args=(TIMED_OUT,))
-        self._timer.daemon = True
 
     def start(self) -> None:
         """Start the clock."""
-        self._timer.start()
+        _watchdog().watch(self, time.monotonic() + self.seconds)
 
     def attach(self, sock: socket.socket) -> None:
         """Given the socket the request now uses, watch it (shut it down if already fired)."""
@@ -61,7 +73,7 @@ class Deadline:
     def fire(self, reason: str) -> None:
         """End the request now: remember why and shut its socket down (the first reason wins)."""
         with self._lock:
-            if self.reason is not None:
+            if self.reason is not None or self.finished:
                 return
             self.reason = reason
             if self._socket is not None:
@@ -69,9 +81,98 @@ class Deadline:
 
     def finish(self) -> None:
         """Stop the clock and let go of the socket."""
-        self._timer.cancel()
         with self._lock:
+            self.finished = True
             self._socket = None
+        _watchdog().forget()
+
+
+class _Watchdog:
+    """Fires every deadline of this process when it is due, from one daemon thread.
+
+    `_condition` guards the heap. A finished deadline stays in the heap, marked, until it comes
+    due or the marked ones are the majority (then the heap is rebuilt without them), so finishing
+    costs no search. Deadlines are fired outside `_condition`: fire() takes the deadline's lock,
+    which a worker holds while it attaches a socket, and the worker never waits for the
+    watchdog's lock while holding its deadline's.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition(threading.Lock())
+        self._heap: List[Tuple[float, int, Deadline]] = []
+        self._order = itertools.count()  # ties in due moment never compare Deadlines
+        self._finished = 0
+        self._thread: Optional[threading.Thread] = None
+
+    def watch(self, deadline: Deadline, due: float) -> None:
+        """Fire `deadline` at the monotonic moment `due` unless it has finished by then."""
+        with self._condition:
+            heapq.heappush(self._heap, (due, next(self._order), deadline))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="deadline-watchdog",
+                                                daemon=True)
+                self._thread.start()
+            elif self._heap[0][2] is deadline:  # sooner than what the watchdog waits for
+                self._condition.notify()
+
+    def forget(self) -> None:
+        """Count one more finished deadline; drop them all once they outnumber the live ones."""
+        with self._condition:
+            self._finished += 1
+            if self._finished > 64 and self._finished * 2 > len(self._heap):
+                self._heap = [entry for entry in self._heap if not entry[2].finished]
+                heapq.heapify(self._heap)
+                self._finished = 0
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                due = self._due(time.monotonic())
+                while not due:
+                    wait = self._heap[0][0] - time.monotonic() if self._heap else None
+                    self._condition.wait(wait)
+                    due = self._due(time.monotonic())
+            for deadline in due:
+                deadline.fire(TIMED_OUT)
+
+    def _due(self, now: float) -> List[Deadline]:
+        due = []
+        while self._heap and self._heap[0][0] <= now:
+            deadline = heapq.heappop(self._heap)[2]
+            if deadline.finished:
+                self._finished = max(0, self._finished - 1)
+            else:
+                due.append(deadline)
+        return due
+
+
+_WATCHDOG: Optional[_Watchdog] = None
+_WATCHDOG_LOCK = threading.Lock()
+
+
+def _watchdog() -> _Watchdog:
+    """The process's watchdog, made with the first deadline."""
+    global _WATCHDOG
+    watchdog = _WATCHDOG
+    if watchdog is None:
+        with _WATCHDOG_LOCK:
+            if _WATCHDOG is None:
+                _WATCHDOG = _Watchdog()
+            watchdog = _WATCHDOG
+    return watchdog
+
+
+def _after_fork_in_child() -> None:
+    # Only the forking thread lives on in the child: the parent's watchdog thread is gone and
+    # its locks may have been held by a parent thread at the fork. The child's first deadline
+    # makes a new watchdog; the parent's deadlines are its own threads' and are not fired here.
+    global _WATCHDOG, _WATCHDOG_LOCK
+    _WATCHDOG = None
+    _WATCHDOG_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Deadlines:

@@ -20,9 +20,10 @@ Awkward cases, decided here once:
   no pace (as any reading that early) and is not stored as a reading, so it never skews the
   recent rate later. The figure itself is reported as the server sent it.
 """
+from array import array
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
-from typing import Dict, Iterable, Mapping, Optional, Tuple
+from datetime import datetime, timedelta, timezone
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 from .models import SLOTS, Pace, UsageWindow
 
@@ -50,16 +51,68 @@ class Reading:
     used_percent: float
 
 
-@dataclass(frozen=True, **SLOTS)
 class WindowHistory:
-    """The earlier readings of one window (by key) in its current period. Never a token."""
+    """The earlier readings of one window (by key) in its current period. Never a token.
 
-    reset: datetime
-    """The reset moment that identifies the period."""
-    readings: Tuple[Reading, ...] = ()
-    """Oldest first, at most MAX_READINGS, about READING_SPACING_SHARE of the window apart."""
-    previous: Optional[Reading] = None
-    """The last reading of the period before, to recognise the rollover artefact."""
+    Immutable, compared by value. Thousands of accounts each keep a few windows with up to
+    MAX_READINGS readings, so the moments and percentages are packed as floats into one array
+    (unix seconds and percent: reset, reading count, the readings oldest first, then `previous`
+    if any) rather than kept as a Reading object and a datetime each; `readings` and `previous`
+    are built when asked for.
+    """
+
+    __slots__ = ("_packed",)
+    _packed: "array[float]"
+
+    def __init__(self, reset: datetime, readings: Iterable[Reading] = (),
+                 previous: Optional[Reading] = None) -> None:
+        """`reset` is the reset moment that identifies the period; `readings` oldest first
+        (only the last MAX_READINGS are kept), about READING_SPACING_SHARE of the window apart;
+        `previous` the last reading of the period before, to recognise the rollover artefact."""
+        kept = tuple(readings)[-MAX_READINGS:]
+        values = [reset.timestamp(), float(len(kept))]
+        for reading in kept + ((previous,) if previous is not None else ()):
+            values += (reading.at.timestamp(), reading.used_percent)
+        packed = array("d", values)  # built whole: appending would over-allocate
+        object.__setattr__(self, "_packed", packed)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("WindowHistory is immutable")
+
+    @property
+    def reset(self) -> datetime:
+        """The reset moment that identifies the period."""
+        return _moment(self._packed[0])
+
+    @property
+    def readings(self) -> Tuple[Reading, ...]:
+        """The readings of this period, oldest first."""
+        packed = self._packed
+        return tuple(Reading(_moment(packed[i]), packed[i + 1])
+                     for i in range(2, 2 + 2 * int(packed[1]), 2))
+
+    @property
+    def previous(self) -> Optional[Reading]:
+        """The last reading of the period before, or None."""
+        packed = self._packed
+        start = 2 + 2 * int(packed[1])
+        return Reading(_moment(packed[start]), packed[start + 1]) if len(packed) > start else None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, WindowHistory):
+            return NotImplemented
+        return self._packed == other._packed
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._packed))
+
+    def __repr__(self) -> str:
+        return "WindowHistory(reset=%r, readings=%r, previous=%r)" % (
+            self.reset, self.readings, self.previous)
+
+
+def _moment(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=timezone.utc)
 
 
 def elapsed_share(window: UsageWindow, at: datetime) -> Optional[float]:
@@ -170,7 +223,7 @@ def remember(history: Optional[WindowHistory], window: UsageWindow,
     if window.reset_date is None or window.used_percent is None or window.rolled_over:
         return None
     if history is not None and same_period(history, window):
-        base = replace(history, readings=history.readings[-MAX_READINGS:])
+        base = WindowHistory(history.reset, history.readings[-MAX_READINGS:], history.previous)
     else:
         base = WindowHistory(reset=window.reset_date,
                              previous=_last_of_previous_period(history, window))
@@ -183,7 +236,7 @@ def remember(history: Optional[WindowHistory], window: UsageWindow,
     if len(readings) >= 2 and (readings[-1].at - readings[-2].at).total_seconds() < spacing:
         readings = readings[:-1]  # the newest was only a stand-in for the latest reading
     readings = (readings + (Reading(at, window.used_percent),))[-MAX_READINGS:]
-    return replace(base, readings=readings)
+    return WindowHistory(base.reset, readings, base.previous)
 
 
 def record(histories: Mapping[str, WindowHistory], windows: Iterable[UsageWindow],

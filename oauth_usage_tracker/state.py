@@ -152,7 +152,7 @@ def _entry_from_json(raw: Any) -> Optional[AccountState]:
     windows = raw.get("windows") if isinstance(raw.get("windows"), list) else []
     extra = raw.get("extra") if isinstance(raw.get("extra"), dict) else {}
     readings: Dict[Any, Any] = raw["readings"] if isinstance(raw.get("readings"), dict) else {}
-    histories = {key: _history_from_json(value) for key, value in readings.items()
+    histories = {sys.intern(key): _history_from_json(value) for key, value in readings.items()
                  if isinstance(key, str)}
     return AccountState(
         windows=tuple(w for w in map(_window_from_json, windows) if w is not None),

@@ -307,3 +307,40 @@ def test_pace_and_remember_are_total_and_consistent(used, reset, length, points,
     if stored is not None:
         assert len(stored.readings) <= module.MAX_READINGS
         assert [r.at for r in stored.readings] == sorted(r.at for r in stored.readings)
+
+
+# --- the packed history ---------------------------------------------------------------------
+
+def test_history_keeps_moments_to_the_microsecond_and_compares_by_value():
+    at = NOW - timedelta(minutes=7, microseconds=123457)
+    previous = module.Reading(NOW - timedelta(hours=6, microseconds=1), 91.25)
+    history = module.WindowHistory(NOW + timedelta(hours=2), (module.Reading(at, 12.5),), previous)
+    assert history.reset == NOW + timedelta(hours=2)
+    assert history.readings == (module.Reading(at, 12.5),)
+    assert history.previous == previous
+    assert history == module.WindowHistory(history.reset, history.readings, history.previous)
+    assert history != module.WindowHistory(history.reset, history.readings)
+    assert module.WindowHistory(history.reset).previous is None
+    assert "12.5" in repr(history)
+    with pytest.raises(AttributeError):
+        history.reset = NOW
+
+
+def test_history_keeps_only_the_newest_readings():
+    points = [module.Reading(NOW + timedelta(minutes=m), float(m)) for m in range(40)]
+    history = module.WindowHistory(NOW + timedelta(hours=5), points)
+    assert history.readings == tuple(points[-module.MAX_READINGS:])
+
+
+def test_history_of_twelve_readings_takes_a_few_hundred_bytes():
+    import tracemalloc
+    points = tuple(module.Reading(NOW + timedelta(minutes=5 * m), float(m)) for m in range(12))
+    reset = NOW + timedelta(hours=5)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [module.WindowHistory(reset, points, points[0]) for _ in range(100)]
+        size = (tracemalloc.get_traced_memory()[0] - before) / len(kept)
+    finally:
+        tracemalloc.stop()
+    assert size < 400  # a Reading object and a datetime per reading took over 1 KiB
