@@ -3,11 +3,12 @@
 urllib3's timeouts bound each socket operation, not the exchange: a server that sends one header
 byte every half second keeps a request alive forever under a 5-second read timeout. Here every
 request runs under a `Deadline`. The connection classes below hand it the socket they use (a new
-one from `_new_conn`, before any TLS handshake; a reused one when the request starts), and when
-the deadline passes, or the run is stopping, the watchdog shuts that socket down: the blocked read
+one from `_new_conn` before it connects; a reused one when the request starts), and when the
+deadline passes, or the run is stopping, the watchdog shuts that socket down: the blocked call
 returns at once and the request fails, whatever phase it was in (connecting, the TLS handshake,
-the status line and headers, the body). Name resolution happens before there is a socket and is
-bounded by the resolver's own timeout.
+the status line and headers, the body). A name with several addresses is tried address by
+address, each attempt given only what is left of the deadline. Name resolution happens before
+there is a socket and is bounded by the resolver's own timeout.
 
 One watchdog thread per process serves every deadline (a heap of due moments under a
 Condition), rather than a timer thread per request: starting a thread costs more CPU than the
@@ -19,14 +20,18 @@ import itertools
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator, List, Optional, Set, Tuple
+from typing import Any, Iterator, List, Optional, Sequence, Set, Tuple, Union, cast
 
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import (ConnectTimeoutError, LocationParseError, NameResolutionError,
+                                NewConnectionError)
+from urllib3.util.connection import allowed_gai_family
 
 logger = logging.getLogger(__name__)
 
@@ -47,13 +52,15 @@ class Deadline:
     may go back to the pool and serve another request), the watchdog can no longer touch it.
     """
 
-    __slots__ = ("abortable", "reason", "seconds", "finished", "_lock", "_socket")
+    __slots__ = ("abortable", "reason", "seconds", "due", "finished", "_lock", "_socket")
 
     def __init__(self, seconds: float, abortable: bool) -> None:
         #: True for requests that may be cut short when the run stops (reads, not token exchanges).
         self.abortable = abortable
         self.reason: Optional[str] = None
         self.seconds = seconds
+        #: The monotonic moment it fires, set by start().
+        self.due = time.monotonic() + seconds
         #: Set by finish(): the watchdog forgets a finished deadline instead of firing it.
         self.finished = False
         self._lock = threading.Lock()
@@ -61,7 +68,14 @@ class Deadline:
 
     def start(self) -> None:
         """Start the clock."""
-        _watchdog().watch(self, time.monotonic() + self.seconds)
+        self.due = time.monotonic() + self.seconds
+        _watchdog().watch(self, self.due)
+
+    def remaining(self) -> float:
+        """Return the seconds left before it fires: 0 once it has fired or its moment passed."""
+        if self.reason is not None:
+            return 0.0
+        return max(0.0, self.due - time.monotonic())
 
     def attach(self, sock: socket.socket) -> None:
         """Given the socket the request now uses, watch it (shut it down if already fired)."""
@@ -69,6 +83,16 @@ class Deadline:
             self._socket = sock
             if self.reason is not None:
                 _shutdown(sock)
+
+    def detach(self, sock: socket.socket) -> None:
+        """Let go of `sock` if it is the one watched, before its owner closes it.
+
+        Timeline: the watchdog may be shutting the socket down under `_lock` at this moment;
+        taking `_lock` here waits for that to end, so the file descriptor is never closed (and
+        its number handed to another file) while the watchdog is about to use it."""
+        with self._lock:
+            if self._socket is sock:
+                self._socket = None
 
     def fire(self, reason: str) -> None:
         """End the request now: remember why and shut its socket down (the first reason wins)."""
@@ -230,15 +254,97 @@ def _attach(sock: Optional[socket.socket]) -> None:
         deadline.attach(sock)
 
 
+def _connect(deadline: Deadline, address: Tuple[str, int], timeout: Optional[float],
+             source_address: Optional[Tuple[str, int]],
+             socket_options: Optional[Sequence[Tuple[int, int, Union[int, bytes]]]]
+             ) -> socket.socket:
+    """Given the current request's deadline, connect to `address` as urllib3 would (every
+    address getaddrinfo gives, in its order, with urllib3's address family, socket options and
+    source address) and return the connected socket, still watched by the deadline.
+
+    Each attempt gets `timeout` or what is left of the deadline, whichever is less, and the
+    socket is handed to the deadline before connect(), so the watchdog (or stop_reads) cuts a
+    connect in progress. Raise TimeoutError once the deadline has fired or passed: urllib3 makes
+    it a ConnectTimeoutError, a request that never left. Raise socket.gaierror when the name does
+    not resolve, and the last attempt's OSError when every address failed.
+
+    Timeline of the race with the watchdog: it may fire at any moment of an attempt. Before
+    attach(), attach shuts the socket down itself; between attach() and connect(), the shutdown
+    leaves the socket unable to connect, and connect() returns at once; during connect(), it
+    aborts the handshake. Whatever connect() then says, the deadline's reason is checked after
+    it, so a socket cut in any of these moments is closed and reported as a connect timeout:
+    nothing was ever written to it."""
+    host, port = address
+    host = host.strip("[]")
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        raise LocationParseError("'%s', label empty or too long" % host) from None
+    addresses = socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM)
+    error: Optional[OSError] = None
+    for family, kind, protocol, _, peer in addresses:
+        left = deadline.remaining()
+        if left <= 0:
+            raise TimeoutError("connecting ran out of time")
+        sock = socket.socket(family, kind, protocol)
+        try:
+            for option in socket_options or ():
+                sock.setsockopt(*option)
+            sock.settimeout(left if timeout is None else min(timeout, left))
+            if source_address:
+                sock.bind(source_address)
+            deadline.attach(sock)
+            sock.connect(peer)
+            if deadline.reason is not None:
+                raise TimeoutError("connecting ran out of time")
+        except OSError as failed:
+            deadline.detach(sock)
+            sock.close()
+            if deadline.reason is not None:
+                raise TimeoutError("connecting ran out of time") from None
+            error = failed
+            continue
+        sock.settimeout(timeout)
+        return sock
+    if error is not None:
+        raise error
+    raise OSError("getaddrinfo returned no address")
+
+
+def _socket_timeout(timeout: object) -> Optional[float]:
+    """Given urllib3's connect timeout (a number, None or its "default" token), return the
+    socket timeout it stands for."""
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+        return float(timeout)
+    return None if timeout is None else socket.getdefaulttimeout()
+
+
 class _Watched:
-    """Hands each socket to the current thread's deadline: a new one as soon as it is connected,
-    a reused one when a request starts on it."""
+    """Hands each socket to the current thread's deadline: a new one before it connects (see
+    _connect), a reused one when a request starts on it."""
 
     sock: Optional[socket.socket]
 
     def _new_conn(self) -> socket.socket:
-        sock: socket.socket = super()._new_conn()  # type: ignore[misc]
-        _attach(sock)
+        deadline = getattr(_current, "deadline", None)
+        if deadline is None:  # a connection used outside send(): urllib3's own connect
+            sock: socket.socket = super()._new_conn()  # type: ignore[misc]
+            return sock
+        conn = cast(HTTPConnection, self)
+        # The exceptions urllib3's _new_conn raises for the same failures: never_sent and
+        # requests' ConnectTimeout/ConnectionError read them.
+        try:
+            sock = _connect(deadline, (conn._dns_host, conn.port), _socket_timeout(conn.timeout),
+                            conn.source_address, conn.socket_options)
+        except socket.gaierror as error:
+            raise NameResolutionError(conn.host, conn, error) from error
+        except TimeoutError as error:
+            raise ConnectTimeoutError(conn, "Connection to %s timed out. (connect timeout=%s)"
+                                      % (conn.host, conn.timeout)) from error
+        except OSError as error:
+            raise NewConnectionError(conn, "Failed to establish a new connection: %s"
+                                     % error) from error
+        sys.audit("http.client.connect", conn, conn.host, conn.port)
         return sock
 
     def request(self, *args: Any, **kwargs: Any) -> None:
