@@ -268,14 +268,16 @@ def _connect(deadline: Deadline, address: Tuple[str, int], timeout: Optional[flo
     it a ConnectTimeoutError, a request that never left. Raise socket.gaierror when the name does
     not resolve, and the last attempt's OSError when every address failed.
 
-    Timeline of the race with the watchdog: it may fire at any moment of an attempt. Before
-    attach(), attach shuts the socket down itself; between attach() and connect(), the shutdown
-    leaves the socket unable to connect, and connect() returns at once; during connect(), it
-    aborts the handshake. Whatever connect() then says, the deadline's reason is checked after
-    it, so a socket cut in any of these moments is closed and reported as a connect timeout:
-    nothing was ever written to it."""
+    Timeline of the race with the watchdog, which may fire at any moment of an attempt: before
+    attach(), attach() shuts the new socket down itself; from then until connect() starts, the
+    shutdown marks the unconnected socket (on Linux connect() then returns at once; elsewhere it
+    may wait out the attempt's time, never past the deadline); during connect(), it aborts the
+    handshake. Whatever connect() then says, the deadline's reason is read after it, so a socket
+    cut at any of these moments is closed and reported as a connect timeout: nothing was ever
+    written to it."""
     host, port = address
-    host = host.strip("[]")
+    if host.startswith("["):
+        host = host.strip("[]")
     try:
         host.encode("idna")
     except UnicodeError:
