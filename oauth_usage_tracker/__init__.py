@@ -3,10 +3,18 @@
 Importing the package does no I/O and configures no logging.
 """
 import logging
+from typing import TYPE_CHECKING, Any
 
 from .config import Settings
-from .errors import (ConfigurationError, CredentialError, LockTimeout, ProviderError,
-                     RefreshSuperseded, TokenRefreshError, UsageTrackerError)
+from .errors import (
+    ConfigurationError,
+    CredentialError,
+    LockTimeout,
+    ProviderError,
+    RefreshSuperseded,
+    TokenRefreshError,
+    UsageTrackerError,
+)
 from .models import AccountUsage, AuthAccount, Discovery, Provider, Skipped, UsageWindow
 
 __version__ = "0.1.0"
@@ -17,13 +25,21 @@ _LAZY = {"OAuthUsageTracker": "tracker", "RefreshHandle": "tracker",
          "EventType": "events", "Thresholds": "events"}
 
 
-def __getattr__(name):
+if TYPE_CHECKING:  # what the lazy names below are, for type checkers and editors
+    from .accounts import discover_accounts
+    from .events import Event, EventType, Thresholds
+    from .tracker import OAuthUsageTracker, RefreshHandle
+
+
+def __getattr__(name: str) -> Any:
+    """Import a lazily loaded public name on first use."""
     if name in _LAZY:
         import importlib
         value = getattr(importlib.import_module("." + _LAZY[name], __name__), name)
         globals()[name] = value
         return value
     raise AttributeError("module %r has no attribute %r" % (__name__, name))
+
 
 __all__ = [
     "AccountUsage", "AuthAccount", "ConfigurationError", "CredentialError", "Discovery",

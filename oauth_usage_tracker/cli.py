@@ -10,18 +10,30 @@ import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import (TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Iterable, Iterator, List,
-                    Mapping, Optional, Sequence, Tuple, Union)
-
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    FrozenSet,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 from . import __version__, files, refresh
 from .accounts import AUTH_DIR_ENV, discover_accounts, resolve_auth_dir, select_accounts
 from .config import CPA_KEY_ENV, CPA_URL_ENV, DEFAULT_CPA_WORKERS, Settings
-from .state import default_state_dir
 from .errors import ConfigurationError
-from .models import Discovery, Provider
+from .models import AuthAccount, Discovery, Provider
 from .pool import SORTS
 from .report import DEFAULT_USABLE_ABOVE, USAGE_ERROR, Report, exit_status
+from .state import default_state_dir
 from .text import printable
 
 if TYPE_CHECKING:  # the tracker pulls in requests: imported when a run needs it, so that
@@ -146,13 +158,6 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _percent(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError("must be a percentage from 0 to 100")
-    return value
-
-
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0 or value == float("inf"):
@@ -231,9 +236,11 @@ class Run:
         self._watched: Dict[int, Discovery] = {}
         self.last_report: Optional[Report] = None
         self.notifier: Optional["Notifier"] = None
-        self.providers = frozenset(Provider(p) for p in (args.provider or [p.value for p in Provider]))
+        self.providers = frozenset(Provider(p) for p in
+                                   (args.provider or [p.value for p in Provider]))
 
-    def selected(self, discovery: Discovery):
+    def selected(self, discovery: Discovery
+                 ) -> Tuple[Tuple[AuthAccount, ...], Tuple[AuthAccount, ...]]:
         """The discovered accounts of the chosen providers: (codex, claude)."""
         return (discovery.codex if Provider.CODEX in self.providers else (),
                 discovery.claude if Provider.CLAUDE in self.providers else ())

@@ -3,7 +3,7 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass, fields, replace
-from typing import Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 from .errors import ConfigurationError
 
@@ -73,12 +73,13 @@ class Settings:
         return 3 * self.timeout + 5
 
     @classmethod
-    def from_environ(cls, environ: Optional[Mapping[str, str]] = None, **overrides) -> "Settings":
+    def from_environ(cls, environ: Optional[Mapping[str, str]] = None,
+                     **overrides: Any) -> "Settings":
         """Given the environment (default os.environ) and explicit values, return Settings.
         Explicit values that are not None win over the environment. Raise ConfigurationError for a
         refused URL or a bad number."""
         environ = os.environ if environ is None else environ
-        values = {}
+        values: Dict[str, Any] = {}
         for name, variable in list(_URL_ENV.items()) + list(_AGENT_ENV.items()):
             if environ.get(variable):
                 values[name] = environ[variable].strip()
@@ -90,7 +91,7 @@ class Settings:
                 values[name] = value
         return cls(**values)
 
-    def with_(self, **changes) -> "Settings":
+    def with_(self, **changes: Any) -> "Settings":
         """Return a copy with some fields changed (validated again)."""
         return replace(self, **changes)
 

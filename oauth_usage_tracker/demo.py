@@ -12,8 +12,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import parse_qs
 
 from .parsing import format_timestamp
@@ -45,7 +46,11 @@ class FakeAccount:
     """Seconds from each answer to the 5-hour and the weekly reset."""
 
 
-def _json(data) -> bytes:
+#: What the fake answers: (status, headers, body).
+Answer = Tuple[int, Dict[str, str], bytes]
+
+
+def _json(data: Any) -> bytes:
     return json.dumps(data).encode("utf-8")
 
 
@@ -109,7 +114,7 @@ class FakeProviders:
             daemon_threads = True
             request_queue_size = 256
 
-            def process_request(self, request, client_address):
+            def process_request(self, request: Any, client_address: Any) -> None:
                 with fake._lock:
                     fake.connections += 1
                 super().process_request(request, client_address)
@@ -128,18 +133,20 @@ class FakeProviders:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
-            self._thread.join(5)
+            if self._thread is not None:
+                self._thread.join(5)
             self._server = None
 
     def __enter__(self) -> "FakeProviders":
         return self.start()
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     # --- answers ------------------------------------------------------------------------------
 
-    def answer(self, method: str, path: str, headers, body: bytes):
+    def answer(self, method: str, path: str, headers: "Message[str, str]", body: bytes
+               ) -> Answer:
         """Return (status, headers, body) for one request."""
         with self._lock:
             self.requests[path] = self.requests.get(path, 0) + 1
@@ -157,7 +164,7 @@ class FakeProviders:
             return self._usage(path, account)
         return 404, {}, _json({"error": "not found"})
 
-    def _token(self, body: bytes):
+    def _token(self, body: bytes) -> Answer:
         form = parse_qs(body.decode("utf-8", "replace"))
         with self._lock:
             self.token_requests.append({k: v[0] for k, v in form.items() if k != "refresh_token"})
@@ -174,7 +181,7 @@ class FakeProviders:
                                "refresh_token": refresh, "expires_in": self.expires_in,
                                "scope": "user:inference user:profile"})
 
-    def _usage(self, path: str, account: Optional[FakeAccount]):
+    def _usage(self, path: str, account: Optional[FakeAccount]) -> Answer:
         claude = path == CLAUDE_PATH
         if account is None:
             if claude:
@@ -224,7 +231,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_GET = do_POST = _serve
 
-    def log_message(self, format, *args) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         pass
 
 
@@ -276,7 +283,7 @@ def codex_payload(used: List[float], now: datetime,
 
 
 def write_credential(directory: str, provider: str, email: str, access: str, refresh: str,
-                     expired: datetime, **extra) -> str:
+                     expired: datetime, **extra: Any) -> str:
     """Write one CLIProxyAPI-shaped credential file (compact, sorted keys, mode 0600)."""
     data = {"access_token": access, "disabled": False, "email": email,
             "expired": format_timestamp(expired), "id_token": "", "last_refresh": format_timestamp(

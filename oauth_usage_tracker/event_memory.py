@@ -40,7 +40,8 @@ class AccountMemory:
     def to_json(self, key: Key) -> Dict[str, Any]:
         """Return this memory (and its key) as a JSON object."""
         return {"source": key[0], "id": key[1], "seen_at": format_timestamp(self.seen_at),
-                "state": self.state.value if self.state is not None else None, "failing_since": _stamp(self.failing_since),
+                "state": self.state.value if self.state is not None else None,
+                "failing_since": _stamp(self.failing_since),
                 "failing_announced": self.failing_announced,
                 "login_announced": self.login_announced,
                 "low": [[k, _stamp(moment)] for k, moment in self.low],

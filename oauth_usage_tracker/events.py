@@ -26,8 +26,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from .event_memory import (MAX_MARKS, AccountMemory, Key, Mark, Memory, memory_from_json,
-                           memory_to_json)
+from .event_memory import (
+    MAX_MARKS,
+    AccountMemory,
+    Key,
+    Mark,
+    Memory,
+    memory_from_json,
+    memory_to_json,
+)
 from .models import AccountState, AccountUsage, Provider, Skipped, UsageWindow
 from .parsing import format_timestamp
 from .text import printable

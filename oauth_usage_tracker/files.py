@@ -1,4 +1,6 @@
-"""Reading with a size cap, and atomic replacement of files that other programs read. No JSON, no locks."""
+"""Reading with a size cap, and atomic replacement of files that other programs read.
+
+No JSON, no locks."""
 import errno
 import os
 import secrets

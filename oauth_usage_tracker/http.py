@@ -1,4 +1,4 @@
-"""HTTP plumbing: one session factory, capped bodies, and requests' exceptions turned into sentences.
+"""HTTP plumbing: one session factory, capped bodies, requests' exceptions turned into sentences.
 
 Every call passes a timeout (a requests Session cannot hold one) and reads at most `max_body`
 bytes within that same timeout. Redirects are never followed: an API endpoint that redirects is
@@ -35,7 +35,7 @@ class BearerAuth(requests.auth.AuthBase):
     def __init__(self, token: str):
         self._token = token
 
-    def __call__(self, request):
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         request.headers["Authorization"] = "Bearer " + self._token
         return request
 
@@ -56,7 +56,7 @@ class _Session(requests.Session):
     reading the 3xx body past our cap; there is never a target here.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.trust_env = False
         self.verify = (os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
@@ -75,7 +75,7 @@ class _Session(requests.Session):
                     _NO_PROXY)
         return self._proxies[url]
 
-    def get_redirect_target(self, resp):
+    def get_redirect_target(self, resp: requests.Response) -> None:
         return None
 
 
@@ -164,7 +164,8 @@ def _send_unguarded(session: requests.Session, method: str, url: str, *, what: s
     try:
         with session.request(method, url, headers=sent_headers, auth=auth, data=data,
                              timeout=timeout, stream=True, allow_redirects=False,
-                             proxies=proxies) as response:
+                             # A None value turns a scheme's proxy off (the stubs omit it).
+                             proxies=proxies) as response:  # type: ignore[arg-type]
             body = _read_body(response, what, max_body, deadline, timeout)
             return HttpResponse(response.status_code, CaseInsensitiveDict(response.headers), body)
     except ProviderError:

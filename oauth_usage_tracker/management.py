@@ -29,7 +29,7 @@ from . import http
 from .config import (CPA_KEY_ENV, DEFAULT_CPA_WORKERS, Settings, check_url, is_loopback_host,
                      redacted_url)
 from .errors import ConfigurationError, ProviderError
-from .lockout import Rejection, RejectedKeys, fingerprint
+from .lockout import RejectedKeys, Rejection, fingerprint
 
 logger = logging.getLogger(__name__)
 

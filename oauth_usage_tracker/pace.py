@@ -217,9 +217,10 @@ def remember(history: Optional[WindowHistory], window: UsageWindow,
     """Given a window's stored history and a new reading of it at `at`, return the history to
     store: a new period starts a new one (keeping the old period's last reading as `previous`);
     the newest stored reading is replaced while it is less than one spacing after the one
-    before it, so stored readings stay a spacing apart and the newest is always the latest; at most MAX_READINGS are kept; the rollover artefact
-    and readings older than the newest stored one are not stored. None when the window has no
-    reset moment or percentage (nothing ties a reading to a period)."""
+    before it, so stored readings stay a spacing apart and the newest is always the latest; at
+    most MAX_READINGS are kept; the rollover artefact and readings older than the newest stored
+    one are not stored. None when the window has no reset moment or percentage (nothing ties a
+    reading to a period)."""
     if window.reset_date is None or window.used_percent is None or window.rolled_over:
         return None
     if history is not None and same_period(history, window):

@@ -256,7 +256,8 @@ def _generic_percent(obj: Dict[str, Any]) -> Optional[float]:
     if number is None:
         return None
     is_fraction = bool(re.search(r"fraction|ratio", key.lower()))
-    if is_fraction or (number <= 1 and not (isinstance(value, str) and value.strip().endswith("%"))):
+    written_as_percent = isinstance(value, str) and value.strip().endswith("%")
+    if is_fraction or (number <= 1 and not written_as_percent):
         number *= 100.0
     return clamp_percent(number)
 

@@ -41,8 +41,17 @@ from datetime import datetime
 from typing import Any, Callable, Dict, Iterator, NoReturn, Optional, Set, Tuple
 
 from .authdir import AuthDirectory, DirectoryId, write_all
-from .credentials import (MAX_FILE_BYTES, READ_PAUSE, READ_TRIES, TokenGrant, UnparsedFile,
-                          merge_grant, parse_json, serialize_like, token_field)
+from .credentials import (
+    MAX_FILE_BYTES,
+    READ_PAUSE,
+    READ_TRIES,
+    TokenGrant,
+    UnparsedFile,
+    merge_grant,
+    parse_json,
+    serialize_like,
+    token_field,
+)
 from .errors import CredentialError, TokenRefreshError
 from .parsing import parse_timestamp
 

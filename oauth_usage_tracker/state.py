@@ -16,15 +16,33 @@ import re
 import sys
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import (Any, BinaryIO, Callable, Dict, Iterable, Iterator, List, Mapping,
-                    Optional, Tuple, TypeVar, Union)
+from typing import (
+    Any,
+    BinaryIO,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Tuple,
+    TypeVar,
+    Union,
+)
 
 from . import files, pace
 from .authdir import LOCK_SUFFIX, locked_directory
 from .models import LOCAL_SOURCE, SLOTS, AccountUsage, AuthAccount, Provider, UsageWindow
 from .pace import Reading, WindowHistory
-from .parsing import (clamp_percent, format_timestamp, number_value, parse_timestamp,
-                      reset_text, roll_over)
+from .parsing import (
+    clamp_percent,
+    format_timestamp,
+    number_value,
+    parse_timestamp,
+    reset_text,
+    roll_over,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -149,8 +167,9 @@ def _window_from_json(raw: Any) -> Optional[UsageWindow]:
 def _entry_from_json(raw: Any) -> Optional[AccountState]:
     if not isinstance(raw, dict):
         return None
-    windows = raw.get("windows") if isinstance(raw.get("windows"), list) else []
-    extra = raw.get("extra") if isinstance(raw.get("extra"), dict) else {}
+    windows, extra = raw.get("windows"), raw.get("extra")
+    windows = windows if isinstance(windows, list) else []
+    extra = extra if isinstance(extra, dict) else {}
     readings: Dict[Any, Any] = raw["readings"] if isinstance(raw.get("readings"), dict) else {}
     histories = {sys.intern(key): _history_from_json(value) for key, value in readings.items()
                  if isinstance(key, str)}
@@ -376,7 +395,8 @@ def _members(handle: BinaryIO, limit: int, wanted: Callable[[str], bool]
             raise ValueError("not a line of the state file")
         member = line[:-2] if line.endswith(b",\n") else line[:-1]
         text = member.decode("utf-8")
-        name, end = json.decoder.scanstring(text, 1)
+        # scanstring is the json module's own string reader; the type stubs leave it out.
+        name, end = json.decoder.scanstring(text, 1)  # type: ignore[attr-defined]
         if not text.startswith(":", end):
             raise ValueError("not a line of the state file")
         if wanted(name):
@@ -430,8 +450,9 @@ def from_store(account: AuthAccount, entry: AccountState, now: datetime, stale: 
     windows as they stand now (`stale` when they stand in for a failed or skipped fetch), each
     with the pace it had when it was read (none for a window that has rolled over since)."""
     # Checked by type: the state file is ours, but a damaged one must not break the table.
-    details = {name: entry.extra.get(name) if isinstance(entry.extra.get(name), kind) else None
-               for name, kind in (("plan", str), ("credits", dict), ("extra_usage", dict))}
+    details: Dict[str, Any] = {
+        name: entry.extra.get(name) if isinstance(entry.extra.get(name), kind) else None
+        for name, kind in (("plan", str), ("credits", dict), ("extra_usage", dict))}
     windows = entry.windows_at(now)
     if entry.fetched_at is not None:
         windows = pace.attach(windows, entry.fetched_at, entry.readings)
@@ -444,5 +465,6 @@ def from_store(account: AuthAccount, entry: AccountState, now: datetime, stale: 
 
 def cooldown_message(entry: AccountState) -> str:
     """The sentence for an account whose requests are paused after a 429."""
+    until = entry.cooldown_until
     return ("Rate limited (429) earlier; no request for this account until %s (cooldown)"
-            % format_timestamp(entry.cooldown_until))
+            % (format_timestamp(until) if until is not None else "now"))

@@ -14,18 +14,38 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import replace
 from datetime import datetime, timezone
 from functools import partial
-from typing import (TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Sequence, Tuple,
-                    Union, cast)
+from typing import (
+    TYPE_CHECKING,
+    Callable,
+    Dict,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+    cast,
+)
 
 from . import http, outcome, pace
-from .lanes import Lanes, interleaved
 from .accounts import select_accounts
 from .config import Settings
 from .errors import RefreshSuperseded, UsageTrackerError
-from .models import AccountState as State
+from .lanes import Lanes, interleaved
 from .models import LOCAL_SOURCE, AccountUsage, AuthAccount, Provider, Skipped
-from .state import (AccountState, StateStore, cooldown_message, default_state_dir, from_store,
-                    next_state, state_key)
+from .models import AccountState as State
+from .state import (
+    AccountState,
+    StateStore,
+    cooldown_message,
+    default_state_dir,
+    from_store,
+    next_state,
+    state_key,
+)
+
+if TYPE_CHECKING:
+    import requests
 
 if TYPE_CHECKING:  # imported by the first subscribe_events()
     from .events import Event, EventLedger, Thresholds
@@ -173,7 +193,7 @@ class OAuthUsageTracker:
         self._futures: List[Future] = []
         self._handle: Optional[RefreshHandle] = None
         self._pool: Optional[ThreadPoolExecutor] = None
-        self._session = None
+        self._session: Optional[requests.Session] = None
         self._closed = False
         # A forked child's copies of the parent's pool and session: never used, never closed
         # (closing could wait on a lock a parent thread held at the fork), only kept alive.
@@ -483,7 +503,7 @@ class OAuthUsageTracker:
     def __enter__(self) -> "OAuthUsageTracker":
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 

@@ -47,7 +47,7 @@ class Watcher:
     def __init__(self, tracker: OAuthUsageTracker, auth_dir: Optional[str], interval: float,
                  enabled: Callable[[Discovery], FrozenSet[str]],
                  start_refresh: Callable[[Discovery], RefreshHandle],
-                 on_report: Callable[[Discovery, RefreshHandle, float], None],
+                 on_report: Callable[[Discovery, RefreshHandle, float], object],
                  poll: float = POLL_SECONDS,
                  discover: Optional[Callable[[], Discovery]] = None):
         self.tracker = tracker

@@ -17,8 +17,7 @@ from ..config import CLAUDE_CLIENT_ID, Settings
 from ..credentials import TokenGrant, read_json_object, token_field
 from ..errors import CredentialError, ProviderError, TokenRefreshError, UsageTrackerError
 from ..models import AccountUsage, AuthAccount, UsageWindow
-from ..parsing import (make_window, number_value, parse_timestamp, slug, title_length,
-                       unique_keys)
+from ..parsing import make_window, number_value, parse_timestamp, slug, title_length, unique_keys
 
 logger = logging.getLogger(__name__)
 
@@ -118,12 +117,12 @@ def parse_usage(payload: Any, now: datetime) -> List[UsageWindow]:
         if not isinstance(entry, dict):
             continue
         kind = entry.get("kind")
+        name = _scoped_name(entry) if kind == "weekly_scoped" else None
         if kind == "session":
             key, title = "five_hour", "5-hour"
         elif kind == "weekly_all":
             key, title = "seven_day", "Weekly"
-        elif kind == "weekly_scoped" and _scoped_name(entry):
-            name = _scoped_name(entry)
+        elif name:
             key, title = "weekly_scoped:" + slug(name), "Weekly (%s)" % name
         else:
             continue
@@ -196,10 +195,10 @@ def exchange_refresh_token(session: requests.Session, settings: Settings,
             expires_in=expires_in if expires_in and 0 < expires_in < 10 ** 8 else 3600.0)
     if isinstance(payload, dict) and payload.get("error") == "invalid_grant":
         raise TokenRefreshError(INVALID_GRANT_MESSAGE, invalid_grant=True, status=response.status)
-    error = http.status_error(response, WHAT_TOKEN)
+    failure = http.status_error(response, WHAT_TOKEN)
     # A 5xx may come after the server spent the token; a 4xx is a clear "no".
-    raise TokenRefreshError(str(error), status=error.status, retry_after=error.retry_after,
-                            outcome_unknown=response.status >= 500, blocked=error.blocked)
+    raise TokenRefreshError(str(failure), status=failure.status, retry_after=failure.retry_after,
+                            outcome_unknown=response.status >= 500, blocked=failure.blocked)
 
 
 def _lacks_scope(response: http.HttpResponse) -> bool:
@@ -260,7 +259,8 @@ def _read_usage(session: requests.Session, settings: Settings, token: str) -> ht
                      auth=http.BearerAuth(token))
 
 
-def fetch_usage(account: AuthAccount, session: requests.Session, settings: Settings) -> AccountUsage:
+def fetch_usage(account: AuthAccount, session: requests.Session,
+                settings: Settings) -> AccountUsage:
     """Given a Claude account, a session and settings, return its AccountUsage, refreshing the
     token first when it has expired, or once when the usage endpoint rejects it. Raise
     UsageTrackerError subclasses (with a sentence for people) on failure; `token_refreshed` on
@@ -268,11 +268,10 @@ def fetch_usage(account: AuthAccount, session: requests.Session, settings: Setti
     seen = read_json_object(account.path, directory=account.directory_id)
     token = token_field(seen, "access_token")
     expired = parse_timestamp(seen.get("expired"))
-    needs_refresh = token is None or (expired is not None
-                                      and expired <= datetime.now(timezone.utc))
+    expired_now = expired is not None and expired <= datetime.now(timezone.utc)
     refreshed = rotated = False
     try:
-        if needs_refresh:
+        if token is None or expired_now:
             if not settings.allow_token_refresh:
                 raise CredentialError(
                     "Claude access token %s and token refresh is disabled"

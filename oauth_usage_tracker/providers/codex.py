@@ -3,7 +3,7 @@ CLIProxyAPI refreshes them days ahead."""
 import re
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set
 
 import requests
 
@@ -12,9 +12,17 @@ from ..config import Settings
 from ..credentials import read_json_object, token_field
 from ..errors import CredentialError, ProviderError
 from ..models import AccountUsage, AuthAccount, UsageWindow
-from ..parsing import (clamp_percent, format_timestamp, make_window, number_value,
-                       parse_generic_windows, parse_timestamp, slug, title_length,
-                       unique_keys)
+from ..parsing import (
+    clamp_percent,
+    format_timestamp,
+    make_window,
+    number_value,
+    parse_generic_windows,
+    parse_timestamp,
+    slug,
+    title_length,
+    unique_keys,
+)
 
 WHAT = "Codex usage"
 NO_WINDOWS = "Usage response did not include quota windows"
@@ -81,8 +89,13 @@ def parse_usage(payload: Any, now: datetime) -> List[UsageWindow]:
         if isinstance(name, str) and slug(name):
             windows.extend(_rate_limit_windows(entry.get("rate_limit"), now,
                                                slug(name) + ":", name.strip() + " "))
-    titles = set()
-    return unique_keys([w for w in windows if not (w.title in titles or titles.add(w.title))])
+    titles: Set[str] = set()
+    kept = []
+    for window in windows:
+        if window.title not in titles:
+            titles.add(window.title)
+            kept.append(window)
+    return unique_keys(kept)
 
 
 def parse_details(payload: Any) -> Dict[str, Any]:
@@ -120,7 +133,8 @@ def _rejected(response: http.HttpResponse) -> ProviderError:
     body = http.try_json(response)
     error = body.get("error") if isinstance(body, dict) else None
     code = error.get("code") if isinstance(error, dict) else None
-    detail = "token %s" % code if isinstance(code, str) and code.isidentifier() else "token rejected"
+    known = isinstance(code, str) and code.isidentifier()
+    detail = "token %s" % code if known else "token rejected"
     return ProviderError(
         "Codex usage API returned %d (%s); CLIProxyAPI refreshes Codex tokens: check that it is "
         "running, or log in again" % (response.status, detail),
@@ -157,7 +171,8 @@ def usage_from_response(account: AuthAccount, response: http.HttpResponse) -> Ac
                         windows=tuple(windows), updated_at=now, **parse_details(payload))
 
 
-def fetch_usage(account: AuthAccount, session: requests.Session, settings: Settings) -> AccountUsage:
+def fetch_usage(account: AuthAccount, session: requests.Session,
+                settings: Settings) -> AccountUsage:
     """Given a Codex account, a session and settings, return its AccountUsage. Raise
     CredentialError or ProviderError (with a sentence for people) on failure."""
     data = read_json_object(account.path, directory=account.directory_id)

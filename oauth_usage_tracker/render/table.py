@@ -10,8 +10,8 @@ from .. import pool
 from ..models import LOCAL_SOURCE, AccountState, AccountUsage, UsageWindow
 from ..parsing import reset_text
 from ..report import Report
-from . import lines as lines_layout
 from ..text import printable
+from . import lines as lines_layout
 
 BAR_WIDTH = 20
 LAYOUTS = ("auto", "blocks", "lines")
@@ -77,7 +77,7 @@ def _window_line(window: UsageWindow, title_width: int, paint: _Painter) -> str:
     return line.rstrip()
 
 
-def _amount(value) -> str:
+def _amount(value: Optional[float]) -> str:
     return "?" if value is None else ("%.2f" % value).rstrip("0").rstrip(".")
 
 
@@ -164,7 +164,7 @@ def render_table(report: Report, colour: bool = False, layout: str = "auto",
         if not accounts:
             continue
         if grouped:
-            lines.extend([paint("== %s ==" % printable(source), "bold"), ""])
+            lines.extend([paint("== %s ==" % printable(source or ""), "bold"), ""])
         if as_lines:
             block = lines_layout.render_lines(accounts, report.generated_at, paint, _level)
             if block[-2:] == ["", lines_layout.LEGEND]:  # said once, after every group
