@@ -360,7 +360,7 @@ class Run:
             if not os.path.isdir(directory):
                 discover_accounts(directory)  # raises ConfigurationError with the sentence
 
-        watcher = Watcher(tracker, directory, self.args.watch, self.enabled_ids,
+        watcher = Watcher(directory, self.args.watch, self.enabled_ids,
                           lambda discovery: self.start_watched(tracker, discovery),
                           lambda _, handle, started: self.report_watched(handle, started),
                           discover=self.discover_local)

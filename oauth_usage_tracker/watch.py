@@ -2,12 +2,14 @@
 import logging
 import os
 import time
-from typing import Callable, FrozenSet, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, FrozenSet, Optional, Tuple
 
 from .accounts import discover_accounts
 from .errors import ConfigurationError
 from .models import Discovery
-from .tracker import OAuthUsageTracker, RefreshHandle
+
+if TYPE_CHECKING:
+    from .tracker import RefreshHandle
 
 logger = logging.getLogger(__name__)
 
@@ -39,18 +41,17 @@ def directory_fingerprint(auth_dir: Optional[str]) -> Optional[Fingerprint]:
 
 
 class Watcher:
-    """Drives a tracker until told to stop. `start_refresh(discovery)` must call
-    tracker.refresh(...) with the accounts to query and return the handle; `enabled(discovery)`
+    """Drives refreshes until told to stop. `start_refresh(discovery)` starts a refresh of the
+    accounts to query (a tracker's refresh) and returns its handle; `enabled(discovery)`
     returns the ids that would be queried; `on_report(discovery, handle, started)` is called
     once per finished (not superseded) refresh."""
 
-    def __init__(self, tracker: OAuthUsageTracker, auth_dir: Optional[str], interval: float,
+    def __init__(self, auth_dir: Optional[str], interval: float,
                  enabled: Callable[[Discovery], FrozenSet[str]],
-                 start_refresh: Callable[[Discovery], RefreshHandle],
-                 on_report: Callable[[Discovery, RefreshHandle, float], object],
+                 start_refresh: Callable[[Discovery], "RefreshHandle"],
+                 on_report: Callable[[Discovery, "RefreshHandle", float], object],
                  poll: float = POLL_SECONDS,
                  discover: Optional[Callable[[], Discovery]] = None):
-        self.tracker = tracker
         self.auth_dir = auth_dir
         self.interval = interval
         self.enabled = enabled
@@ -68,7 +69,7 @@ class Watcher:
         discovery: Optional[Discovery] = None
         enabled: Optional[FrozenSet[str]] = None
         due = 0.0
-        pending: Optional[Tuple[Discovery, RefreshHandle, float]] = None
+        pending: Optional[Tuple[Discovery, "RefreshHandle", float]] = None
         while not should_stop():
             changed = False
             fingerprint = directory_fingerprint(self.auth_dir)
