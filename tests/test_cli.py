@@ -1,0 +1,188 @@
+"""The script, in process: a run from flags to exit status, the demo, --watch, and shutdown by a
+real signal delivered to this process (the handlers are the script's own, installed and
+restored around each run)."""
+import json
+import logging
+import os
+import signal
+import threading
+
+import pytest
+
+import oauth_usage_tracker.cli as module
+from oauth_usage_tracker.errors import CredentialError
+from oauth_usage_tracker.refresh import GUARD
+
+
+@pytest.fixture(autouse=True)
+def handlers_restored():
+    """Every test leaves SIGTERM and SIGINT as it found them."""
+    before = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for number, handler in before.items():
+        assert signal.getsignal(number) is handler
+    logging.getLogger("oauth_usage_tracker").handlers[:] = []
+    logging.getLogger("oauth_usage_tracker").propagate = True
+
+
+def test_main_bad_flag_is_a_usage_error(capsys):
+    assert module.main(["--layout", "grid"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_main_missing_auth_dir_is_a_usage_error_with_a_sentence(tmp_path, capfd):
+    assert module.main(["--auth-dir", str(tmp_path / "missing"), "--no-state"]) == 2
+    assert "missing" in capfd.readouterr().err
+
+
+def test_main_empty_auth_dir_reports_no_accounts_and_exits_0(auth_dir, capsys):
+    assert module.main(["--auth-dir", str(auth_dir), "--no-state", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["accounts"] == [] and report["skipped"] == []
+
+
+def test_main_demo_json_behaves_as_designed(capsys):
+    assert module.main(["--demo", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    failed = [a["id"] for a in report["accounts"] if a["error"]]
+    assert failed == ["codex-frank@example.com.json"]
+
+
+def test_main_demo_table_tells_the_story_on_stderr(capsys):
+    assert module.main(["--demo"]) == 0
+    captured = capsys.readouterr()
+    assert "frank@example.com fails on purpose" in captured.err
+    assert "alice@example.com" in captured.out
+
+
+def test_main_sigterm_during_a_run_exits_143_after_closing_the_tracker(monkeypatch, auth_dir,
+                                                                        capfd):
+    from oauth_usage_tracker.tracker import OAuthUsageTracker
+    closed = []
+    original = OAuthUsageTracker.close
+
+    def close(self):
+        closed.append(self)
+        original(self)
+
+    def discover(directory):
+        os.kill(os.getpid(), signal.SIGTERM)  # handled in this (the main) thread right away
+        raise AssertionError("the signal did not interrupt the run")
+
+    monkeypatch.setattr(OAuthUsageTracker, "close", close)
+    monkeypatch.setattr(module, "discover_accounts", discover)
+    assert module.main(["--auth-dir", str(auth_dir), "--no-state"]) == 128 + signal.SIGTERM
+    assert closed
+    assert "Terminated; in-flight token writes were finished first" in capfd.readouterr().err
+
+
+def test_main_sigint_during_a_run_exits_130(monkeypatch, auth_dir, capfd):
+    def discover(directory):
+        os.kill(os.getpid(), signal.SIGINT)
+        raise AssertionError("the signal did not interrupt the run")
+
+    monkeypatch.setattr(module, "discover_accounts", discover)
+    assert module.main(["--auth-dir", str(auth_dir), "--no-state"]) == 130
+    assert "Interrupted" in capfd.readouterr().err
+
+
+def test_main_watch_stops_with_0_on_sigterm_after_its_first_report(monkeypatch, auth_dir,
+                                                                   capsys):
+    auth_dir.claude()
+    reports = []
+    original = module.Run.finish
+
+    def finish(self, report):
+        status = original(self, report)
+        reports.append(report)
+        os.kill(os.getpid(), signal.SIGTERM)  # only noted: --watch ends its loop
+        return status
+
+    monkeypatch.setattr(module.Run, "finish", finish)
+    monkeypatch.setenv("OAUTH_USAGE_TRACKER_CLAUDE_USAGE_URL", "http://127.0.0.1:9/usage")
+    assert module.main(["--auth-dir", str(auth_dir), "--no-state", "--watch", "60",
+                        "--json", "--timeout", "5"]) == 0
+    assert len(reports) == 1
+    assert [a.id for a in reports[0].accounts] == ["claude-alice@example.com.json"]
+    assert json.loads(capsys.readouterr().out)["accounts"][0]["state"] == "error"
+
+
+def test_execute_after_a_signal_refuses_new_token_refreshes(monkeypatch, auth_dir):
+    args = module.build_parser().parse_args(["--auth-dir", str(auth_dir), "--no-state",
+                                             "--json"])
+    shutdown = module.Shutdown(raise_first=False)
+    shutdown.signal = signal.SIGTERM
+    run = module.Run(args, module._settings(args, {}), args.auth_dir)
+    assert run.execute(shutdown) == 0
+    assert shutdown.raise_first is False
+    with pytest.raises(CredentialError, match="no new token refresh"):
+        with GUARD.critical():
+            pass
+
+
+def test_shutdown_first_signal_raises_later_ones_are_only_noted(capfd):
+    shutdown = module.Shutdown(raise_first=True)
+    assert not shutdown.requested
+    with pytest.raises(KeyboardInterrupt) as raised:
+        shutdown.handle(signal.SIGTERM, None)
+    assert isinstance(raised.value, module._Terminated)
+    assert shutdown.requested and shutdown.signal == signal.SIGTERM
+    shutdown.handle(signal.SIGINT, None)  # noted, never raised
+    assert shutdown.signal == signal.SIGTERM
+    assert "still finishing token writes" in capfd.readouterr().err
+
+
+def test_shutdown_sigint_raises_a_plain_keyboard_interrupt():
+    shutdown = module.Shutdown(raise_first=True)
+    with pytest.raises(KeyboardInterrupt) as raised:
+        shutdown.handle(signal.SIGINT, None)
+    assert not isinstance(raised.value, module._Terminated)
+
+
+def test_shutdown_in_watch_mode_only_records_the_signal():
+    shutdown = module.Shutdown(raise_first=False)
+    shutdown.handle(signal.SIGTERM, None)
+    assert shutdown.requested
+
+
+def test_shutdown_installed_handles_both_signals_then_restores_them():
+    shutdown = module.Shutdown(raise_first=False)
+    with shutdown.installed():
+        assert signal.getsignal(signal.SIGTERM) == shutdown.handle
+        assert signal.getsignal(signal.SIGINT) == shutdown.handle
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert shutdown.signal == signal.SIGTERM
+
+
+def test_shutdown_installed_outside_the_main_thread_installs_nothing():
+    shutdown = module.Shutdown(raise_first=False)
+    seen = []
+
+    def body():
+        with shutdown.installed():
+            seen.append(signal.getsignal(signal.SIGTERM))
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join(10)
+    assert seen and seen[0] != shutdown.handle
+
+
+def test_configure_logging_levels_and_escapes_control_characters(capsys):
+    module.configure_logging(0, quiet=True)
+    root = logging.getLogger("oauth_usage_tracker")
+    assert root.level == logging.ERROR
+    module.configure_logging(1, quiet=False)
+    assert root.level == logging.INFO
+    module.configure_logging(2, quiet=False)
+    assert root.level == logging.DEBUG
+    root.error("name\x1b[31mred")
+    assert "name?[31mred" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value", [("--workers", "0"), ("--timeout", "inf"),
+                                         ("--max-stale", "-1"), ("--event-below", "0"),
+                                         ("--on-event", "'unclosed")])
+def test_build_parser_refuses_bad_values(flag, value, capsys):
+    assert module.main([flag, value]) == 2
+    assert "argument %s" % flag in capsys.readouterr().err
