@@ -53,3 +53,14 @@ def test_lazy_public_names_have_their_real_types_for_a_type_checker(tmp_path):
     for name, line in zip(names, revealed):
         assert 'Revealed type is "Any"' not in line, line
         assert PACKAGE + "." in line, (name, line)
+
+
+def test_ci_runs_exactly_the_readme_test_command_with_a_coverage_gate():
+    marked = [line for line in (ROOT / "README.md").read_text().splitlines()
+              if line.endswith("# the tests (what CI runs)")]
+    assert len(marked) == 1
+    command = marked[0].split("#")[0].strip()
+    ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert ci_lines[-1] == command
+    assert "--cov-branch" in command and "--cov-fail-under=" in command
+    assert int(command.split("--cov-fail-under=")[1].split()[0]) >= 90
