@@ -2,11 +2,10 @@
 import logging
 import os
 import stat
-import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from .authdir import AuthDirectory, DirectoryId, UnsafeFile
-from .credentials import READ_PAUSE, READ_TRIES, UnparsedFile, read_json_once
+from .credentials import UnparsedFile, read_in_rounds, read_json_once
 from .errors import ConfigurationError, CredentialError
 from .models import AccountState, AuthAccount, Discovery, Provider, Skipped
 from .outcome import log_state
@@ -95,26 +94,10 @@ def _mark_duplicates(results: Dict[str, Union[AuthAccount, Skipped, None]],
 def _read_all(names: List[str], auth: AuthDirectory
               ) -> Dict[str, Union[AuthAccount, Skipped, None]]:
     """Read every entry; the ones that do not parse (perhaps caught mid-rewrite) are read again
-    together, READ_TRIES rounds READ_PAUSE apart, so many broken files cost one half second,
-    not half a second each."""
-    results: Dict[str, Union[AuthAccount, Skipped, None]] = {}
-    pending = list(names)
-    for attempt in range(READ_TRIES):
-        if attempt:
-            time.sleep(READ_PAUSE)
-        retry = []
-        for name in pending:
-            try:
-                results[name] = _read_account(name, auth)
-            except UnparsedFile as error:
-                if attempt == READ_TRIES - 1:
-                    results[name] = unreadable(name, str(error))
-                else:
-                    retry.append(name)
-        pending = retry
-        if not pending:
-            break
-    return results
+    together (credentials.read_in_rounds), then reported unreadable."""
+    found = read_in_rounds(names, lambda name: _read_account(name, auth))
+    return {name: unreadable(name, str(value)) if isinstance(value, UnparsedFile) else value
+            for name, value in found.items()}
 
 
 def _read_account(name: str, auth: AuthDirectory) -> Union[AuthAccount, Skipped, None]:

@@ -11,7 +11,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Hashable, Iterable, Optional, TypeVar, Union
 
 from . import files
 from .authdir import AuthDirectory, DirectoryId
@@ -19,8 +19,12 @@ from .errors import CredentialError
 from .parsing import format_timestamp
 
 MAX_FILE_BYTES = 1024 * 1024
+#: A file that does not parse is read this many times in all, READ_PAUSE seconds apart (the one
+#: pause every torn-file re-read uses; tests patch it here).
 READ_TRIES = 5
 READ_PAUSE = 0.1
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 _TOKEN_RE = re.compile(r"[\x21-\x7e]+")
 
 
@@ -92,20 +96,41 @@ def parse_json(data: bytes) -> Dict[str, Any]:
     return parsed
 
 
+def read_in_rounds(keys: Iterable[K], read: Callable[[K], V], tries: int = READ_TRIES,
+                   pause: Optional[float] = None) -> Dict[K, Union[V, UnparsedFile]]:
+    """Given keys and read(key), return each key's value. CLIProxyAPI rewrites files in place
+    (truncate, then write), so the reads that raise UnparsedFile are made again together, in up
+    to `tries` rounds `pause` (default READ_PAUSE) apart: many torn files cost one pause, not
+    one each. A key still unparsed after the last round maps to its UnparsedFile; any other
+    exception propagates."""
+    results: Dict[K, Union[V, UnparsedFile]] = {}
+    pending = list(keys)
+    for attempt in range(tries):
+        if attempt:
+            time.sleep(READ_PAUSE if pause is None else pause)
+        retry = []
+        for key in pending:
+            try:
+                results[key] = read(key)
+            except UnparsedFile as error:
+                results[key] = error
+                retry.append(key)
+        pending = retry
+        if not pending:
+            break
+    return results
+
+
 def read_json_object(path: str, tries: int = READ_TRIES, pause: Optional[float] = None,
                      directory: Optional[DirectoryId] = None) -> Dict[str, Any]:
     """Given a credential file's path (and its directory's identity, see read_capped), return
-    its JSON object. CLIProxyAPI rewrites files in
-    place (truncate, then write), so a file that does not parse is read again, `tries` times
-    `pause` apart, before it is reported. Raise CredentialError with a short reason."""
-    for attempt in range(tries):
-        try:
-            return read_json_once(path, directory)
-        except UnparsedFile:
-            if attempt >= tries - 1:
-                raise
-        time.sleep(READ_PAUSE if pause is None else pause)
-    raise AssertionError("unreachable")  # pragma: no cover
+    its JSON object, read again while it does not parse (see read_in_rounds). Raise
+    CredentialError with a short reason."""
+    result = read_in_rounds([path], lambda name: read_json_once(name, directory), tries,
+                            pause)[path]
+    if isinstance(result, UnparsedFile):
+        raise result
+    return result
 
 
 def token_field(data: Dict[str, Any], name: str) -> Optional[str]:

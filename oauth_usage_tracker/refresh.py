@@ -43,12 +43,11 @@ from typing import Any, Callable, Dict, Iterator, NoReturn, Optional, Set, Tuple
 from .authdir import AuthDirectory, DirectoryId, write_all
 from .credentials import (
     MAX_FILE_BYTES,
-    READ_PAUSE,
-    READ_TRIES,
     TokenGrant,
     UnparsedFile,
     merge_grant,
     parse_json,
+    read_in_rounds,
     serialize_like,
     token_field,
 )
@@ -233,7 +232,7 @@ def _refresh_locked(auth: AuthDirectory, name: str, seen: Dict[str, Any],
 def _read(auth: AuthDirectory, name: str) -> Tuple[Dict[str, Any], bytes, os.stat_result]:
     """Read the credential file through the directory, again while it does not parse (caught
     mid-rewrite); return its object, its bytes and its fstat."""
-    for attempt in range(READ_TRIES):
+    def read_once(_: str) -> Tuple[Dict[str, Any], bytes, os.stat_result]:
         fd, info = auth.open_regular(name)
         try:
             data = auth.read(fd, MAX_FILE_BYTES)
@@ -242,13 +241,12 @@ def _read(auth: AuthDirectory, name: str) -> Tuple[Dict[str, Any], bytes, os.sta
         if len(data) > MAX_FILE_BYTES:
             raise CredentialError("The credential file is larger than %d KiB"
                                   % (MAX_FILE_BYTES // 1024))
-        try:
-            return parse_json(data), data, info
-        except UnparsedFile:
-            if attempt >= READ_TRIES - 1:
-                raise
-        time.sleep(READ_PAUSE)
-    raise AssertionError("unreachable")  # pragma: no cover
+        return parse_json(data), data, info
+
+    result = read_in_rounds([name], read_once)[name]
+    if isinstance(result, UnparsedFile):
+        raise result
+    return result
 
 
 def _cannot_store(why: str) -> CredentialError:

@@ -22,7 +22,7 @@ UTC = timezone.utc
 @pytest.fixture
 def fast_rereads(monkeypatch):
     """Torn-file re-reads pause 1 ms instead of 100 ms (same number of tries)."""
-    monkeypatch.setattr(module, "READ_PAUSE", 0.001)
+    monkeypatch.setattr(credentials, "READ_PAUSE", 0.001)
 
 
 @pytest.fixture

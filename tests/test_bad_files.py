@@ -21,7 +21,7 @@ from typing import Callable, Optional
 
 import pytest
 
-from oauth_usage_tracker import accounts, cli, demo
+from oauth_usage_tracker import accounts, cli, credentials, demo
 from oauth_usage_tracker.accounts import discover_accounts
 from oauth_usage_tracker.config import Settings
 from oauth_usage_tracker.tracker import OAuthUsageTracker
@@ -354,7 +354,7 @@ def fake():
 def scene(fake, auth_dir, monkeypatch):
     """The fake knows the support tokens (single-use refresh tokens re-armed for every test)
     and the two healthy accounts, which are already in the auth directory."""
-    monkeypatch.setattr(accounts, "READ_PAUSE", 0.001)
+    monkeypatch.setattr(credentials, "READ_PAUSE", 0.001)
     fake.add_account(demo.FakeAccount("claude", "bad@example.com"), CLAUDE_ACCESS,
                      CLAUDE_REFRESH)
     fake.add_account(demo.FakeAccount("codex", "bad@example.com"), CODEX_ACCESS, CODEX_REFRESH)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from oauth_usage_tracker import refresh as refresh_module
-from oauth_usage_tracker import accounts, demo
+from oauth_usage_tracker import credentials, demo
 from support import CLAUDE_ACCESS, CLAUDE_REFRESH, CODEX_ACCESS, CODEX_REFRESH, SECRETS
 
 import hostile_server as hs
@@ -323,7 +323,7 @@ def test_every_bad_file_at_once_in_table_mode_keeps_the_healthy_accounts(healthy
                                                                          tmp_path, capsys,
                                                                          monkeypatch):
     """The table for people, in-process (re-read pauses shortened), from the same directory."""
-    monkeypatch.setattr(accounts, "READ_PAUSE", 0.001)
+    monkeypatch.setattr(credentials, "READ_PAUSE", 0.001)
     real = refresh_module.refresh_tokens
     monkeypatch.setattr(refresh_module, "refresh_tokens",
                         lambda *a, **k: real(*a, **dict(k, invalid_grant_wait=0.1)))

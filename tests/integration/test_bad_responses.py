@@ -15,7 +15,7 @@ from typing import Optional
 import pytest
 
 from oauth_usage_tracker import refresh as refresh_module
-from oauth_usage_tracker import accounts, demo
+from oauth_usage_tracker import accounts, credentials, demo
 from support import (CLAUDE_ACCESS, CLAUDE_REFRESH, CODEX_ACCESS, SECRETS,
                      claude_credentials, codex_credentials, write_compact)
 
@@ -58,7 +58,7 @@ class Kind:
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch):
-    monkeypatch.setattr(accounts, "READ_PAUSE", 0.001)
+    monkeypatch.setattr(credentials, "READ_PAUSE", 0.001)
     real = refresh_module.refresh_tokens
 
     def short_invalid_grant_poll(*args, **kwargs):
