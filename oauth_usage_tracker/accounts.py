@@ -16,6 +16,8 @@ logger = logging.getLogger(__name__)
 
 AUTH_DIR_ENV = "OAUTH_USAGE_TRACKER_AUTH_DIR"
 DEFAULT_AUTH_DIR = "~/.cli-proxy-api"
+#: How the reason of an unreadable file starts (the why follows); read by people, not decided on.
+UNREADABLE_REASON = "unreadable: "
 
 
 def resolve_auth_dir(auth_dir: Union[str, "os.PathLike[str]", None] = None,
@@ -54,7 +56,7 @@ def discover_accounts(auth_dir: Union[str, "os.PathLike[str]", None] = None,
         if isinstance(account, Skipped):
             if account.state is AccountState.UNREADABLE:
                 log_state(name, account.state, "%s; repair or remove the file"
-                          % account.reason.partition(": ")[2])
+                          % account.reason[len(UNREADABLE_REASON):])
             else:
                 logger.info("%s: skipped (%s)", name, account.reason)
             skipped.append(account)
@@ -156,7 +158,7 @@ def account_from_json(name: str, path: str, data: Dict[str, Any],
 
 def unreadable(name: str, why: str) -> Skipped:
     """Given a file name and why it cannot be used, return its Skipped record (`unreadable`)."""
-    return Skipped(name, "unreadable: %s" % why, state=AccountState.UNREADABLE)
+    return Skipped(name, UNREADABLE_REASON + why, state=AccountState.UNREADABLE)
 
 
 def _text(value: Any) -> Optional[str]:

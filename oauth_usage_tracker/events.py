@@ -182,39 +182,18 @@ class _Seen:
     detail: Optional[str] = None
 
 
-def usage_state(usage: AccountUsage) -> AccountState:
-    """Given a finished result, return its state: the one the tracker decided, else (results
-    made before states were decided) one derived from its error, login and stale flags."""
-    if usage.state is not None:
-        return usage.state
-    # Fallback for results without a state: the same rule in coarser form.
-    if not usage.error:
-        return AccountState.OK
-    if usage.login_problem:
-        return AccountState.LOGIN_FAILED
-    return AccountState.STALE if usage.stale else AccountState.ERROR
-
-
-def skipped_state(skipped: Skipped) -> Optional[AccountState]:
-    """Given a skipped file, return its state, or None for a file that is no account."""
-    if skipped.state is not None:
-        return skipped.state
-    # Fallback for entries without a state: skip reasons are short and stable (SPEC §3).
-    if skipped.reason in ("disabled", "expired"):
-        return AccountState(skipped.reason)
-    return AccountState.UNREADABLE if skipped.reason.startswith("unreadable") else None
-
-
 def _observations(accounts: Iterable[AccountUsage], skipped: Iterable[Skipped]) -> List[_Seen]:
     seen: Dict[Key, _Seen] = {}
+    # Only entries with a state count (outcome.py decides it): a result still loading and a
+    # file that is no account (an unsupported type) have none.
     for usage in accounts:
-        if usage.is_loading:
+        if usage.state is None:
             continue
         key = (usage.source, usage.id)
-        seen.setdefault(key, _Seen(key, usage.provider, usage.email, usage_state(usage),
+        seen.setdefault(key, _Seen(key, usage.provider, usage.email, usage.state,
                                    usage.windows, usage.error))
     for item in skipped:
-        state = skipped_state(item)
+        state = item.state
         if state is not None:
             key = (item.source, item.id)
             seen.setdefault(key, _Seen(key, item.provider, item.email, state,

@@ -4,41 +4,20 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .models import AccountState, AccountUsage, Provider, Skipped
+from .models import AccountState, AccountUsage, Provider
 from .report import Report
 
 SORTS = ("name", "headroom", "reset")
 
-_SKIP_STATES = {"disabled": AccountState.DISABLED, "expired": AccountState.EXPIRED}
-
-
-def account_state(account: AccountUsage) -> AccountState:
-    """Given an account's result, return its state: `account.state` when the tracker set it,
-    else one derived from the result (a login problem, stale values standing in, an error)."""
-    if account.state is not None:
-        return account.state
-    if account.error is None:
-        return AccountState.OK
-    if account.login_problem:
-        return AccountState.LOGIN_FAILED
-    return AccountState.STALE if account.stale else AccountState.ERROR
-
-
-def skipped_state(skipped: Skipped) -> Optional[AccountState]:
-    """Given a skipped file, return its state: `skipped.state` when set, else one derived from
-    its stable reason (SPEC §3); None for a file that is no account (an unsupported type)."""
-    if skipped.state is not None:
-        return skipped.state
-    if skipped.reason.startswith("unreadable"):
-        return AccountState.UNREADABLE
-    return _SKIP_STATES.get(skipped.reason)
+#: The states of an account that takes work (a failing one is freed by a person, not a reset).
+_WORKING = (AccountState.OK, AccountState.STALE)
 
 
 def is_usable(account: AccountUsage, usable_above: float) -> bool:
     """True when the account can take work now: fetched (or acceptably stale) and its effective
     remaining percent is at least `usable_above`."""
     effective = account.effective_remaining_percent
-    return (account_state(account) in (AccountState.OK, AccountState.STALE)
+    return (account.state in _WORKING
             and effective is not None and effective >= usable_above)
 
 
@@ -113,8 +92,8 @@ def summarize(report: Report) -> List[ProviderSummary]:
     for provider in sorted(Provider, key=lambda p: p.value):
         accounts = [a for a in report.accounts if a.provider == provider and not a.is_loading]
         states: Dict[AccountState, int] = {}
-        for state in [account_state(a) for a in accounts] + [
-                skipped_state(s) for s in report.skipped if s.provider == provider]:
+        for state in [a.state for a in accounts] + [
+                s.state for s in report.skipped if s.provider == provider]:
             if state is not None:
                 states[state] = states.get(state, 0) + 1
         if not states:
@@ -122,8 +101,8 @@ def summarize(report: Report) -> List[ProviderSummary]:
         usable = sum(1 for a in accounts if is_usable(a, report.usable_above))
         waiting = []
         for account in accounts:
-            if account_state(account) not in (AccountState.OK, AccountState.STALE):
-                continue  # a failing account is freed by a person, not by a reset
+            if account.state not in _WORKING:
+                continue
             moment = frees_at(account, report.usable_above)
             if moment is not None and moment > report.generated_at:
                 waiting.append((moment, _name_key(account), account))
@@ -138,4 +117,4 @@ def summarize(report: Report) -> List[ProviderSummary]:
 def unattributed_unreadable(report: Report) -> int:
     """Unreadable credential files whose provider is unknown (they count in no provider)."""
     return sum(1 for s in report.skipped if s.provider is None
-               and skipped_state(s) is AccountState.UNREADABLE)
+               and s.state is AccountState.UNREADABLE)

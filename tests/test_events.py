@@ -154,7 +154,8 @@ def test_decide_login_event_json_names_states_and_error_never_a_token():
                                            ("unreadable: not JSON", "unreadable")])
 def test_decide_skipped_expired_or_unreadable_is_a_login_problem(reason, state):
     runs = Runs()
-    skipped = Skipped(ID, reason, Provider.CLAUDE if state == "expired" else None)
+    skipped = Skipped(ID, reason, Provider.CLAUDE if state == "expired" else None,
+                      state=AccountState(state))
     assert runs(T0, skipped=[skipped]) == ["login_failed"]
     assert runs(T0 + timedelta(minutes=5), skipped=[skipped]) == []
     assert runs(T0 + timedelta(minutes=10), [usage(window(20.0))]) == ["login_recovered"]
@@ -162,7 +163,8 @@ def test_decide_skipped_expired_or_unreadable_is_a_login_problem(reason, state):
 
 def test_decide_moving_between_login_problems_does_not_fire_again():
     runs = Runs()
-    assert runs(T0, skipped=[Skipped(ID, "expired", Provider.CLAUDE)]) == ["login_failed"]
+    assert runs(T0, skipped=[Skipped(ID, "expired", Provider.CLAUDE,
+                                     state=AccountState.EXPIRED)]) == ["login_failed"]
     assert runs(T0 + timedelta(minutes=5), [usage(state=AccountState.LOGIN_FAILED,
                                                   error="rejected")]) == []
 
@@ -263,17 +265,14 @@ def test_decide_sources_keep_same_file_names_apart():
     assert len(runs.memory) == 2
 
 
-def test_decide_without_state_falls_back_to_error_flags():
+def test_decide_reads_states_never_derives_them_from_errors_or_reasons():
     runs = Runs(Thresholds(failing_after=0))
-    legacy_login = AccountUsage(id=ID, provider=Provider.CLAUDE, error="rejected",
-                                login_problem=True)
-    assert runs(T0, [legacy_login]) == ["login_failed", "account_failing"]
-    legacy_stale = AccountUsage(id=ID, provider=Provider.CLAUDE, error="timed out", stale=True,
-                                windows=(window(20.0),))
-    assert runs(T0 + timedelta(minutes=5), [legacy_stale]) == ["account_recovered"]
-    assert runs(T0 + timedelta(minutes=10), [AccountUsage(id=ID, provider=Provider.CLAUDE,
-                                                          windows=(window(20.0),))]) == [
-        "login_recovered"]
+    no_state = AccountUsage(id=ID, provider=Provider.CLAUDE, error="rejected",
+                            login_problem=True, windows=(window(95.0),))
+    assert runs(T0, [no_state], [Skipped("x.json", "unreadable: not JSON")]) == []
+    assert runs(T0 + timedelta(minutes=5), [usage(state=AccountState.LOGIN_FAILED,
+                                                  error="rejected")]) == [
+        "login_failed", "account_failing"]
 
 
 def test_memory_is_bounded_in_marks_and_accounts(monkeypatch):
@@ -351,7 +350,8 @@ def test_ledger_unwritable_store_still_decides_from_what_it_can_read(tmp_path, c
 def test_event_message_names_account_window_and_state():
     found, _ = module.decide({}, [usage(window(95.0))], [], T0)
     assert found[0].message.startswith("Claude alice@example.com: 5-hour window has 5% left")
-    found, _ = module.decide({}, [], [Skipped("x.json", "unreadable: not JSON")], T0)
+    found, _ = module.decide({}, [], [Skipped("x.json", "unreadable: not JSON",
+                                              state=AccountState.UNREADABLE)], T0)
     assert found[0].message == "File x.json: login needs attention (unreadable): unreadable: not JSON"
 
 

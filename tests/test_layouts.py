@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from oauth_usage_tracker import pace
-from oauth_usage_tracker.models import AccountUsage, Provider, Skipped, UsageWindow
+from oauth_usage_tracker.models import AccountState, AccountUsage, Provider, Skipped, UsageWindow
 from oauth_usage_tracker.parsing import reset_text, roll_over
 from oauth_usage_tracker.render import lines as module
 from oauth_usage_tracker.render.table import render_table
@@ -44,18 +44,19 @@ def pool_account(index):
     if provider is Provider.CLAUDE:
         windows.append(window("seven_day_opus", "Weekly (Opus)", float(index % 100),
                               week_reset, WEEK))
-    changes = {}
+    changes = {"state": AccountState.OK}
     if kind == 3:
         return AccountUsage(id="%s-%s.json" % (provider.value, email), provider=provider,
-                            email=email, error="Claude usage request timed out after 15 s")
+                            email=email, error="Claude usage request timed out after 15 s",
+                            state=AccountState.ERROR)
     if kind == 5:
         changes = {"error": "Claude usage returned 401 after refresh retry",
-                   "login_problem": True}
+                   "login_problem": True, "state": AccountState.LOGIN_FAILED}
         windows = []
     if kind == 7:
         windows[0] = roll_over(windows[0], NOW + timedelta(seconds=five_reset + 60))
         changes = {"error": "Claude usage API returned 429", "stale": True,
-                   "fetched_at": NOW - timedelta(minutes=12)}
+                   "fetched_at": NOW - timedelta(minutes=12), "state": AccountState.STALE}
     if kind == 8:
         email = "a.very.long.mailbox.name.for.a.pool.account%03d@example.com" % index
     if kind == 9:
@@ -69,7 +70,7 @@ def pool_report(count):
     accounts = tuple(pool_account(i) for i in range(1, count + 1))
     skipped = (Skipped("gemini-x.json", "unsupported type 'gemini'"),
                Skipped("claude-off@example.com.json", "disabled", Provider.CLAUDE,
-                       "off@example.com"))
+                       "off@example.com", state=AccountState.DISABLED))
     return Report(accounts=accounts, skipped=skipped, generated_at=NOW)
 
 

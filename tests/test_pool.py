@@ -23,6 +23,7 @@ def acct(email, five=None, week=None, provider=Provider.CLAUDE, five_reset=2.0, 
     if week is not None:
         windows.append(UsageWindow("seven_day", "Weekly", 100.0 - week,
                                    NOW + timedelta(hours=week_reset)))
+    changes.setdefault("state", AccountState.OK)
     return AccountUsage(id="%s-%s.json" % (provider.value, email), provider=provider,
                         email=email, windows=tuple(windows), **changes)
 
@@ -34,29 +35,17 @@ def report(accounts, skipped=(), usable_above=10.0):
 
 # --- states ------------------------------------------------------------------------------------
 
-def test_account_state_uses_the_tracker_state_when_set():
-    assert module.account_state(acct("a", 50, error="x", state=AccountState.BLOCKED)) \
-        is AccountState.BLOCKED
-
-
-@pytest.mark.parametrize("changes, expected", [
-    ({}, AccountState.OK),
-    ({"error": "timed out"}, AccountState.ERROR),
-    ({"error": "429", "stale": True}, AccountState.STALE),
-    ({"error": "401", "login_problem": True, "stale": True}, AccountState.LOGIN_FAILED),
-])
-def test_account_state_derived_when_not_set(changes, expected):
-    assert module.account_state(acct("a", 50, **changes)) is expected
-
-
-@pytest.mark.parametrize("reason, expected", [
-    ("disabled", AccountState.DISABLED), ("expired", AccountState.EXPIRED),
-    ("unreadable: not valid JSON", AccountState.UNREADABLE), ("unsupported type 'gemini'", None),
-])
-def test_skipped_state_derived_from_stable_reason_when_not_set(reason, expected):
-    assert module.skipped_state(Skipped("x.json", reason)) is expected
-    assert module.skipped_state(Skipped("x.json", reason, state=AccountState.DISABLED)) \
-        is AccountState.DISABLED
+def test_summarize_reads_states_never_derives_them_from_errors_or_reasons():
+    accounts = [acct("a", 50, error="x", state=AccountState.BLOCKED),
+                acct("b", 50, error="timed out", state=None)]
+    skipped = [Skipped("claude-x.json", "unreadable: not valid JSON", Provider.CLAUDE),
+               Skipped("torn.json", "unreadable: not valid JSON"),
+               Skipped("claude-y.json", "disabled", Provider.CLAUDE,
+                       state=AccountState.EXPIRED)]
+    [claude] = module.summarize(report(accounts, skipped))
+    assert claude.states == {AccountState.BLOCKED: 1, AccountState.EXPIRED: 1}
+    assert claude.usable == 0
+    assert module.unattributed_unreadable(report(accounts, skipped)) == 0
 
 
 # --- summary -----------------------------------------------------------------------------------
@@ -67,11 +56,13 @@ def test_summarize_counts_states_usable_and_next_reset_per_provider():
         acct("edge", 10, 90),                               # exactly at the threshold: usable
         acct("low5", 5, 80, five_reset=3.0),                # frees at its 5-hour reset (+3 h)
         acct("lowboth", 5, 2, five_reset=1.0, week_reset=30.0),  # needs both: frees at +30 h
-        acct("down", error="timed out"),
+        acct("down", error="timed out", state=AccountState.ERROR),
         acct("cx", 3, 50, provider=Provider.CODEX, five_reset=4.0),
     ]
-    skipped = [Skipped("claude-off.json", "disabled", Provider.CLAUDE),
-               Skipped("torn.json", "unreadable: not valid JSON"),
+    skipped = [Skipped("claude-off.json", "disabled", Provider.CLAUDE,
+                       state=AccountState.DISABLED),
+               Skipped("torn.json", "unreadable: not valid JSON",
+                       state=AccountState.UNREADABLE),
                Skipped("g.json", "unsupported type 'gemini'")]
     claude, codex = module.summarize(report(accounts, skipped))
     assert claude.provider is Provider.CLAUDE
@@ -87,7 +78,8 @@ def test_summarize_counts_states_usable_and_next_reset_per_provider():
 
 
 def test_summarize_failing_and_unknown_accounts_are_never_usable_nor_freed_by_a_reset():
-    accounts = [acct("a", 3, error="401", login_problem=True, stale=True),
+    accounts = [acct("a", 3, error="401", login_problem=True, stale=True,
+                     state=AccountState.LOGIN_FAILED),
                 acct("b"), acct("c", 3, 50, five_reset=-1.0)]
     [claude] = module.summarize(report(accounts))
     assert claude.usable == 0
@@ -117,9 +109,10 @@ def test_json_summary_and_pace_are_additive_keys():
                         length_seconds=18000.0,
                         pace=Pace(80.0 - 1e-9, 1e-9, NOW + timedelta(minutes=30), True, "recent"))
     accounts = [AccountUsage(id="claude-a.json", provider=Provider.CLAUDE, email="a",
-                             windows=(paced,)), acct("b", 2, 70, five_reset=2.5)]
+                             windows=(paced,), state=AccountState.OK),
+                acct("b", 2, 70, five_reset=2.5)]
     data = json.loads(json_report.render_json(report(accounts, [
-        Skipped("torn.json", "unreadable: file is empty")])))
+        Skipped("torn.json", "unreadable: file is empty", state=AccountState.UNREADABLE)])))
     assert data["accounts"][0]["effective_remaining_percent"] == 20.0
     assert data["accounts"][0]["windows"][0]["length_seconds"] == 18000.0
     assert data["accounts"][0]["windows"][0]["pace"] == {
@@ -139,7 +132,8 @@ def test_json_summary_and_pace_are_additive_keys():
 
 def test_sort_headroom_most_first_ties_by_name_unknown_last():
     accounts = [acct("dora", 40, 90), acct("Bob", 70, 80), acct("al", 40, 40),
-                acct("cy", None, None, error="timed out"), acct("abe", 80, 40),
+                acct("cy", None, None, error="timed out", state=AccountState.ERROR),
+                acct("abe", 80, 40),
                 acct("eve", 40, 100, provider=Provider.CODEX), acct("ann")]
     order = [a.email for a in module.sort_accounts(accounts, "headroom")]
     # 70 (Bob), then 40: al, abe, dora (claude by name), eve (codex); unknown: ann, cy by name.

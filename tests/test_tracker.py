@@ -15,7 +15,8 @@ from oauth_usage_tracker import demo
 from oauth_usage_tracker.accounts import discover_accounts
 from oauth_usage_tracker.config import Settings
 from oauth_usage_tracker.errors import ProviderError, RefreshSuperseded
-from oauth_usage_tracker.models import AccountUsage, AuthAccount, Provider, UsageWindow
+from oauth_usage_tracker.models import (AccountState, AccountUsage, AuthAccount, Provider,
+                                        UsageWindow)
 
 WAIT = 10.0  # seconds; only reached when a test is about to fail
 PAST = datetime(2001, 1, 1, tzinfo=timezone.utc)
@@ -402,6 +403,29 @@ def test_refresh_unexpected_fetcher_exception_becomes_that_accounts_error(caplog
     assert "secret-detail-abc123" not in error
     assert by_id[bad.id].windows == () and not by_id[bad.id].is_loading
     assert any(bad.id in r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
+
+
+def test_refresh_every_result_and_left_out_account_carries_a_state(tmp_path):
+    """The library path decides each state (outcome.py), whatever the fetcher returns: a
+    fetcher's result without a state, a failure, a 429, an unexpected exception."""
+    fetcher = GatedFetcher()
+    fine, down, limited, odd = (account(name + "@example.com")
+                                for name in ("fine", "down", "limited", "odd"))
+    off = account("off@example.com", disabled=True)
+    late = account("late@example.com", expired=PAST)
+    fetcher.raises[down.id] = ProviderError("Codex usage API returned 502", status=502)
+    fetcher.raises[limited.id] = ProviderError("Codex usage API returned 429", status=429)
+    fetcher.raises[odd.id] = ZeroDivisionError()
+    with make_tracker(fetcher, state_dir=tmp_path / "state") as tracker:
+        handle = tracker.refresh([fine, down, limited, odd, off, late])
+        states = {u.id: u.state for u in handle.result(WAIT)}
+        again = {u.id: u.state for u in tracker.refresh_and_wait([limited])}
+    assert states == {fine.id: AccountState.OK, down.id: AccountState.ERROR,
+                      limited.id: AccountState.RATE_LIMITED, odd.id: AccountState.ERROR}
+    assert {s.id: s.state for s in handle.skipped} == {off.id: AccountState.DISABLED,
+                                                        late.id: AccountState.EXPIRED}
+    assert again == {limited.id: AccountState.RATE_LIMITED}  # cooling down: not asked
+    assert fetcher.calls.count(limited.id) == 1
 
 
 # --- lifetime ---------------------------------------------------------------------------------

@@ -74,8 +74,8 @@ def _cell(window: Optional[UsageWindow], now: datetime, paint: Paint, level: Lev
 
 
 def _state(account: AccountUsage, paint: Paint) -> str:
-    state = pool.account_state(account)
-    if state is AccountState.OK:
+    state = account.state
+    if state is None or state is AccountState.OK:
         return ""
     return paint(state.value, "red" if state.needs_human else "yellow")
 
