@@ -5,6 +5,7 @@ import stat
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from .authdir import AuthDirectory, DirectoryId, UnsafeFile
+from .config import ENV_PREFIX
 from .credentials import UnparsedFile, read_in_rounds, read_json_once
 from .errors import ConfigurationError, CredentialError
 from .models import AccountState, AuthAccount, Discovery, Provider, Skipped
@@ -14,7 +15,7 @@ from .text import printable
 
 logger = logging.getLogger(__name__)
 
-AUTH_DIR_ENV = "OAUTH_USAGE_TRACKER_AUTH_DIR"
+AUTH_DIR_ENV = ENV_PREFIX + "AUTH_DIR"
 DEFAULT_AUTH_DIR = "~/.cli-proxy-api"
 #: How the reason of an unreadable file starts (the why follows); read by people, not decided on.
 UNREADABLE_REASON = "unreadable: "

@@ -28,11 +28,21 @@ from typing import (
 
 from . import __version__, files, refresh
 from .accounts import AUTH_DIR_ENV, discover_accounts, resolve_auth_dir, select_accounts
-from .config import CPA_KEY_ENV, CPA_URL_ENV, DEFAULT_CPA_WORKERS, Settings
+from .config import (
+    CPA_KEY_ENV,
+    CPA_URL_ENV,
+    DEFAULT_CPA_WORKERS,
+    DEFAULT_TIMEOUT,
+    DEFAULT_WORKERS,
+    ENV_PREFIX,
+    URL_ENV,
+    Settings,
+)
 from .errors import ConfigurationError
+from .events import DEFAULT_BELOW, DEFAULT_FAILING_AFTER
 from .models import AuthAccount, Discovery, Provider
 from .pool import SORTS
-from .report import DEFAULT_USABLE_ABOVE, USAGE_ERROR, Report, exit_status
+from .report import DEFAULT_MAX_STALE, DEFAULT_USABLE_ABOVE, USAGE_ERROR, Report, exit_status
 from .state import default_state_dir
 from .text import printable
 
@@ -47,8 +57,10 @@ EPILOG = """\
 exit status: 0 every queried account returned windows; 1 an account failed, or a credential file
 is unreadable or expired (it needs a human); 2 usage or configuration error; 3 --fail-below
 crossed (wins over 1).
-endpoint overrides: OAUTH_USAGE_TRACKER_CODEX_USAGE_URL, _CLAUDE_USAGE_URL, _CLAUDE_TOKEN_URL
-(https://, or http:// to a loopback address)."""
+endpoint overrides: %s
+(https://, or http:// to a loopback address).""" % ", ".join(
+    [URL_ENV["codex_usage_url"]] + [URL_ENV[name][len(ENV_PREFIX) - 1:]
+                                    for name in ("claude_usage_url", "claude_token_url")])
 
 
 class _Terminated(KeyboardInterrupt):
@@ -90,9 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the `name` label of the per-run metrics (default: the metrics "
                              "file's name without .prom)")
     parser.add_argument("--workers", type=_positive_int, metavar="N",
-                        help="parallel fetches (default min(16, accounts))")
-    parser.add_argument("--timeout", type=_positive_float, default=15.0, metavar="S",
-                        help="seconds per request (default 15)")
+                        help="parallel fetches (default min(%d, accounts))" % DEFAULT_WORKERS)
+    parser.add_argument("--timeout", type=_positive_float, default=DEFAULT_TIMEOUT, metavar="S",
+                        help="seconds per request (default %g)" % DEFAULT_TIMEOUT)
     parser.add_argument("--no-token-refresh", action="store_true",
                         help="read only: never refresh a token, never write a credential file")
     parser.add_argument("--refresh-expired", action="store_true",
@@ -108,17 +120,18 @@ def build_parser() -> argparse.ArgumentParser:
                              "first, or soonest reset of the limiting window first")
     parser.add_argument("--usable-above", type=_percent, default=DEFAULT_USABLE_ABOVE,
                         metavar="PCT",
-                        help="an account with at least PCT %% effective remaining counts as "
-                             "usable in the summary (default 10)")
+                        help="an account with at least PCT %%%% effective remaining counts as "
+                             "usable in the summary (default %g)" % DEFAULT_USABLE_ABOVE)
     parser.add_argument("--state-dir", metavar="DIR",
                         help="where cooldowns and last good values are kept (default "
                              "$XDG_STATE_HOME/oauth-usage-tracker, else "
                              "~/.local/state/oauth-usage-tracker)")
     parser.add_argument("--no-state", action="store_true",
                         help="keep no state: no cooldowns, no last good values")
-    parser.add_argument("--max-stale", type=_non_negative_float, default=3600.0,
+    parser.add_argument("--max-stale", type=_non_negative_float, default=DEFAULT_MAX_STALE,
                         metavar="SECONDS", help="stale values younger than this still count "
-                                                "as success for the exit status (default 3600)")
+                                                "as success for the exit status (default %g)"
+                                                % DEFAULT_MAX_STALE)
     parser.add_argument("--max-age", type=_non_negative_float, default=0.0, metavar="SECONDS",
                         help="reuse a stored result younger than this instead of asking again "
                              "(default 0: always ask)")
@@ -130,11 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "(repeatable)")
     parser.add_argument("--events-log", metavar="FILE", help="append each event to FILE as a "
                                                              "JSON line")
-    parser.add_argument("--event-below", type=_percent, default=10.0, metavar="PCT",
-                        help="quota_low when a window has less than PCT %% left (default 10)")
-    parser.add_argument("--failing-after", type=_non_negative_float, default=1800.0,
-                        metavar="SECONDS", help="account_failing once a failure has lasted this "
-                                                "long (default 1800)")
+    parser.add_argument("--event-below", type=_percent, default=DEFAULT_BELOW, metavar="PCT",
+                        help="quota_low when a window has less than PCT %%%% left (default %g)"
+                             % DEFAULT_BELOW)
+    parser.add_argument("--failing-after", type=_non_negative_float,
+                        default=DEFAULT_FAILING_AFTER, metavar="SECONDS",
+                        help="account_failing once a failure has lasted this long (default %g)"
+                             % DEFAULT_FAILING_AFTER)
     parser.add_argument("--demo", action="store_true",
                         help="run against a built-in fake of both providers (no network)")
     parser.add_argument("-v", "--verbose", action="count", default=0,

@@ -20,10 +20,13 @@ CLAUDE_USER_AGENT = "claude-code/2.1.0"
 CODEX_USER_AGENT = "codex-cli"
 
 DEFAULT_TIMEOUT = 15.0
+#: Parallel fetches when not set: the pool's size (threads start as work arrives).
+DEFAULT_WORKERS = 16
 MAX_BODY_BYTES = 1024 * 1024
 
 ENV_PREFIX = "OAUTH_USAGE_TRACKER_"
-_URL_ENV = {
+#: The environment variable that overrides each endpoint (the `Settings` field it sets).
+URL_ENV = {
     "codex_usage_url": ENV_PREFIX + "CODEX_USAGE_URL",
     "claude_usage_url": ENV_PREFIX + "CLAUDE_USAGE_URL",
     "claude_token_url": ENV_PREFIX + "CLAUDE_TOKEN_URL",
@@ -55,7 +58,7 @@ class Settings:
     max_body_bytes: int = MAX_BODY_BYTES
 
     def __post_init__(self) -> None:
-        for name in _URL_ENV:
+        for name in URL_ENV:
             check_url(getattr(self, name), _URL_NAMES[name])
         for name in _AGENT_ENV:
             if not re.fullmatch(r"[\x20-\x7e]+", getattr(self, name)):
@@ -80,7 +83,7 @@ class Settings:
         refused URL or a bad number."""
         environ = os.environ if environ is None else environ
         values: Dict[str, Any] = {}
-        for name, variable in list(_URL_ENV.items()) + list(_AGENT_ENV.items()):
+        for name, variable in list(URL_ENV.items()) + list(_AGENT_ENV.items()):
             if environ.get(variable):
                 values[name] = environ[variable].strip()
         known = {f.name for f in fields(cls)}

@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import parse_qs
 
+from .config import URL_ENV
 from .parsing import format_timestamp
 
 CODEX_PATH = "/backend-api/wham/usage"
@@ -101,11 +102,9 @@ class FakeProviders:
 
     def environ(self) -> Dict[str, str]:
         """The environment variables that point the tracker at this fake."""
-        return {
-            "OAUTH_USAGE_TRACKER_CODEX_USAGE_URL": self.base_url + CODEX_PATH,
-            "OAUTH_USAGE_TRACKER_CLAUDE_USAGE_URL": self.base_url + CLAUDE_PATH,
-            "OAUTH_USAGE_TRACKER_CLAUDE_TOKEN_URL": self.base_url + TOKEN_PATH,
-        }
+        return {URL_ENV["codex_usage_url"]: self.base_url + CODEX_PATH,
+                URL_ENV["claude_usage_url"]: self.base_url + CLAUDE_PATH,
+                URL_ENV["claude_token_url"]: self.base_url + TOKEN_PATH}
 
     def start(self) -> "FakeProviders":
         fake = self

@@ -25,6 +25,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence
 
 from . import files
+from .config import ENV_PREFIX
 from .events import Event, EventLedger
 from .models import AccountUsage, Skipped
 from .text import printable
@@ -41,7 +42,7 @@ DEADLINE = 30.0
 KILL_GRACE = 2.0
 #: Variables never passed to a command: ours (CPA management key, endpoints) and CLIProxyAPI's
 #: management key.
-SECRET_PREFIXES = ("OAUTH_USAGE_TRACKER_",)
+SECRET_PREFIXES = (ENV_PREFIX,)
 SECRET_NAMES = frozenset({"MANAGEMENT_PASSWORD"})
 #: At most this many events of one run are handed to the --on-event commands.
 MAX_HOOK_EVENTS = 50

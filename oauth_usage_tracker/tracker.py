@@ -29,7 +29,7 @@ from typing import (
 
 from . import http, outcome, pace
 from .accounts import select_accounts
-from .config import Settings
+from .config import DEFAULT_TIMEOUT, DEFAULT_WORKERS, Settings
 from .errors import RefreshSuperseded, UsageTrackerError
 from .lanes import Lanes, interleaved
 from .models import LOCAL_SOURCE, AccountUsage, AuthAccount, Provider, Skipped
@@ -52,7 +52,6 @@ if TYPE_CHECKING:  # imported by the first subscribe_events()
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_WORKERS = 16
 Listener = Callable[[List[AccountUsage], bool], None]
 EventListener = Callable[["Event"], None]
 Fetcher = Callable[..., AccountUsage]
@@ -157,7 +156,7 @@ class OAuthUsageTracker:
     from the OAUTH_USAGE_TRACKER_* environment variables, else the real services.
     """
 
-    def __init__(self, workers: Optional[int] = None, timeout: float = 15.0,
+    def __init__(self, workers: Optional[int] = None, timeout: float = DEFAULT_TIMEOUT,
                  allow_token_refresh: bool = True, include_expired: bool = False,
                  settings: Optional[Settings] = None,
                  environ: Optional[Mapping[str, str]] = None,
@@ -322,7 +321,7 @@ class OAuthUsageTracker:
             if self._closed or generation != self._generation:
                 return handle
             pool = self._ensure_pool_locked()
-            batch.workers = min(len(kept), self.settings.workers or DEFAULT_MAX_WORKERS)
+            batch.workers = min(len(kept), self.settings.workers or DEFAULT_WORKERS)
             futures = [pool.submit(self._drain, batch) for _ in range(batch.workers)]
             self._futures = futures
         for future in futures:
@@ -347,7 +346,7 @@ class OAuthUsageTracker:
     def _ensure_pool_locked(self) -> ThreadPoolExecutor:
         """Return the pool, creating it (and the HTTP session) first; self._lock is held."""
         if self._pool is None:
-            size = self.settings.workers or DEFAULT_MAX_WORKERS
+            size = self.settings.workers or DEFAULT_WORKERS
             # Threads start only as work arrives, so n accounts use min(size, n) of them.
             self._pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="oauth-usage")
             self._session = http.make_session(size)
