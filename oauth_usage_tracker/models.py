@@ -66,6 +66,9 @@ ACCOUNT_WIDE_KEYS = frozenset({"five_hour", "seven_day", "primary_window", "seco
 #: Window lengths by title, for windows whose length the server does not state.
 FIVE_HOURS = 5 * 3600
 ONE_WEEK = 7 * 86400
+#: The titles of those windows (the lines layout's two columns).
+FIVE_HOUR_TITLE = "5-hour"
+WEEKLY_TITLE = "Weekly"
 
 
 @dataclass(frozen=True, **SLOTS)

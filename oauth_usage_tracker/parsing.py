@@ -9,7 +9,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
-from .models import FIVE_HOURS, ONE_WEEK, UsageWindow
+from .models import FIVE_HOUR_TITLE, FIVE_HOURS, ONE_WEEK, WEEKLY_TITLE, UsageWindow
 
 # Epoch numbers above this are milliseconds (10**10 s is the year 2286).
 _MILLISECONDS_ABOVE = 10 ** 10
@@ -156,13 +156,39 @@ def make_window(key: str, title: str, used_percent: Optional[float],
                        reset_date=reset_date, reset_text=text, length_seconds=length_seconds)
 
 
+#: The window lengths people call by name, each with how far a stated length may be off and
+#: still carry the name: the one home of these titles and bounds.
+NAMED_LENGTHS = ((FIVE_HOUR_TITLE, FIVE_HOURS, 60), (WEEKLY_TITLE, ONE_WEEK, 3600))
+
+
+def length_title(seconds: float) -> Optional[str]:
+    """Given a window's length in seconds, return the name people use for it: "5-hour" within
+    a minute of five hours, "Weekly" within an hour of a week; else None."""
+    for title, length, slack in NAMED_LENGTHS:
+        if abs(seconds - length) < slack:
+            return title
+    return None
+
+
+def window_title(seconds: Optional[float], fallback: str) -> str:
+    """Given a window's length in seconds, return its title: a named length (length_title),
+    whole days "N-day", else "N-hour"; no usable length gives `fallback`."""
+    if seconds is None or seconds <= 0:
+        return fallback
+    named = length_title(seconds)
+    if named is not None:
+        return named
+    if seconds >= 86400 and seconds % 86400 == 0:
+        return "%d-day" % (seconds // 86400)
+    return "%d-hour" % max(1, round(seconds / 3600))
+
+
 def title_length(title: str) -> Optional[float]:
     """Given a window title, return the window's length in seconds when the title states it
     ("5-hour", "Weekly", "Weekly (Opus)", "N-hour", "N-day"), else None."""
-    if title == "5-hour" or title.startswith("5-hour ("):
-        return float(FIVE_HOURS)
-    if title == "Weekly" or title.startswith("Weekly ("):
-        return float(ONE_WEEK)
+    for name, length, _ in NAMED_LENGTHS:
+        if title == name or title.startswith(name + " ("):
+            return float(length)
     match = re.fullmatch(r"(\d+)-(hour|day)", title)
     if match:
         return float(int(match.group(1)) * (3600 if match.group(2) == "hour" else 86400))
@@ -227,12 +253,9 @@ def _title_for(path: Tuple[str, ...], obj: Dict[str, Any]) -> Optional[str]:
                        ("window_minutes", 60), ("windowminutes", 60), ("window_hours", 3600)):
         found = _find(obj, (key,))
         length = number_value(found[1]) if found else None
-        if length:
-            seconds = length * scale
-            if abs(seconds - 18000) < 60:
-                return "5-hour"
-            if abs(seconds - 604800) < 3600:
-                return "Weekly"
+        named = length_title(length * scale) if length else None
+        if named is not None:
+            return named
     words = " ".join(list(path) + [str(v) for k, v in obj.items()
                                    if isinstance(k, str) and _norm(k) in _LABEL_KEYS
                                    and isinstance(v, str)]).lower()

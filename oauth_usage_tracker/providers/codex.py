@@ -22,26 +22,13 @@ from ..parsing import (
     slug,
     title_length,
     unique_keys,
+    window_title,
 )
 
 WHAT = "Codex usage"
 NO_WINDOWS = "Usage response did not include quota windows"
 _WINDOWS = (("primary_window", "5-hour"), ("secondary_window", "Weekly"))
 _HEADER_SAFE = re.compile(r"[\x20-\x7e]+")
-
-
-def window_title(seconds: Optional[float], fallback: str) -> str:
-    """Given a window's `limit_window_seconds`, return its title: 18000 is "5-hour", 604800
-    "Weekly", whole days "N-day", else "N-hour"; no usable length gives `fallback`."""
-    if seconds is None or seconds <= 0:
-        return fallback
-    if abs(seconds - 18000) < 60:
-        return "5-hour"
-    if abs(seconds - 604800) < 3600:
-        return "Weekly"
-    if seconds >= 86400 and seconds % 86400 == 0:
-        return "%d-day" % (seconds // 86400)
-    return "%d-hour" % max(1, round(seconds / 3600))
 
 
 def parse_window(key: str, fallback_title: str, raw: Any, now: datetime) -> Optional[UsageWindow]:

@@ -6,7 +6,14 @@ from datetime import datetime
 from typing import Callable, List, Optional, Sequence
 
 from .. import pool
-from ..models import ACCOUNT_WIDE_KEYS, AccountState, AccountUsage, UsageWindow
+from ..models import (
+    ACCOUNT_WIDE_KEYS,
+    FIVE_HOUR_TITLE,
+    WEEKLY_TITLE,
+    AccountState,
+    AccountUsage,
+    UsageWindow,
+)
 from ..report import Report
 from ..text import printable
 
@@ -90,8 +97,8 @@ def account_line(account: AccountUsage, now: datetime, paint: Paint, level: Leve
     line = "%s%-6s  %-*s  %s  %s  %s  %s" % (
         gutter, account.provider.value, ACCOUNT_WIDTH, name, paint(left(effective),
                                                                    level(effective)),
-        _cell(_column(account, "5-hour"), now, paint, level),
-        _cell(_column(account, "Weekly"), now, paint, level), _state(account, paint))
+        _cell(_column(account, FIVE_HOUR_TITLE), now, paint, level),
+        _cell(_column(account, WEEKLY_TITLE), now, paint, level), _state(account, paint))
     return line.rstrip()
 
 
