@@ -1,9 +1,9 @@
 """The data model: frozen dataclasses, no I/O, never a token."""
 import enum
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
 if TYPE_CHECKING:
     from .remote import RemoteAccount
@@ -126,6 +126,62 @@ class UsageWindow:
 
 
 @dataclass(frozen=True, **SLOTS)
+class SpendLimit:
+    """A Codex team member's spend cap (`spend_control.individual_limit`)."""
+
+    limit: Optional[float] = None
+    used: Optional[float] = None
+    remaining: Optional[float] = None
+    used_percent: Optional[float] = None
+    """Percentage of the cap spent, 0–100."""
+    reset_date: Optional[datetime] = None
+    """When the cap resets (aware UTC), or None."""
+
+
+@dataclass(frozen=True, **SLOTS)
+class Credits:
+    """Codex credits."""
+
+    balance: Optional[float] = None
+    """The balance as a number, or None when the server gave none that reads as one."""
+    unlimited: Optional[bool] = None
+    has_credits: Optional[bool] = None
+    spend_limit: Optional[SpendLimit] = None
+    reported: bool = True
+    """True when the server sent a `credits` object (`balance` is then part of the JSON form,
+    null or not); False when only a spend limit was sent."""
+
+
+@dataclass(frozen=True, **SLOTS)
+class ExtraUsage:
+    """Claude extra usage (pay as you go beyond the plan), in major currency units."""
+
+    used: Optional[float] = None
+    limit: Optional[float] = None
+    """The monthly limit."""
+    currency: Optional[str] = None
+    utilization: Optional[float] = None
+    """Percentage of the limit used, as the server says."""
+
+
+@dataclass(frozen=True, **SLOTS)
+class AccountDetails:
+    """What a usage answer says about the account besides its windows (SPEC §3): parsed by
+    the providers, kept in the state store with the last good windows, shown by the renderers.
+    Their JSON form has one home: `json_forms.details_to_json` / `details_from_json`."""
+
+    plan: Optional[str] = None
+    """The subscription plan the server reports (Codex `plan_type`)."""
+    credits: Optional[Credits] = None
+    extra_usage: Optional[ExtraUsage] = None
+
+    def apply(self, usage: "AccountUsage") -> "AccountUsage":
+        """Given an account's result, return it carrying these details."""
+        return replace(usage, plan=self.plan, credits=self.credits,
+                       extra_usage=self.extra_usage)
+
+
+@dataclass(frozen=True, **SLOTS)
 class AccountUsage:
     """The result of one account's fetch (or its loading placeholder)."""
 
@@ -148,17 +204,21 @@ class AccountUsage:
     """True when `error` says the login itself is broken: the user must act."""
     plan: Optional[str] = None
     """The subscription plan the server reports (Codex `plan_type`)."""
-    credits: Optional[Dict[str, Any]] = None
-    """Codex credits: `balance`, `unlimited`, `has_credits`, and `spend_limit` when set."""
-    extra_usage: Optional[Dict[str, Any]] = None
-    """Claude extra usage when enabled: `used`, `limit` (major units), `currency`,
-    `utilization`."""
+    credits: Optional[Credits] = None
+    """Codex credits, when the server reports them."""
+    extra_usage: Optional[ExtraUsage] = None
+    """Claude extra usage, when enabled."""
     state: Optional[AccountState] = None
     """The account's state in this run (None while loading)."""
     source: str = LOCAL_SOURCE
     """Where the account comes from: `local`, or a remote proxy's host:port."""
     cooldown_until: Optional[datetime] = None
     """While requests for this account are paused after a 429: until when (aware UTC)."""
+
+    @property
+    def details(self) -> AccountDetails:
+        """The account details this result carries."""
+        return AccountDetails(self.plan, self.credits, self.extra_usage)
 
     @property
     def account_wide_windows(self) -> Tuple[UsageWindow, ...]:

@@ -33,7 +33,22 @@ from typing import (
 
 from . import files, pace
 from .authdir import LOCK_SUFFIX, locked_directory
-from .models import LOCAL_SOURCE, SLOTS, AccountUsage, AuthAccount, Provider, UsageWindow
+from .json_forms import (
+    details_from_json,
+    details_to_json,
+    time_json,
+    window_from_json,
+    window_to_json,
+)
+from .models import (
+    LOCAL_SOURCE,
+    SLOTS,
+    AccountDetails,
+    AccountUsage,
+    AuthAccount,
+    Provider,
+    UsageWindow,
+)
 from .pace import Reading, WindowHistory
 from .parsing import (
     clamp_percent,
@@ -89,8 +104,8 @@ class AccountState:
     cooldown_until: Optional[datetime] = None
     cooldown_seconds: Optional[float] = None
     """The length of the running (or last) 429 cooldown, for doubling."""
-    extra: Dict[str, Any] = field(default_factory=dict)
-    """Account details from the last good fetch (plan, credits…), as JSON."""
+    details: AccountDetails = field(default_factory=AccountDetails)
+    """Account details from the last good fetch (plan, credits…)."""
     readings: Dict[str, WindowHistory] = field(default_factory=dict)
     """Earlier readings of each window's current period, by window key, for the pace."""
 
@@ -104,13 +119,6 @@ class AccountState:
         return tuple(roll_over(replace(window, reset_text=reset_text(window.reset_date, now)
                                        if window.reset_date else None), now)
                      for window in self.windows)
-
-
-def _window_to_json(window: UsageWindow) -> Dict[str, Any]:
-    return {"key": window.key, "title": window.title, "used_percent": window.used_percent,
-            "reset_date": format_timestamp(window.reset_date) if window.reset_date else None,
-            "severity": window.severity, "is_active": window.is_active,
-            "locked_reason": window.locked_reason, "length_seconds": window.length_seconds}
 
 
 def _reading_to_json(reading: Reading) -> List[Any]:
@@ -148,45 +156,28 @@ def _history_from_json(raw: Any) -> Optional[WindowHistory]:
                          previous=_reading_from_json(raw.get("previous")))
 
 
-def _window_from_json(raw: Any) -> Optional[UsageWindow]:
-    if not isinstance(raw, dict) or not isinstance(raw.get("key"), str) \
-            or not isinstance(raw.get("title"), str):
-        return None
-    used = number_value(raw.get("used_percent"))
-    severity, locked = (raw.get(name) if isinstance(raw.get(name), str) else None
-                        for name in ("severity", "locked_reason"))
-    active = raw.get("is_active")
-    length = number_value(raw.get("length_seconds"))
-    return UsageWindow(sys.intern(raw["key"]), sys.intern(raw["title"]), clamp_percent(used),
-                       parse_timestamp(raw.get("reset_date")),
-                       is_active=active if isinstance(active, bool) else None,
-                       length_seconds=length if length is not None and length > 0 else None,
-                       severity=severity, locked_reason=locked)
-
-
 def _entry_from_json(raw: Any) -> Optional[AccountState]:
     if not isinstance(raw, dict):
         return None
-    windows, extra = raw.get("windows"), raw.get("extra")
+    windows = raw.get("windows")
     windows = windows if isinstance(windows, list) else []
-    extra = extra if isinstance(extra, dict) else {}
     readings: Dict[Any, Any] = raw["readings"] if isinstance(raw.get("readings"), dict) else {}
     histories = {sys.intern(key): _history_from_json(value) for key, value in readings.items()
                  if isinstance(key, str)}
     return AccountState(
-        windows=tuple(w for w in map(_window_from_json, windows) if w is not None),
+        windows=tuple(w for w in map(window_from_json, windows) if w is not None),
         fetched_at=parse_timestamp(raw.get("fetched_at")),
         cooldown_until=parse_timestamp(raw.get("cooldown_until")),
-        cooldown_seconds=number_value(raw.get("cooldown_seconds")), extra=extra,
+        cooldown_seconds=number_value(raw.get("cooldown_seconds")),
+        details=details_from_json(raw.get("extra")),
         readings={key: value for key, value in histories.items() if value is not None})
 
 
 def _entry_to_json(entry: AccountState) -> Dict[str, Any]:
-    return {"windows": [_window_to_json(w) for w in entry.windows],
-            "fetched_at": format_timestamp(entry.fetched_at) if entry.fetched_at else None,
-            "cooldown_until": (format_timestamp(entry.cooldown_until)
-                               if entry.cooldown_until else None),
-            "cooldown_seconds": entry.cooldown_seconds, "extra": entry.extra,
+    return {"windows": [window_to_json(w) for w in entry.windows],
+            "fetched_at": time_json(entry.fetched_at),
+            "cooldown_until": time_json(entry.cooldown_until),
+            "cooldown_seconds": entry.cooldown_seconds, "extra": details_to_json(entry.details),
             "readings": {key: _history_to_json(value) for key, value in entry.readings.items()}}
 
 
@@ -425,7 +416,7 @@ def _check_size(size: int, limit: int) -> None:
 
 def next_state(previous: Optional[AccountState], now: datetime,
                windows: Optional[Iterable[UsageWindow]] = None,
-               extra: Optional[Mapping[str, Any]] = None, rate_limited: bool = False,
+               details: Optional[AccountDetails] = None, rate_limited: bool = False,
                retry_after: Optional[float] = None) -> AccountState:
     """Given an account's previous state and the outcome of a fetch, return its new state:
     good windows replace the stored ones and end any cooldown; a 429 starts (or doubles) one;
@@ -433,12 +424,12 @@ def next_state(previous: Optional[AccountState], now: datetime,
     previous = previous or AccountState()
     windows = tuple(windows or ())
     if windows:
-        return AccountState(windows=windows, fetched_at=now, extra=dict(extra or {}),
+        return AccountState(windows=windows, fetched_at=now, details=details or AccountDetails(),
                             readings=pace.record(previous.readings, windows, now))
     if rate_limited:
         seconds = cooldown_seconds(retry_after, previous.cooldown_seconds)
         return AccountState(previous.windows, previous.fetched_at,
-                            now + timedelta(seconds=seconds), seconds, previous.extra,
+                            now + timedelta(seconds=seconds), seconds, previous.details,
                             previous.readings)
     return previous
 
@@ -449,18 +440,14 @@ def from_store(account: AuthAccount, entry: AccountState, now: datetime, stale: 
     """Given an account and its stored state, return the AccountUsage that shows the stored
     windows as they stand now (`stale` when they stand in for a failed or skipped fetch), each
     with the pace it had when it was read (none for a window that has rolled over since)."""
-    # Checked by type: the state file is ours, but a damaged one must not break the table.
-    details: Dict[str, Any] = {
-        name: entry.extra.get(name) if isinstance(entry.extra.get(name), kind) else None
-        for name, kind in (("plan", str), ("credits", dict), ("extra_usage", dict))}
     windows = entry.windows_at(now)
     if entry.fetched_at is not None:
         windows = pace.attach(windows, entry.fetched_at, entry.readings)
-    return AccountUsage(id=account.id, provider=account.provider, email=account.email,
-                        windows=windows, error=error,
-                        updated_at=entry.fetched_at, token_refreshed=token_refreshed,
-                        stale=stale and bool(entry.windows), fetched_at=entry.fetched_at,
-                        login_problem=login_problem, **details)
+    return entry.details.apply(AccountUsage(
+        id=account.id, provider=account.provider, email=account.email, windows=windows,
+        error=error, updated_at=entry.fetched_at, token_refreshed=token_refreshed,
+        stale=stale and bool(entry.windows), fetched_at=entry.fetched_at,
+        login_problem=login_problem))
 
 
 def cooldown_message(entry: AccountState) -> str:

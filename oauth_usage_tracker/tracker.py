@@ -402,9 +402,7 @@ class OAuthUsageTracker:
         readings = entry.readings if entry is not None else {}
         usage = replace(usage, fetched_at=usage.updated_at or now, state=State.OK,
                         windows=pace.attach(usage.windows, usage.updated_at or now, readings))
-        details = {"plan": usage.plan, "credits": usage.credits, "extra_usage": usage.extra_usage}
-        return usage, next_state(entry, now, windows=usage.windows,
-                                 extra={k: v for k, v in details.items() if v is not None})
+        return usage, next_state(entry, now, windows=usage.windows, details=usage.details)
 
     def _drain(self, batch: _Batch) -> None:
         """One worker: fetch the batch's accounts one after the other until none is left, none

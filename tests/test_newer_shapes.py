@@ -1,17 +1,23 @@
 """Newer payload shapes (SPEC §11): Claude limits[] and extra usage, Codex extra limits, plan and
 credits, unknown codename buckets, and older shapes parsed exactly as before."""
-import copy
 import json
 from datetime import datetime, timezone
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from oauth_usage_tracker.models import AccountUsage, Provider
+from oauth_usage_tracker.json_forms import details_to_json
+from oauth_usage_tracker.models import AccountDetails, AccountUsage, Provider
 from oauth_usage_tracker.providers import claude, codex
 from oauth_usage_tracker.render import render_json, render_prometheus, render_table
 from oauth_usage_tracker.report import Report
 from oauth_usage_tracker.state import StateStore, from_store, next_state
 from support import load_payload
+
+
+def details_json(module, payload):
+    """What a provider's parser finds besides the windows, in its JSON form."""
+    return details_to_json(module.parse_details(payload))
+
 
 NOW = datetime(2026, 10, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -58,18 +64,18 @@ def test_claude_extra_usage_window_and_amounts_when_enabled():
     windows = claude.parse_usage(payload, NOW)
     assert (windows[-1].key, windows[-1].title, windows[-1].used_percent) == (
         "extra_usage", "Extra usage", 24.8)
-    assert claude.parse_details(payload) == {"extra_usage": {
+    assert details_json(claude, payload) == {"extra_usage": {
         "used": 12.4, "limit": 50.0, "currency": "USD", "utilization": 24.8}}
     payload["extra_usage"]["decimal_places"] = 0
-    assert claude.parse_details(payload)["extra_usage"]["limit"] == 5000.0
+    assert details_json(claude, payload)["extra_usage"]["limit"] == 5000.0
     del payload["extra_usage"]["decimal_places"]
-    assert claude.parse_details(payload)["extra_usage"]["used"] == 12.4
+    assert details_json(claude, payload)["extra_usage"]["used"] == 12.4
 
 
 def test_claude_extra_usage_disabled_adds_nothing():
     payload = load_payload("claude_limits_array")
     assert all(w.key != "extra_usage" for w in claude.parse_usage(payload, NOW))
-    assert claude.parse_details(payload) == {}
+    assert details_json(claude, payload) == {}
 
 
 def test_claude_locked_reason_is_kept_and_shown():
@@ -102,7 +108,7 @@ def test_claude_legacy_pro_parsed_exactly_as_before():
         ("five_hour", "5-hour", 6.0, None, None), ("seven_day", "Weekly", 35.0, None, None),
         ("seven_day_opus", "Weekly (Opus)", 0.0, None, None),
         ("seven_day_sonnet", "Weekly (Sonnet)", 1.0, None, None)]
-    assert claude.parse_details(load_payload("claude_legacy_pro")) == {}
+    assert details_json(claude, load_payload("claude_legacy_pro")) == {}
 
 
 def test_codex_additional_rate_limits_titles_and_stable_keys():
@@ -121,26 +127,26 @@ def test_codex_additional_rate_limits_junk_entries_are_ignored():
 
 
 def test_codex_plan_and_credits_string_or_number_balance():
-    assert codex.parse_details(load_payload("codex_limit_reached")) == {
+    assert details_json(codex, load_payload("codex_limit_reached")) == {
         "plan": "pro", "credits": {"balance": 31.84, "unlimited": False, "has_credits": True}}
     payload = load_payload("codex_limit_reached")
     payload["credits"]["balance"] = 7
     payload["credits"]["unlimited"] = True
-    assert codex.parse_details(payload)["credits"]["balance"] == 7.0
-    assert codex.parse_details(payload)["credits"]["unlimited"] is True
+    assert details_json(codex, payload)["credits"]["balance"] == 7.0
+    assert details_json(codex, payload)["credits"]["unlimited"] is True
 
 
 def test_codex_spend_control_individual_limit_on_credits():
-    credits = codex.parse_details(load_payload("codex_team_spend_control"))["credits"]
+    credits = details_json(codex, load_payload("codex_team_spend_control"))["credits"]
     assert credits["spend_limit"] == {"limit": 3000.0, "used": 462.04, "remaining": 2537.96,
                                       "used_percent": 15.0, "reset_date": "2026-10-31T00:00:00Z"}
 
 
 def usage_from(payload_name, provider, module):
     payload = load_payload(payload_name)
-    return AccountUsage(id="%s-%s.json" % (provider.value, payload_name), provider=provider,
-                        email="x@example.com", windows=tuple(module.parse_usage(payload, NOW)),
-                        updated_at=NOW, **module.parse_details(payload))
+    return module.parse_details(payload).apply(AccountUsage(
+        id="%s-%s.json" % (provider.value, payload_name), provider=provider,
+        email="x@example.com", windows=tuple(module.parse_usage(payload, NOW)), updated_at=NOW))
 
 
 def test_new_shapes_reach_table_json_and_prometheus():
@@ -173,11 +179,11 @@ def test_state_store_keeps_new_fields_for_stale_display(tmp_path):
     store.save([(("claude", usage.id), next_state(None, NOW, windows=usage.windows)),
                 (("codex", codex_usage.id), next_state(
                     None, NOW, windows=codex_usage.windows,
-                    extra={"plan": "pro", "credits": copy.deepcopy(codex_usage.credits)}))])
+                    details=AccountDetails(plan="pro", credits=codex_usage.credits)))])
     loaded = store.load()
     assert summary(loaded[("claude", usage.id)].windows) == summary(usage.windows)
     from oauth_usage_tracker.models import AuthAccount
     account = AuthAccount(id=codex_usage.id, provider=Provider.CODEX, email="x@example.com",
                           display_name="x", path="/x")
     stale = from_store(account, loaded[("codex", codex_usage.id)], NOW, stale=True)
-    assert stale.plan == "pro" and stale.credits["balance"] == 31.84 and stale.stale
+    assert stale.plan == "pro" and stale.credits.balance == 31.84 and stale.stale

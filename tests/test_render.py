@@ -4,7 +4,8 @@ from datetime import datetime, timezone
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from oauth_usage_tracker.models import AccountState, AccountUsage, Provider, Skipped, UsageWindow
+from oauth_usage_tracker.models import (AccountState, AccountUsage, Credits, ExtraUsage, Provider,
+                                        Skipped, SpendLimit, UsageWindow)
 from oauth_usage_tracker.render import json_report, prometheus, table
 from oauth_usage_tracker.report import Report
 
@@ -139,8 +140,9 @@ def whole_document(report):
 def test_render_json_streamed_is_byte_identical_to_one_dump_of_the_tree():
     tricky = AccountUsage(id="codex-t\u00e9st\n\"q\".json", provider=Provider.CODEX,
                           email="line\nbreak\u2028@example.com", error="tab\there",
-                          credits={"balance": "0", "nested": {"list": [1, {"a": None}]}},
-                          plan="plus")
+                          credits=Credits(balance=0.0, unlimited=False,
+                                          spend_limit=SpendLimit(limit=1.5, reset_date=NOW)),
+                          extra_usage=ExtraUsage(currency="\u2028\"x\"\n"), plan="plus")
     report = sample_report()
     report = Report(accounts=report.accounts + (tricky,), skipped=report.skipped,
                     generated_at=NOW)

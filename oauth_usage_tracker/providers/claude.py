@@ -16,7 +16,7 @@ from .. import http, refresh
 from ..config import CLAUDE_CLIENT_ID, Settings
 from ..credentials import TokenGrant, read_json_object, token_field
 from ..errors import CredentialError, ProviderError, TokenRefreshError, UsageTrackerError
-from ..models import AccountUsage, AuthAccount, UsageWindow
+from ..models import AccountDetails, AccountUsage, AuthAccount, ExtraUsage, UsageWindow
 from ..parsing import make_window, number_value, parse_timestamp, slug, title_length, unique_keys
 
 logger = logging.getLogger(__name__)
@@ -149,21 +149,21 @@ def parse_usage(payload: Any, now: datetime) -> List[UsageWindow]:
         order.index(w.title) if w.title in order else len(order))))
 
 
-def parse_details(payload: Any) -> Dict[str, Any]:
+def parse_details(payload: Any) -> AccountDetails:
     """Given a decoded oauth/usage body, return the account details it carries: `extra_usage`
     (when enabled) with its amounts in major units (minor units / 10**decimal_places, default 2)."""
     extra = payload.get("extra_usage") if isinstance(payload, dict) else None
     if not isinstance(extra, dict) or extra.get("is_enabled") is not True:
-        return {}
+        return AccountDetails()
     places = number_value(extra.get("decimal_places"))
     scale = 10 ** int(places) if places is not None and 0 <= places <= 8 else 100
     used, limit = number_value(extra.get("used_credits")), number_value(extra.get("monthly_limit"))
     currency = extra.get("currency")
-    return {"extra_usage": {
-        "used": None if used is None else round(used / scale, 8),
-        "limit": None if limit is None else round(limit / scale, 8),
-        "currency": currency if isinstance(currency, str) else None,
-        "utilization": number_value(extra.get("utilization"))}}
+    return AccountDetails(extra_usage=ExtraUsage(
+        used=None if used is None else round(used / scale, 8),
+        limit=None if limit is None else round(limit / scale, 8),
+        currency=currency if isinstance(currency, str) else None,
+        utilization=number_value(extra.get("utilization"))))
 
 
 def exchange_refresh_token(session: requests.Session, settings: Settings,
@@ -248,8 +248,9 @@ def usage_from_response(account: AuthAccount, response: http.HttpResponse) -> Ac
     windows = parse_usage(payload, now)
     if not windows:
         raise ProviderError(NO_WINDOWS)
-    return AccountUsage(id=account.id, provider=account.provider, email=account.email,
-                        windows=tuple(windows), updated_at=now, **parse_details(payload))
+    return parse_details(payload).apply(AccountUsage(
+        id=account.id, provider=account.provider, email=account.email, windows=tuple(windows),
+        updated_at=now))
 
 
 def _read_usage(session: requests.Session, settings: Settings, token: str) -> http.HttpResponse:

@@ -11,10 +11,9 @@ from .. import http
 from ..config import Settings
 from ..credentials import read_json_object, token_field
 from ..errors import CredentialError, ProviderError
-from ..models import AccountUsage, AuthAccount, UsageWindow
+from ..models import AccountDetails, AccountUsage, AuthAccount, Credits, SpendLimit, UsageWindow
 from ..parsing import (
     clamp_percent,
-    format_timestamp,
     make_window,
     number_value,
     parse_generic_windows,
@@ -85,35 +84,32 @@ def parse_usage(payload: Any, now: datetime) -> List[UsageWindow]:
     return unique_keys(kept)
 
 
-def parse_details(payload: Any) -> Dict[str, Any]:
+def parse_details(payload: Any) -> AccountDetails:
     """Given a decoded wham/usage body, return the account details it carries: `plan` (from
     `plan_type`) and `credits` (`balance` as a number, `unlimited`, `has_credits`, and
     `spend_limit` from `spend_control.individual_limit`)."""
     if not isinstance(payload, dict):
-        return {}
-    details: Dict[str, Any] = {}
+        return AccountDetails()
     plan = payload.get("plan_type")
-    if isinstance(plan, str) and plan.strip():
-        details["plan"] = plan.strip()
-    credits: Dict[str, Any] = {}
     raw = payload.get("credits")
-    if isinstance(raw, dict):
-        credits["balance"] = number_value(raw.get("balance"))
-        for flag in ("unlimited", "has_credits"):
-            if isinstance(raw.get(flag), bool):
-                credits[flag] = raw[flag]
     spend = payload.get("spend_control")
     limit = spend.get("individual_limit") if isinstance(spend, dict) else None
-    if isinstance(limit, dict):
-        reset = parse_timestamp(limit.get("reset_at"))
-        credits["spend_limit"] = {
-            "limit": number_value(limit.get("limit")), "used": number_value(limit.get("used")),
-            "remaining": number_value(limit.get("remaining")),
-            "used_percent": clamp_percent(number_value(limit.get("used_percent"))),
-            "reset_date": format_timestamp(reset) if reset else None}
-    if credits:
-        details["credits"] = credits
-    return details
+    spend_limit = SpendLimit(
+        limit=number_value(limit.get("limit")), used=number_value(limit.get("used")),
+        remaining=number_value(limit.get("remaining")),
+        used_percent=clamp_percent(number_value(limit.get("used_percent"))),
+        reset_date=parse_timestamp(limit.get("reset_at"))) if isinstance(limit, dict) else None
+    credits = None
+    if isinstance(raw, dict):
+        unlimited, has_credits = raw.get("unlimited"), raw.get("has_credits")
+        credits = Credits(balance=number_value(raw.get("balance")),
+                          unlimited=unlimited if isinstance(unlimited, bool) else None,
+                          has_credits=has_credits if isinstance(has_credits, bool) else None,
+                          spend_limit=spend_limit)
+    elif spend_limit is not None:
+        credits = Credits(spend_limit=spend_limit, reported=False)
+    return AccountDetails(plan=plan.strip() if isinstance(plan, str) and plan.strip() else None,
+                          credits=credits)
 
 
 def _rejected(response: http.HttpResponse) -> ProviderError:
@@ -154,8 +150,9 @@ def usage_from_response(account: AuthAccount, response: http.HttpResponse) -> Ac
     windows = parse_usage(payload, now)
     if not windows:
         raise ProviderError(NO_WINDOWS)
-    return AccountUsage(id=account.id, provider=account.provider, email=account.email,
-                        windows=tuple(windows), updated_at=now, **parse_details(payload))
+    return parse_details(payload).apply(AccountUsage(
+        id=account.id, provider=account.provider, email=account.email, windows=tuple(windows),
+        updated_at=now))
 
 
 def fetch_usage(account: AuthAccount, session: requests.Session,

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import List, Optional
 
 from .. import pool
-from ..models import LOCAL_SOURCE, AccountState, AccountUsage, UsageWindow
+from ..models import LOCAL_SOURCE, AccountState, AccountUsage, Credits, UsageWindow
 from ..parsing import reset_text
 from ..report import Report
 from ..text import printable
@@ -83,20 +83,19 @@ def _amount(value: Optional[float]) -> str:
 
 def _detail_lines(account: AccountUsage) -> List[str]:
     lines = []
-    credits = account.credits or {}
-    if credits.get("unlimited"):
+    credits = account.credits or Credits(reported=False)
+    if credits.unlimited:
         lines.append("credits: unlimited")
-    elif credits.get("has_credits") or credits.get("balance"):
-        lines.append("credits: %s left" % _amount(credits.get("balance")))
-    spend = credits.get("spend_limit")
-    if spend:
-        lines.append("spend limit: %s of %s used" % (_amount(spend.get("used")),
-                                                     _amount(spend.get("limit"))))
+    elif credits.has_credits or credits.balance:
+        lines.append("credits: %s left" % _amount(credits.balance))
+    spend = credits.spend_limit
+    if spend is not None:
+        lines.append("spend limit: %s of %s used" % (_amount(spend.used), _amount(spend.limit)))
     extra = account.extra_usage
-    if extra:
+    if extra is not None:
         lines.append("extra usage: %s of %s%s used" % (
-            _amount(extra.get("used")), _amount(extra.get("limit")),
-            " " + printable(str(extra["currency"])) if extra.get("currency") else ""))
+            _amount(extra.used), _amount(extra.limit),
+            " " + printable(extra.currency) if extra.currency else ""))
     return ["  " + line for line in lines]
 
 
