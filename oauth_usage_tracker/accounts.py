@@ -8,7 +8,7 @@ from .authdir import AuthDirectory, DirectoryId, UnsafeFile
 from .config import ENV_PREFIX
 from .credentials import UnparsedFile, read_in_rounds, read_json_once
 from .errors import ConfigurationError, CredentialError
-from .models import AccountState, AuthAccount, Discovery, Provider, Skipped
+from .models import LOCAL_SOURCE, AccountState, AuthAccount, Discovery, Provider, Skipped
 from .outcome import log_state
 from .parsing import parse_timestamp
 from .text import printable
@@ -157,9 +157,12 @@ def account_from_json(name: str, path: str, data: Dict[str, Any],
                        is_disabled=disabled is True, directory_id=directory_id)
 
 
-def unreadable(name: str, why: str) -> Skipped:
-    """Given a file name and why it cannot be used, return its Skipped record (`unreadable`)."""
-    return Skipped(name, UNREADABLE_REASON + why, state=AccountState.UNREADABLE)
+def unreadable(name: str, why: str, provider: Optional[Provider] = None,
+               email: Optional[str] = None, source: str = LOCAL_SOURCE) -> Skipped:
+    """Given a credential's name and why it cannot be used, return its Skipped record
+    (`unreadable`)."""
+    return Skipped(name, UNREADABLE_REASON + why, provider, email,
+                   state=AccountState.UNREADABLE, source=source)
 
 
 def _text(value: Any) -> Optional[str]:

@@ -26,8 +26,14 @@ import requests
 from requests.structures import CaseInsensitiveDict
 
 from . import http
-from .config import (CPA_KEY_ENV, DEFAULT_CPA_WORKERS, Settings, check_url, is_loopback_host,
-                     redacted_url)
+from .config import (
+    CPA_KEY_ENV,
+    DEFAULT_CPA_WORKERS,
+    Settings,
+    check_url,
+    is_loopback_host,
+    redacted_url,
+)
 from .errors import ConfigurationError, ProviderError
 from .lockout import RejectedKeys, Rejection, fingerprint
 

@@ -17,11 +17,12 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import requests
 
 from . import http
+from .accounts import unreadable
 from .config import DEFAULT_CPA_WORKERS, Settings
 from .errors import ProviderError, UsageTrackerError
 from .lockout import RejectedKeys
 from .management import Proxy
-from .models import AccountState, AccountUsage, AuthAccount, Discovery, Provider, Skipped
+from .models import AccountUsage, AuthAccount, Discovery, Provider, Skipped
 from .parsing import format_timestamp
 from .providers import claude, codex
 from .state import default_state_dir, split_remote_key
@@ -96,13 +97,13 @@ def _unusable(counts: Dict[str, int], examples: List[str], source: str) -> Skipp
     total = sum(counts.values())
     parts = ["%d %s" % (counts[problem], problem) for problem in (_NOT_OBJECT, _NO_NAME, _NO_INDEX)
              if counts.get(problem)]
-    reason = "unreadable: %d listing entr%s cannot be queried (%s)" % (
+    why = "%d listing entr%s cannot be queried (%s)" % (
         total, "y" if total == 1 else "ies", ", ".join(parts))
     if counts.get(_NO_INDEX):
-        reason += "; CLIProxyAPI v6.6.63 or later lists the auth_index needed"
+        why += "; CLIProxyAPI v6.6.63 or later lists the auth_index needed"
     if examples:
-        reason += "; e.g. %s" % ", ".join(printable(name[:60]) for name in examples)
-    return Skipped(UNUSABLE_ID, reason, state=AccountState.UNREADABLE, source=source)
+        why += "; e.g. %s" % ", ".join(printable(name[:60]) for name in examples)
+    return unreadable(UNUSABLE_ID, why, source=source)
 
 
 def accounts_from_listing(payload: Any, proxy: "Proxy") -> Discovery:
@@ -119,9 +120,8 @@ def accounts_from_listing(payload: Any, proxy: "Proxy") -> Discovery:
     if len(files) > MAX_LISTED:
         logger.error("%s: the listing holds %d entries; only the first %d are read",
                      proxy.source, len(files), MAX_LISTED)
-        skipped.append(Skipped(BEYOND_CAP_ID, "unreadable: the proxy listed %d entries; only "
-                               "the first %d are read" % (len(files), MAX_LISTED),
-                               state=AccountState.UNREADABLE, source=proxy.source))
+        skipped.append(unreadable(BEYOND_CAP_ID, "the proxy listed %d entries; only the first "
+                                  "%d are read" % (len(files), MAX_LISTED), source=proxy.source))
     counts: Dict[str, int] = {}
     examples: List[str] = []
     seen = set()
@@ -188,8 +188,7 @@ def _unlisted(proxy: Proxy, message: str, remembered: Iterable[Tuple[str, str]],
                 path="%s#%s" % (proxy.url, name), source=proxy.source,
                 remote=RemoteAccount(proxy)))
     return Discovery(codex=tuple(found[Provider.CODEX]), claude=tuple(found[Provider.CLAUDE]),
-                     skipped=(Skipped(proxy.source, "unreadable: %s" % message,
-                                      state=AccountState.UNREADABLE, source=proxy.source),))
+                     skipped=(unreadable(proxy.source, message, source=proxy.source),))
 
 
 def list_proxy(proxy: Proxy, settings: Settings, session: Optional[requests.Session] = None,
