@@ -18,13 +18,13 @@ from ..credentials import TokenGrant, read_json_object, token_field
 from ..errors import CredentialError, ProviderError, TokenRefreshError, UsageTrackerError
 from ..models import AccountDetails, AccountUsage, AuthAccount, ExtraUsage, UsageWindow
 from ..parsing import make_window, number_value, parse_timestamp, slug, title_length, unique_keys
+from .answer import usage_from_answer
 
 logger = logging.getLogger(__name__)
 
 WHAT = "Claude usage"
 WHAT_TOKEN = "Claude token refresh"
 BETA = "oauth-2025-04-20"
-NO_WINDOWS = "Usage response did not include quota windows"
 SCOPE_MESSAGE = "Claude token lacks the user:profile scope that the usage endpoint needs"
 INVALID_GRANT_MESSAGE = "Claude token was rejected (invalid_grant); log in again with CLIProxyAPI"
 
@@ -241,16 +241,7 @@ def rejection(response: http.HttpResponse, after_refresh: bool = False) -> Provi
 def usage_from_response(account: AuthAccount, response: http.HttpResponse) -> AccountUsage:
     """Given an account and a usage answer that is not a token rejection, return its
     AccountUsage. Raise ProviderError for a failed status, an unusable body or no windows."""
-    if response.status != 200:
-        raise http.status_error(response, WHAT)
-    now = datetime.now(timezone.utc)
-    payload = http.decode_json(response, WHAT)
-    windows = parse_usage(payload, now)
-    if not windows:
-        raise ProviderError(NO_WINDOWS)
-    return parse_details(payload).apply(AccountUsage(
-        id=account.id, provider=account.provider, email=account.email, windows=tuple(windows),
-        updated_at=now))
+    return usage_from_answer(account, response, WHAT, parse_usage, parse_details)
 
 
 def _read_usage(session: requests.Session, settings: Settings, token: str) -> http.HttpResponse:

@@ -2,7 +2,7 @@
 CLIProxyAPI refreshes them days ahead."""
 import re
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Dict, List, Optional, Set
 
 import requests
@@ -23,9 +23,9 @@ from ..parsing import (
     unique_keys,
     window_title,
 )
+from .answer import usage_from_answer
 
 WHAT = "Codex usage"
-NO_WINDOWS = "Usage response did not include quota windows"
 _WINDOWS = (("primary_window", "5-hour"), ("secondary_window", "Weekly"))
 _HEADER_SAFE = re.compile(r"[\x20-\x7e]+")
 
@@ -143,16 +143,7 @@ def usage_from_response(account: AuthAccount, response: http.HttpResponse) -> Ac
     failed status, an unusable body, or a body without windows."""
     if response.status in (401, 403) and not response.is_html:
         raise _rejected(response)
-    if response.status != 200:
-        raise http.status_error(response, WHAT)
-    now = datetime.now(timezone.utc)
-    payload = http.decode_json(response, WHAT)
-    windows = parse_usage(payload, now)
-    if not windows:
-        raise ProviderError(NO_WINDOWS)
-    return parse_details(payload).apply(AccountUsage(
-        id=account.id, provider=account.provider, email=account.email, windows=tuple(windows),
-        updated_at=now))
+    return usage_from_answer(account, response, WHAT, parse_usage, parse_details)
 
 
 def fetch_usage(account: AuthAccount, session: requests.Session,
