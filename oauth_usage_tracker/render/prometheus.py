@@ -6,6 +6,7 @@ a `name` label, so that two runs writing two files into one textfile directory n
 same series. Every credential file with a state has all nine `oauth_usage_account_state` series,
 so an alert on an account never resolves just because the account stopped being queried.
 """
+from datetime import datetime
 from typing import Dict, List, Optional, Set, Tuple
 
 from .. import __version__
@@ -91,6 +92,16 @@ def _seen_before(seen: Set[Labels], labels: Dict[str, str]) -> bool:
     return False
 
 
+def _ratio(percent: Optional[float]) -> Optional[float]:
+    """A percentage as a 0–1 ratio (None stays None: no sample)."""
+    return None if percent is None else round(percent / 100.0, 6)
+
+
+def _stamp(moment: Optional[datetime]) -> Optional[int]:
+    """A moment as whole Unix seconds (None stays None: no sample)."""
+    return None if moment is None else int(moment.timestamp())
+
+
 def render_prometheus(report: Report, name: str = "oauth_usage") -> str:
     """Given a report and the run's `name` label, return the textfile-collector document."""
     samples = _Samples()
@@ -113,31 +124,25 @@ def render_prometheus(report: Report, name: str = "oauth_usage") -> str:
                 "account": account.id}
         if _seen_before(measured, base):
             continue
-        remaining = account.effective_remaining_percent
         samples.add("oauth_usage_account_remaining_ratio", base,
-                    None if remaining is None else round(remaining / 100.0, 6))
-        if account.fetched_at is not None:
-            samples.add("oauth_usage_account_last_success_timestamp_seconds", base,
-                        int(account.fetched_at.timestamp()))
-        if account.cooldown_until is not None and account.cooldown_until > report.generated_at:
-            samples.add("oauth_usage_account_cooldown_until_timestamp_seconds", base,
-                        int(account.cooldown_until.timestamp()))
+                    _ratio(account.effective_remaining_percent))
+        samples.add("oauth_usage_account_last_success_timestamp_seconds", base,
+                    _stamp(account.fetched_at))
+        cooling = account.cooldown_until is not None \
+            and account.cooldown_until > report.generated_at
+        samples.add("oauth_usage_account_cooldown_until_timestamp_seconds", base,
+                    _stamp(account.cooldown_until) if cooling else None)
         for window in account.windows:
             labels = dict(base, window=window.key)
-            used = window.used_percent
-            samples.add("oauth_usage_window_used_ratio", labels,
-                        None if used is None else round(used / 100.0, 6))
-            if window.reset_date is not None:
-                samples.add("oauth_usage_window_reset_timestamp_seconds", labels,
-                            int(window.reset_date.timestamp()))
+            samples.add("oauth_usage_window_used_ratio", labels, _ratio(window.used_percent))
+            samples.add("oauth_usage_window_reset_timestamp_seconds", labels,
+                        _stamp(window.reset_date))
             pace = window.pace
-            if pace is not None and pace.runs_out_before_reset \
-                    and pace.projected_exhaustion is not None:
+            if pace is not None and pace.runs_out_before_reset:
                 samples.add("oauth_usage_window_projected_exhaustion_timestamp_seconds", labels,
-                            int(pace.projected_exhaustion.timestamp()))
+                            _stamp(pace.projected_exhaustion))
     run = {"name": name}
-    samples.add("oauth_usage_last_run_timestamp_seconds", run,
-                int(report.generated_at.timestamp()))
+    samples.add("oauth_usage_last_run_timestamp_seconds", run, _stamp(report.generated_at))
     if report.duration_seconds is not None:
         samples.add("oauth_usage_run_duration_seconds", run, round(report.duration_seconds, 3))
     for state, count in report.state_counts().items():
