@@ -8,6 +8,7 @@ One JSON file (`state.json`) in the state directory, rewritten atomically under 
 read-modify-write, so two processes that record at once both keep their entries. It holds one
 account per line and is read and written a line at a time: its size never sits in memory twice.
 """
+import enum
 import functools
 import json
 import logging
@@ -432,6 +433,39 @@ def next_state(previous: Optional[AccountState], now: datetime,
                             now + timedelta(seconds=seconds), seconds, previous.details,
                             previous.readings)
     return previous
+
+
+class Plan(enum.Enum):
+    """What to do about one account before asking its server, given what is stored."""
+
+    ASK = "ask"
+    """Send the request."""
+    REUSE = "reuse"
+    """Show the stored windows as fresh: they are younger than the max age."""
+    COOL_DOWN = "cool_down"
+    """Send nothing: a 429 cooldown is running (the stored windows, if any, are shown stale)."""
+
+
+def plan_fetch(entry: Optional[AccountState], now: datetime, max_age: float) -> Plan:
+    """Given an account's stored state (None: nothing stored, or no store), now, and the age
+    under which a stored result is reused (0: never), return what to do: reuse windows fetched
+    less than `max_age` seconds ago, else hold back while a cooldown runs, else ask."""
+    if entry is None:
+        return Plan.ASK
+    if max_age and entry.windows and entry.fetched_at is not None \
+            and (now - entry.fetched_at).total_seconds() < max_age:
+        return Plan.REUSE
+    if entry.cooling_down(now):
+        return Plan.COOL_DOWN
+    return Plan.ASK
+
+
+def after_failure(previous: Optional[AccountState], now: datetime, status: Optional[int],
+                  retry_after: Optional[float]) -> AccountState:
+    """Given an account's stored state, now, and a failed fetch's HTTP status and Retry-After
+    (None when it had none), return the state to store: a 429 starts or doubles a cooldown,
+    any other failure keeps what was stored (see next_state)."""
+    return next_state(previous, now, rate_limited=status == 429, retry_after=retry_after)
 
 
 def from_store(account: AuthAccount, entry: AccountState, now: datetime, stale: bool,

@@ -36,11 +36,14 @@ from .models import LOCAL_SOURCE, AccountUsage, AuthAccount, Provider, Skipped
 from .models import AccountState as State
 from .state import (
     AccountState,
+    Plan,
     StateStore,
+    after_failure,
     cooldown_message,
     default_state_dir,
     from_store,
     next_state,
+    plan_fetch,
     state_key,
 )
 
@@ -368,17 +371,15 @@ class OAuthUsageTracker:
     def _fetch_with_state(self, account: AuthAccount, entry: Optional[AccountState]
                           ) -> Tuple[AccountUsage, Optional[AccountState]]:
         now = datetime.now(timezone.utc)
-        if entry is not None and self.state is not None:
-            if self.max_age and entry.windows and entry.fetched_at is not None \
-                    and (now - entry.fetched_at).total_seconds() < self.max_age:
-                return replace(from_store(account, entry, now, stale=False),
-                               state=State.OK), None
-            if entry.cooling_down(now):
-                state = outcome.cooldown_state(bool(entry.windows))
-                outcome.log_state(account_name(account), state, cooldown_message(entry))
-                return replace(from_store(account, entry, now, stale=True,
-                                          error=cooldown_message(entry)),
-                               state=state, cooldown_until=entry.cooldown_until), None
+        plan = plan_fetch(entry if self.state is not None else None, now, self.max_age)
+        if plan is Plan.REUSE and entry is not None:
+            return replace(from_store(account, entry, now, stale=False), state=State.OK), None
+        if plan is Plan.COOL_DOWN and entry is not None:
+            state = outcome.cooldown_state(bool(entry.windows))
+            outcome.log_state(account_name(account), state, cooldown_message(entry))
+            return replace(from_store(account, entry, now, stale=True,
+                                      error=cooldown_message(entry)),
+                           state=state, cooldown_until=entry.cooldown_until), None
         # An account a proxy listed is read through that proxy, never from a file (imported
         # then: a run of local accounts does not pay for the management API client).
         fetch: Fetcher = self._fetchers[account.provider]
@@ -388,9 +389,8 @@ class OAuthUsageTracker:
         try:
             usage = fetch(account, self._session, self.settings)
         except UsageTrackerError as error:
-            status = getattr(error, "status", None)
-            new_entry = next_state(entry, now, rate_limited=status == 429,
-                                   retry_after=getattr(error, "retry_after", None))
+            new_entry = after_failure(entry, now, getattr(error, "status", None),
+                                      getattr(error, "retry_after", None))
             failed = from_store(account, new_entry, now, stale=True, error=str(error),
                                 login_problem=error.login_problem,
                                 token_refreshed=error.token_refreshed)

@@ -29,6 +29,30 @@ def test_cooldown_seconds_clamps_retry_after_else_doubles_five_minutes(retry_aft
     assert module.cooldown_seconds(retry_after, previous) == expected
 
 
+def test_plan_fetch_asks_reuses_young_windows_and_holds_back_while_cooling_down():
+    good = module.next_state(None, NOW, windows=[WINDOW])
+    cooling = module.after_failure(good, NOW, 429, 600)
+    later = NOW + timedelta(seconds=30)
+    assert module.plan_fetch(None, NOW, 60) is module.Plan.ASK
+    assert module.plan_fetch(good, later, 0) is module.Plan.ASK          # max age 0: never reuse
+    assert module.plan_fetch(good, later, 60) is module.Plan.REUSE
+    assert module.plan_fetch(good, later, 30) is module.Plan.ASK         # exactly as old: ask
+    assert module.plan_fetch(cooling, later, 0) is module.Plan.COOL_DOWN
+    assert module.plan_fetch(cooling, later, 60) is module.Plan.REUSE    # young values win
+    assert module.plan_fetch(cooling, NOW + timedelta(minutes=11), 0) is module.Plan.ASK
+    no_windows = module.after_failure(None, NOW, 429, None)
+    assert module.plan_fetch(no_windows, later, 60) is module.Plan.COOL_DOWN
+
+
+def test_after_failure_429_starts_a_cooldown_other_failures_keep_the_state():
+    good = module.next_state(None, NOW, windows=[WINDOW])
+    limited = module.after_failure(good, NOW, 429, 120)
+    assert limited.cooldown_until == NOW + timedelta(seconds=120)
+    assert limited.windows == good.windows and limited.fetched_at == NOW
+    assert module.after_failure(good, NOW, 502, 120) is good
+    assert module.after_failure(None, NOW, None, None) == module.AccountState()
+
+
 def test_next_state_429_starts_then_doubles_cooldown_and_keeps_windows():
     good = module.next_state(None, NOW, windows=[WINDOW])
     first = module.next_state(good, NOW + timedelta(minutes=1), rate_limited=True)
