@@ -261,6 +261,8 @@ class Run:
                 discovery.claude if Provider.CLAUDE in self.providers else ())
 
     def enabled_ids(self, discovery: Discovery) -> FrozenSet[str]:
+        """The ids of the discovered accounts a refresh would query (chosen providers, enabled,
+        not expired unless asked): --watch refreshes at once when this set changes."""
         codex, claude = self.selected(discovery)
         kept, _ = select_accounts(codex + claude, self.settings.include_expired)
         return frozenset(account.id for account in kept)
@@ -358,6 +360,7 @@ class Run:
         self.finish(self.report(discovery, handle, started))
 
     def once(self, tracker: "OAuthUsageTracker") -> int:
+        """Discover, refresh once, emit the report; return the exit status."""
         started = time.monotonic()
         discovery = self.discover()
         handle = tracker.refresh(*self.selected(discovery))
@@ -368,6 +371,9 @@ class Run:
         return self.finish(self.last_report)
 
     def watch(self, tracker: "OAuthUsageTracker", shutdown: "Shutdown") -> int:
+        """Refresh on the interval and when the accounts change, emitting each report, until
+        a signal asks to stop; return 0. Raise ConfigurationError for a missing auth
+        directory."""
         from .watch import Watcher
         directory: Optional[str] = None
         if self.read_local:
@@ -429,9 +435,11 @@ class Shutdown:
 
     @property
     def requested(self) -> bool:
+        """True once a signal asked the run to stop."""
         return self.signal is not None
 
     def handle(self, number: int, _frame: object) -> None:
+        """The signal handler: the first signal stops the run, later ones are only noted."""
         # Only plain assignments here: a handler that takes a lock the interrupted code holds
         # would deadlock.
         if self.signal is not None:

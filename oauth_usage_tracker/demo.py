@@ -97,6 +97,7 @@ class FakeProviders:
 
     @property
     def base_url(self) -> str:
+        """The fake's address, `http://127.0.0.1:<port>`."""
         assert self._server is not None, "start() the fake first"
         return "http://127.0.0.1:%d" % self._server.server_address[1]
 
@@ -107,6 +108,7 @@ class FakeProviders:
                 URL_ENV["claude_token_url"]: self.base_url + TOKEN_PATH}
 
     def start(self) -> "FakeProviders":
+        """Serve both providers on a free loopback port, in a daemon thread; return self."""
         fake = self
 
         class Server(ThreadingHTTPServer):
@@ -129,6 +131,7 @@ class FakeProviders:
         return self
 
     def stop(self) -> None:
+        """Stop serving and close the socket (a stopped fake may be started again)."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

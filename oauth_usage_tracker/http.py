@@ -36,6 +36,7 @@ class BearerAuth(requests.auth.AuthBase):
         self._token = token
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        """Set the header on a request about to be sent."""
         request.headers["Authorization"] = "Bearer " + self._token
         return request
 
