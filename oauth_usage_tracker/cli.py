@@ -532,24 +532,19 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> Run:
 def run_demo(args: argparse.Namespace, shutdown: Shutdown) -> int:
     """Run the whole pipeline against the built-in fake on sample accounts in a temporary
     directory. Return 0 when the demo behaved as designed (its planted failure included)."""
-    from .demo import FakeProviders, create_demo_accounts
+    from .demo import STORY, FakeProviders, behaved_as_designed, create_demo_accounts
     with FakeProviders() as fake, tempfile.TemporaryDirectory(prefix="oauth-usage-demo-") as tmp:
         auth_dir = os.path.join(tmp, "auth")
         os.mkdir(auth_dir, 0o700)
-        create_demo_accounts(fake, auth_dir)
+        failing = create_demo_accounts(fake, auth_dir)
         settings = Settings.from_environ(fake.environ(), timeout=min(args.timeout, 5.0),
                                          workers=args.workers, include_expired=True,
                                          allow_token_refresh=not args.no_token_refresh)
         run = Run(args, settings, auth_dir, state_dir=os.path.join(tmp, "state"))
         status = run.execute(shutdown)
     if not args.json and not args.quiet:
-        sys.stderr.write("demo: a loopback fake answered for both providers; Carol's expired "
-                         "token was refreshed, her 5-hour window runs out before it resets, "
-                         "dave is idle, erin frees up in 15 minutes, and frank@example.com "
-                         "fails on purpose.\n")
-    planted = {"codex-frank@example.com.json"}
-    as_designed = run.last_report is not None and all(
-        bool(account.error) == (account.id in planted) for account in run.last_report.accounts)
+        sys.stderr.write("demo: %s\n" % STORY)
+    as_designed = run.last_report is not None and behaved_as_designed(run.last_report, failing)
     return 0 if as_designed and status in (0, 1) else (status or 1)
 
 

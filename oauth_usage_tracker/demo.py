@@ -14,11 +14,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, AbstractSet, Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 from urllib.parse import parse_qs
 
 from .config import URL_ENV
 from .parsing import format_timestamp
+
+if TYPE_CHECKING:
+    from .report import Report
 
 CODEX_PATH = "/backend-api/wham/usage"
 CLAUDE_PATH = "/api/oauth/usage"
@@ -316,13 +319,20 @@ def populate(fake: FakeProviders, directory: str, claude: int, codex: int,
     return paths
 
 
+#: What `--demo` tells people after the report.
+STORY = ("a loopback fake answered for both providers; Carol's expired token was refreshed, her "
+         "5-hour window runs out before it resets, dave is idle, erin frees up in 15 minutes, "
+         "and frank@example.com fails on purpose.")
+
+
 def create_demo_accounts(fake: FakeProviders, directory: str,
-                         now: Optional[datetime] = None) -> None:
+                         now: Optional[datetime] = None) -> FrozenSet[str]:
     """The `--demo` cast, a pool with a story: alice uses her quota at an even pace; Carol
     (whose expired token will be refreshed) burns her 5-hour window so fast that it runs out
     before it resets; dave is idle; erin has nearly emptied her 5-hour window, which resets in
     15 minutes and frees her; frank is behind a Cloudflare challenge. Plus one disabled account
-    and one file of a provider this tool does not track."""
+    and one file of a provider this tool does not track. Return the file names of the accounts
+    that fail on purpose."""
     now = now or datetime.now(timezone.utc)
     even, soon = (FIVE_HOUR_RESET, WEEKLY_RESET), (900.0, WEEKLY_RESET)
     cast = [
@@ -332,6 +342,7 @@ def create_demo_accounts(fake: FakeProviders, directory: str,
         ("codex", "erin@example.com", [93.0, 40.0], soon, "ok", now + timedelta(days=5)),
         ("codex", "frank@example.com", [0.0, 0.0], even, "cloudflare", now + timedelta(days=5)),
     ]
+    failing = set()
     for provider, email, used, resets, behaviour, expired in cast:
         name = email.split("@")[0].lower()
         access, refresh = "demo-access-%s" % name, "demo-refresh-%s" % name
@@ -339,8 +350,17 @@ def create_demo_accounts(fake: FakeProviders, directory: str,
                          refresh)
         if expired <= now:
             fake.expire_access(access)
-        write_credential(directory, provider, email, access, refresh, expired)
+        path = write_credential(directory, provider, email, access, refresh, expired)
+        if behaviour != "ok":
+            failing.add(os.path.basename(path))
     write_credential(directory, "claude", "old@example.com", "demo-access-old",
                      "demo-refresh-old", now + timedelta(hours=6), disabled=True)
     with open(os.path.join(directory, "gemini-grace@example.com.json"), "w") as handle:
         handle.write(json.dumps({"type": "gemini", "email": "grace@example.com"}))
+    return frozenset(failing)
+
+
+def behaved_as_designed(report: "Report", failing: AbstractSet[str]) -> bool:
+    """Given a demo run's report and the accounts that fail on purpose (create_demo_accounts),
+    return True when exactly those failed and every other account returned windows."""
+    return all(bool(account.error) == (account.id in failing) for account in report.accounts)

@@ -186,3 +186,26 @@ def test_configure_logging_levels_and_escapes_control_characters(capsys):
 def test_build_parser_refuses_bad_values(flag, value, capsys):
     assert module.main([flag, value]) == 2
     assert "argument %s" % flag in capsys.readouterr().err
+
+
+def test_demo_cast_names_the_accounts_that_fail_on_purpose(tmp_path):
+    from datetime import datetime, timezone
+
+    from oauth_usage_tracker import demo
+    from oauth_usage_tracker.models import AccountUsage, Provider
+    from oauth_usage_tracker.report import Report
+    fake = demo.FakeProviders()  # not started: the cast only registers its accounts
+    failing = demo.create_demo_accounts(fake, str(tmp_path))
+    assert failing == {"codex-frank@example.com.json"}
+    assert (tmp_path / "codex-frank@example.com.json").is_file()
+
+    def report(*failed):
+        accounts = tuple(AccountUsage(id=name, provider=Provider.CODEX,
+                                      error="x" if name in failed else None)
+                         for name in ("codex-frank@example.com.json", "codex-dave@example.com.json"))
+        return Report(accounts=accounts, skipped=(), generated_at=datetime.now(timezone.utc))
+
+    assert demo.behaved_as_designed(report("codex-frank@example.com.json"), failing)
+    assert not demo.behaved_as_designed(report(), failing)
+    assert not demo.behaved_as_designed(
+        report("codex-frank@example.com.json", "codex-dave@example.com.json"), failing)
