@@ -23,8 +23,8 @@ from typing import (
     Optional,
     Sequence,
     Tuple,
+    TypeVar,
     Union,
-    cast,
 )
 
 from . import http, outcome, pace
@@ -58,6 +58,7 @@ logger = logging.getLogger(__name__)
 Listener = Callable[[List[AccountUsage], bool], None]
 EventListener = Callable[["Event"], None]
 Fetcher = Callable[..., AccountUsage]
+C = TypeVar("C")
 
 
 def sort_key(usage: AccountUsage) -> Tuple[str, str, str, str]:
@@ -157,6 +158,37 @@ class OAuthUsageTracker:
 
     Thread-safe; use it as a context manager or call close(). Endpoints come from `settings`, else
     from the OAUTH_USAGE_TRACKER_* environment variables, else the real services.
+
+    The concurrency contract:
+
+    - Threads. Any thread may call the public methods. Fetches run on the pool, where at most
+      `workers` workers drain one batch (one refresh's accounts). A batch is finished by the
+      thread that ends its last worker: a pool thread, or the thread that cancelled the last
+      pending worker (refresh() or close()). That thread announces the batch's events,
+      publishes it, then saves its state.
+    - Locks, taken in this order only: `_publish_lock`, then `_lock`. `_publish_lock` (re-entrant,
+      so that a listener may call refresh()) is held while a state is published and its listeners
+      run, so every listener sees states in the order they were published. `_lock` guards every
+      field below; it is held for bookkeeping only, never while a listener, a fetch or a file
+      operation runs. A batch's own lock and its lanes' lock are leaves: never held while taking
+      another lock.
+    - The generation. `_generation` only grows: refresh() and close() add one under `_lock`, and
+      it is only ever read under `_lock` (`_is_current`). A batch whose generation is no longer
+      the tracker's is superseded: its pending workers are cancelled, fetches not yet started
+      return without asking anyone, and it never announces or publishes. `_publish` checks the
+      generation and completes the handle in one critical section, so no newer refresh slips in
+      between. Because the counter only grows, a batch found current when its last worker ends
+      was current all along: none of its fetches was skipped, its results are complete.
+    - Published state. `_accounts` and `_is_refreshing` are replaced whole under `_lock`; readers
+      get copies.
+    - The state store. A finished batch publishes first and saves after (the store's file lock
+      may wait for another process). From before it publishes until its save has finished, its
+      new entries are also held in `_unsaved`, which refresh() lays over what it loads: a refresh
+      started the moment the previous one returned still sees that one's cooldowns. A superseded
+      batch's outcomes are saved too (a 429 above all: a cooldown must not be forgotten).
+    - Fork. A forked child starts over (`_after_fork`): fresh locks, no pool or session, a new
+      generation (the parent's refresh in flight is superseded there) and no unsaved entries
+      (the parent saves them).
     """
 
     def __init__(self, workers: Optional[int] = None, timeout: float = DEFAULT_TIMEOUT,
@@ -197,6 +229,8 @@ class OAuthUsageTracker:
         self._pool: Optional[ThreadPoolExecutor] = None
         self._session: Optional[requests.Session] = None
         self._closed = False
+        #: Entries of finished batches not yet on disk (see the class docstring).
+        self._unsaved: Dict[Tuple[str, str], AccountState] = {}
         # A forked child's copies of the parent's pool and session: never used, never closed
         # (closing could wait on a lock a parent thread held at the fork), only kept alive.
         self._inherited: List[object] = []
@@ -219,14 +253,18 @@ class OAuthUsageTracker:
     def subscribe(self, callback: Listener) -> Callable[[], None]:
         """Given a callback(accounts, is_refreshing), call it with every published state; return
         a function that unsubscribes it. A callback that raises is logged and ignored."""
-        with self._lock:
-            self._listeners.append(callback)
+        return self._add_listener(self._listeners, callback)
 
-        def unsubscribe() -> None:
+    def _add_listener(self, listeners: List[C], callback: C) -> Callable[[], None]:
+        """Add `callback` to `listeners` under the lock; return the function that removes it."""
+        with self._lock:
+            listeners.append(callback)
+
+        def remove() -> None:
             with self._lock:
-                if callback in self._listeners:
-                    self._listeners.remove(callback)
-        return unsubscribe
+                if callback in listeners:
+                    listeners.remove(callback)
+        return remove
 
     def subscribe_events(self, callback: EventListener) -> Callable[[], None]:
         """Given a callback(event), call it with each event (SPEC §15) of every refresh that
@@ -239,13 +277,13 @@ class OAuthUsageTracker:
         with self._lock:
             if self._ledger is None:
                 self._ledger = EventLedger(self.state, self._event_thresholds or Thresholds())
-            self._event_listeners.append(callback)
+        return self._add_listener(self._event_listeners, callback)
 
-        def unsubscribe() -> None:
-            with self._lock:
-                if callback in self._event_listeners:
-                    self._event_listeners.remove(callback)
-        return unsubscribe
+    def _is_current(self, generation: int) -> bool:
+        """True while `generation` is the newest (read under the lock; see the class
+        docstring)."""
+        with self._lock:
+            return generation == self._generation
 
     def _announce(self, generation: int, usages: List[AccountUsage],
                   skipped: Sequence[Skipped]) -> None:
@@ -317,6 +355,8 @@ class OAuthUsageTracker:
                               key=sort_key)
         self._publish(generation, placeholders, True)
         stored = self.state.load() if self.state is not None else {}
+        with self._lock:
+            stored.update(self._unsaved)  # published, perhaps not saved yet
         batch = _Batch(generation, handle, kept, stored)
         # Submit under the lock: a close() or newer refresh() that got in after the checks above
         # either ran before this block (nothing starts) or runs after it (it sees these futures).
@@ -360,7 +400,7 @@ class OAuthUsageTracker:
         """Fetch one account (or reuse or fall back to its stored state); return its usage and
         its new state, or None when this generation was superseded before it started. Never
         raises: every failure becomes the account's error."""
-        if generation != self._generation:
+        if not self._is_current(generation):
             return None
         try:
             usage, new_entry = self._fetch_with_state(account, entry)
@@ -424,7 +464,8 @@ class OAuthUsageTracker:
             batch.usages[index], batch.entries[index] = result
 
     def _drained(self, batch: _Batch, _future: Future) -> None:
-        """A worker finished or was cancelled; the last one saves and publishes the batch."""
+        """A worker finished or was cancelled; the last one publishes the batch, then saves
+        it."""
         with batch.lock:
             batch.workers -= 1
             if batch.workers:
@@ -433,18 +474,32 @@ class OAuthUsageTracker:
         usages, batch.usages = batch.usages, []
         entries, batch.entries = batch.entries, []
         batch.stored.clear()
-        if self.state is not None:
-            # Even a superseded generation's outcomes are facts worth keeping (a 429 above all).
-            self.state.save((state_key(usage), entry)
-                            for usage, entry in zip(usages, entries)
-                            if usage is not None and entry is not None)
+        changes = {state_key(usage): entry for usage, entry in zip(usages, entries)
+                   if usage is not None and entry is not None}
         del entries
-        if any(usage is None for usage in usages):
-            return  # superseded: a newer generation cancelled or skipped some of these
-        done = cast(List[AccountUsage], usages)
-        done.sort(key=sort_key)
-        self._announce(batch.generation, done, batch.handle.skipped)
-        self._publish(batch.generation, done, False, batch.handle)
+        if self.state is not None and changes:
+            with self._lock:
+                self._unsaved.update(changes)
+        # Superseded or not is decided here, once, from the generation (never from a missing
+        # result): current now means current all along, so no fetch was skipped.
+        if self._is_current(batch.generation):
+            done = [usage for usage in usages if usage is not None]
+            del usages
+            done.sort(key=sort_key)
+            self._announce(batch.generation, done, batch.handle.skipped)
+            self._publish(batch.generation, done, False, batch.handle)
+        self._save(changes)
+
+    def _save(self, changes: Dict[Tuple[str, str], AccountState]) -> None:
+        """Store a finished batch's entries (a superseded batch's too), then drop them from
+        `_unsaved` unless a newer batch replaced them meanwhile."""
+        if self.state is None or not changes:
+            return
+        self.state.save(changes.items())
+        with self._lock:
+            for key, entry in changes.items():
+                if self._unsaved.get(key) is entry:
+                    del self._unsaved[key]
 
     # --- lifetime -----------------------------------------------------------------------------
 
@@ -492,6 +547,7 @@ class OAuthUsageTracker:
         self._futures = []
         self._generation += 1
         self._is_refreshing = False
+        self._unsaved = {}  # the parent saves them
         handle, self._handle = self._handle, None
         if handle is not None and not handle.done():
             handle._event = threading.Event()  # its old lock may be held by a parent thread

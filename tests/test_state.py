@@ -3,6 +3,7 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -10,7 +11,8 @@ from freezegun import freeze_time
 
 from oauth_usage_tracker import state as module
 from oauth_usage_tracker.errors import ProviderError
-from oauth_usage_tracker.models import AccountUsage, AuthAccount, Provider, UsageWindow
+from oauth_usage_tracker.models import AccountState, AccountUsage, AuthAccount, Provider, \
+    UsageWindow
 from oauth_usage_tracker.report import Report
 from oauth_usage_tracker.tracker import OAuthUsageTracker
 from support import assert_no_secrets
@@ -418,3 +420,68 @@ def test_from_store_gives_stale_windows_their_pace_at_fetch_time_but_not_rolled_
     assert rolled.rolled_over and rolled.pace is None
     assert weekly.pace is not None
     assert weekly.pace.expected_used_percent == pytest.approx(100 * 4 / 7)
+
+
+# --- the tracker publishes first, saves after --------------------------------------------------
+
+class BlockedSave:
+    """Stands in for StateStore.save: records what is saved, and holds the first save until
+    the test releases it."""
+
+    def __init__(self, store):
+        self.store, self.real = store, store.save
+        self.entered, self.release = threading.Event(), threading.Event()
+        self.saved = []
+
+    def __call__(self, changes):
+        changes = list(changes)
+        self.entered.set()
+        assert self.release.wait(10), "the test never released the save"
+        self.saved.append(changes)
+        self.real(changes)
+
+
+def test_tracker_publishes_before_saving_and_a_refresh_meanwhile_keeps_the_cooldown(tmp_path):
+    limited = ProviderError("Claude usage API returned 429", status=429, retry_after=600)
+    fetcher = ScriptedFetcher(limited)
+    with tracker_with(fetcher, tmp_path) as tracker:
+        blocked = BlockedSave(tracker.state)
+        tracker.state.save = blocked
+        try:
+            [first] = tracker.refresh([], [account()]).result(5)  # published; save waiting
+            assert blocked.entered.wait(10)
+            assert first.state is AccountState.RATE_LIMITED and blocked.saved == []
+            assert not (tmp_path / "state" / "state.json").exists()
+            handle = tracker.refresh([], [account()])  # knows the cooldown before it is saved
+        finally:
+            blocked.release.set()
+        [second] = handle.result(10)
+    assert fetcher.calls == 1
+    assert second.state is AccountState.RATE_LIMITED and "cooldown" in second.error
+    stored = module.StateStore(str(tmp_path / "state")).load()[("claude", account().id)]
+    assert stored.cooldown_until is not None
+
+
+def test_tracker_saves_a_superseded_batchs_429(tmp_path):
+    started, release = threading.Event(), threading.Event()
+    fetched = []
+
+    def fetcher(acct, session, settings):
+        fetched.append(acct.id)
+        if acct.id == "claude-slow.json":
+            started.set()
+            assert release.wait(10)
+            raise ProviderError("Claude usage API returned 429", status=429, retry_after=600)
+        return AccountUsage(id=acct.id, provider=acct.provider, windows=(WINDOW,),
+                            updated_at=datetime.now(timezone.utc))
+
+    with tracker_with(fetcher, tmp_path) as tracker:
+        old = tracker.refresh([], [account("claude-slow.json")])
+        assert started.wait(10)
+        newer = tracker.refresh([], [account("claude-other.json")])
+        newer.result(10)
+        release.set()
+    assert old.superseded
+    stored = module.StateStore(str(tmp_path / "state")).load()
+    assert stored[("claude", "claude-slow.json")].cooldown_until is not None
+    assert stored[("claude", "claude-other.json")].windows
