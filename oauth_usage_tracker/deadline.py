@@ -378,10 +378,13 @@ class WatchedAdapter(HTTPAdapter):
     the current request's Deadline."""
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        """Make the direct pools with the watched connection classes."""
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = dict(_POOLS)
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        """Return the manager for an HTTP proxy, its pools with the watched connection classes
+        (a SOCKS proxy's pools are left as they are)."""
         manager = super().proxy_manager_for(proxy, **proxy_kwargs)
         if not proxy.lower().startswith("socks"):  # SOCKS pools bring their own connections
             manager.pool_classes_by_scheme = dict(_POOLS)
