@@ -28,6 +28,7 @@ _LAZY = {"OAuthUsageTracker": "tracker", "RefreshHandle": "tracker",
 if TYPE_CHECKING:  # what the lazy names below are, for type checkers and editors
     from .accounts import discover_accounts
     from .events import Event, EventType, Thresholds
+    from .remote import discover_remote
     from .tracker import OAuthUsageTracker, RefreshHandle
 
 

@@ -249,6 +249,10 @@ class StateStore:
             return False
         return True
 
+    def make_directory(self) -> None:
+        """Create the state directory (0700) unless it exists. Raise OSError."""
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+
     def load(self) -> Dict[Key, AccountState]:
         """Return every stored account state; a missing, unreadable or corrupt file gives {}
         (with a warning for the last two)."""
@@ -272,7 +276,7 @@ class StateStore:
         if not changed:
             return
         try:
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            self.make_directory()
             with locked_directory(self.directory, STATE_FILE + LOCK_SUFFIX,
                                   LOCK_TIMEOUT) as dir_fd:
                 kept: Dict[str, bytes] = {}
@@ -296,7 +300,7 @@ class StateStore:
         path = os.path.join(self.directory, EVENTS_FILE)
         decided = []
         try:
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            self.make_directory()
             with locked_directory(self.directory, EVENTS_FILE + LOCK_SUFFIX,
                                   LOCK_TIMEOUT) as dir_fd:
                 result, stored = change(_read_object(EVENTS_FILE, dir_fd))

@@ -4,6 +4,7 @@ A plain thread-safe class for legacy synchronous code. Each `refresh()` takes a 
 number; pending fetches of older generations are cancelled, and whatever an older generation still
 returns is dropped: only the newest generation ever publishes.
 """
+import contextlib
 import logging
 import os
 import threading
@@ -480,6 +481,11 @@ class OAuthUsageTracker:
         if self.state is not None and changes:
             with self._lock:
                 self._unsaved.update(changes)
+            # The directory exists by the time results are published, as when the state was
+            # saved first (a report written into it, as the README's cron line does, needs it);
+            # a failure is logged by the save.
+            with contextlib.suppress(OSError):
+                self.state.make_directory()
         # Superseded or not is decided here, once, from the generation (never from a missing
         # result): current now means current all along, so no fetch was skipped.
         if self._is_current(batch.generation):
