@@ -41,6 +41,7 @@ from .config import (
 from .errors import ConfigurationError
 from .events import DEFAULT_BELOW, DEFAULT_FAILING_AFTER
 from .models import AuthAccount, Discovery, Provider
+from .options import Options
 from .pool import SORTS
 from .report import DEFAULT_MAX_STALE, DEFAULT_USABLE_ABOVE, USAGE_ERROR, Report, exit_status
 from .state import default_state_dir
@@ -234,12 +235,13 @@ def configure_logging(verbose: int, quiet: bool) -> None:
 class Run:
     """One configured invocation: which accounts, which settings, where the report goes."""
 
-    def __init__(self, args: argparse.Namespace, settings: Settings, auth_dir: Optional[str],
+    def __init__(self, options: Options, settings: Settings, auth_dir: Optional[str],
                  state_dir: Union[str, bool, None] = None,
                  make_proxies: Optional[Callable[[], List["Proxy"]]] = None,
                  read_local: bool = True):
-        self.args = args
-        self.state_dir = False if args.no_state else (state_dir or args.state_dir or True)
+        self.options = options
+        self.state_dir = (state_dir or options.state_dir or True) if options.keep_state \
+            else False
         self.settings = settings
         self.auth_dir = auth_dir
         #: Builds this run's proxies (the key file read again): once, or once per --watch cycle.
@@ -251,14 +253,13 @@ class Run:
         self._watched: Dict[int, Discovery] = {}
         self.last_report: Optional[Report] = None
         self.notifier: Optional["Notifier"] = None
-        self.providers = frozenset(Provider(p) for p in
-                                   (args.provider or [p.value for p in Provider]))
 
     def selected(self, discovery: Discovery
                  ) -> Tuple[Tuple[AuthAccount, ...], Tuple[AuthAccount, ...]]:
         """The discovered accounts of the chosen providers: (codex, claude)."""
-        return (discovery.codex if Provider.CODEX in self.providers else (),
-                discovery.claude if Provider.CLAUDE in self.providers else ())
+        providers = self.options.providers
+        return (discovery.codex if Provider.CODEX in providers else (),
+                discovery.claude if Provider.CLAUDE in providers else ())
 
     def enabled_ids(self, discovery: Discovery) -> FrozenSet[str]:
         """The ids of the discovered accounts a refresh would query (chosen providers, enabled,
@@ -273,24 +274,24 @@ class Run:
         return Report(accounts=tuple(handle.result()), skipped=discovery.skipped + handle.skipped,
                       generated_at=datetime.now(timezone.utc),
                       duration_seconds=time.monotonic() - started,
-                      max_stale_seconds=self.args.max_stale,
-                      usable_above=self.args.usable_above)
+                      max_stale_seconds=self.options.max_stale,
+                      usable_above=self.options.usable_above)
 
     def emit(self, report: Report) -> int:
         """Print or write the report (and metrics); return the exit status."""
         from .render import iter_json, render_prometheus, render_table
         from .render.prometheus import metrics_name
-        if self.args.json:
+        if self.options.json:
             pieces: Iterable[str] = iter_json(report)  # account by account: never held whole
         else:
-            colour = (self.args.output is None and sys.stdout.isatty()
+            colour = (self.options.output is None and sys.stdout.isatty()
                       and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb")
-            text = render_table(report, colour=colour, layout=self.args.layout,
-                                sort=self.args.sort)
+            text = render_table(report, colour=colour, layout=self.options.layout,
+                                sort=self.options.sort)
             pieces = [text]
         try:
-            if self.args.output:
-                files.write_output(self.args.output,
+            if self.options.output:
+                files.write_output(self.options.output,
                                    (piece.encode("utf-8", "backslashreplace") for piece in pieces),
                                    files.REPORT_MODE)
             else:
@@ -300,9 +301,9 @@ class Run:
                 for piece in pieces:
                     sys.stdout.write(piece.encode(encoding, "backslashreplace").decode(encoding))
                 sys.stdout.flush()
-            if self.args.prometheus:
-                name = self.args.metrics_name or metrics_name(self.args.prometheus)
-                files.write_output(self.args.prometheus,
+            if self.options.prometheus:
+                name = self.options.metrics_name or metrics_name(self.options.prometheus)
+                files.write_output(self.options.prometheus,
                                    render_prometheus(report, name).encode("utf-8",
                                                                           "backslashreplace"),
                                    files.METRICS_MODE)
@@ -312,7 +313,7 @@ class Run:
             return USAGE_ERROR
         for account in report.failed:
             logger.debug("%s failed: %s", account.id, account.error)
-        return exit_status(report, self.args.fail_below)
+        return exit_status(report, self.options.fail_below)
 
     def finish(self, report: Report) -> int:
         """Emit a finished run's report, then its events (which never change the status)."""
@@ -370,9 +371,9 @@ class Run:
         self.last_report = self.report(discovery, handle, started)
         return self.finish(self.last_report)
 
-    def watch(self, tracker: "OAuthUsageTracker", shutdown: "Shutdown") -> int:
-        """Refresh on the interval and when the accounts change, emitting each report, until
-        a signal asks to stop; return 0. Raise ConfigurationError for a missing auth
+    def watch(self, tracker: "OAuthUsageTracker", shutdown: "Shutdown", interval: float) -> int:
+        """Refresh every `interval` seconds and when the accounts change, emitting each report,
+        until a signal asks to stop; return 0. Raise ConfigurationError for a missing auth
         directory."""
         from .watch import Watcher
         directory: Optional[str] = None
@@ -381,7 +382,7 @@ class Run:
             if not os.path.isdir(directory):
                 discover_accounts(directory)  # raises ConfigurationError with the sentence
 
-        watcher = Watcher(directory, self.args.watch, self.enabled_ids,
+        watcher = Watcher(directory, interval, self.enabled_ids,
                           lambda discovery: self.start_watched(tracker, discovery),
                           lambda _, handle, started: self.report_watched(handle, started),
                           discover=self.discover_local)
@@ -393,12 +394,12 @@ class Run:
         with them any token write) before this returns."""
         from .tracker import OAuthUsageTracker
         tracker = OAuthUsageTracker(settings=self.settings, state_dir=self.state_dir,
-                                    max_age=self.args.max_age)
-        if self.args.on_event or self.args.events_log:
-            self.notifier = _notifier(self.args, tracker)
+                                    max_age=self.options.max_age)
+        if self.options.wants_events:
+            self.notifier = _notifier(self.options, tracker)
         try:
-            if self.args.watch:
-                return self.watch(tracker, shutdown)
+            if self.options.watch:
+                return self.watch(tracker, shutdown, self.options.watch)
             return self.once(tracker)
         finally:
             shutdown.raise_first = False  # from here on a signal must not cut the wait short
@@ -468,15 +469,15 @@ class Shutdown:
                 signal.signal(number, signal.SIG_IGN if then_ignore else handler)
 
 
-def _notifier(args: argparse.Namespace, tracker: "OAuthUsageTracker") -> "Notifier":
+def _notifier(options: Options, tracker: "OAuthUsageTracker") -> "Notifier":
     """The event delivery of a run: memory in the tracker's state store, when it has one."""
     from .events import EventLedger, Thresholds
     from .notify import Notifier
-    if tracker.state is None and not args.watch:
+    if tracker.state is None and not options.watch:
         logger.warning("--no-state: events are decided without memory of earlier runs, so "
                        "each run announces what it finds as new")
-    ledger = EventLedger(tracker.state, Thresholds(args.event_below, args.failing_after))
-    return Notifier(ledger, args.on_event or (), args.events_log)
+    ledger = EventLedger(tracker.state, Thresholds(options.event_below, options.failing_after))
+    return Notifier(ledger, options.on_event, options.events_log)
 
 
 def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
@@ -525,7 +526,8 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> Run:
         from .lockout import warn_if_unremembered
         warn_if_unremembered(state_dir)
     read_local = not remote or bool(args.auth_dir or environ.get(AUTH_DIR_ENV))
-    return Run(args, settings, args.auth_dir, state_dir=state_dir, read_local=read_local,
+    return Run(Options.from_args(args), settings, args.auth_dir, state_dir=state_dir,
+               read_local=read_local,
                make_proxies=(lambda: remote_proxies(args, environ, state_dir)) if remote else None)
 
 
@@ -540,7 +542,8 @@ def run_demo(args: argparse.Namespace, shutdown: Shutdown) -> int:
         settings = Settings.from_environ(fake.environ(), timeout=min(args.timeout, 5.0),
                                          workers=args.workers, include_expired=True,
                                          allow_token_refresh=not args.no_token_refresh)
-        run = Run(args, settings, auth_dir, state_dir=os.path.join(tmp, "state"))
+        run = Run(Options.from_args(args), settings, auth_dir,
+                  state_dir=os.path.join(tmp, "state"))
         status = run.execute(shutdown)
     if not args.json and not args.quiet:
         sys.stderr.write("demo: %s\n" % STORY)

@@ -11,6 +11,7 @@ import pytest
 
 import oauth_usage_tracker.cli as module
 from oauth_usage_tracker.errors import CredentialError
+from oauth_usage_tracker.options import Options
 from oauth_usage_tracker.refresh import GUARD
 
 
@@ -112,7 +113,7 @@ def test_execute_after_a_signal_refuses_new_token_refreshes(monkeypatch, auth_di
                                              "--json"])
     shutdown = module.Shutdown(raise_first=False)
     shutdown.signal = signal.SIGTERM
-    run = module.Run(args, module._settings(args, {}), args.auth_dir)
+    run = module.Run(Options.from_args(args), module._settings(args, {}), args.auth_dir)
     assert run.execute(shutdown) == 0
     assert shutdown.raise_first is False
     with pytest.raises(CredentialError, match="no new token refresh"):
@@ -209,3 +210,26 @@ def test_demo_cast_names_the_accounts_that_fail_on_purpose(tmp_path):
     assert not demo.behaved_as_designed(report(), failing)
     assert not demo.behaved_as_designed(
         report("codex-frank@example.com.json", "codex-dave@example.com.json"), failing)
+
+
+def test_options_from_args_are_frozen_and_read_every_flag_the_run_uses():
+    import dataclasses
+    args = module.build_parser().parse_args([
+        "--provider", "codex", "--json", "--output", "r.json", "--prometheus", "m.prom",
+        "--metrics-name", "n", "--layout", "lines", "--sort", "reset", "--fail-below", "5",
+        "--max-stale", "60", "--usable-above", "20", "--max-age", "30", "--watch", "9",
+        "--state-dir", "/s", "--no-state", "--on-event", "notify-send 'a b'",
+        "--events-log", "e.log", "--event-below", "15", "--failing-after", "100"])
+    options = Options.from_args(args)
+    assert options == Options(
+        providers=frozenset({module.Provider.CODEX}), json=True, output="r.json",
+        prometheus="m.prom", metrics_name="n", layout="lines", sort="reset", fail_below=5.0,
+        max_stale=60.0, usable_above=20.0, max_age=30.0, watch=9.0, state_dir="/s",
+        keep_state=False, on_event=(("notify-send", "a b"),), events_log="e.log",
+        event_below=15.0, failing_after=100.0)
+    assert options.wants_events
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.json = False  # type: ignore[misc]
+    defaults = Options.from_args(module.build_parser().parse_args([]))
+    assert defaults == Options() and not defaults.wants_events
+    assert defaults.providers == frozenset(module.Provider)
