@@ -1,6 +1,6 @@
-"""The script, in process: a run from flags to exit status, the demo, --watch, and shutdown by a
-real signal delivered to this process (the handlers are the script's own, installed and
-restored around each run)."""
+"""The script (cli, run, options), in process: a run from flags to exit status, the demo,
+--watch, and shutdown by a real signal delivered to this process (the handlers are the script's
+own, installed and restored around each run)."""
 import json
 import logging
 import os
@@ -10,6 +10,7 @@ import threading
 import pytest
 
 import oauth_usage_tracker.cli as module
+import oauth_usage_tracker.run as run_module
 from oauth_usage_tracker.errors import CredentialError
 from oauth_usage_tracker.options import Options
 from oauth_usage_tracker.refresh import GUARD
@@ -71,7 +72,7 @@ def test_main_sigterm_during_a_run_exits_143_after_closing_the_tracker(monkeypat
         raise AssertionError("the signal did not interrupt the run")
 
     monkeypatch.setattr(OAuthUsageTracker, "close", close)
-    monkeypatch.setattr(module, "discover_accounts", discover)
+    monkeypatch.setattr(run_module, "discover_accounts", discover)
     assert module.main(["--auth-dir", str(auth_dir), "--no-state"]) == 128 + signal.SIGTERM
     assert closed
     assert "Terminated; in-flight token writes were finished first" in capfd.readouterr().err
@@ -82,7 +83,7 @@ def test_main_sigint_during_a_run_exits_130(monkeypatch, auth_dir, capfd):
         os.kill(os.getpid(), signal.SIGINT)
         raise AssertionError("the signal did not interrupt the run")
 
-    monkeypatch.setattr(module, "discover_accounts", discover)
+    monkeypatch.setattr(run_module, "discover_accounts", discover)
     assert module.main(["--auth-dir", str(auth_dir), "--no-state"]) == 130
     assert "Interrupted" in capfd.readouterr().err
 
