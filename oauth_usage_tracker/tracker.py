@@ -8,11 +8,9 @@ import contextlib
 import logging
 import os
 import threading
-import traceback
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import replace
 from datetime import datetime, timezone
 from functools import partial
 from typing import (
@@ -28,23 +26,17 @@ from typing import (
     Union,
 )
 
-from . import http, outcome, pace
+from . import http, outcome
+from .account_fetch import Fetcher, fetch_account
 from .accounts import select_accounts
 from .config import DEFAULT_TIMEOUT, DEFAULT_WORKERS, Settings
-from .errors import RefreshSuperseded, UsageTrackerError
+from .errors import RefreshSuperseded
 from .lanes import Lanes, interleaved
-from .models import LOCAL_SOURCE, AccountUsage, AuthAccount, Provider, Skipped
-from .models import AccountState as State
+from .models import AccountUsage, AuthAccount, Provider, Skipped
 from .state import (
     AccountState,
-    Plan,
     StateStore,
-    after_failure,
-    cooldown_message,
     default_state_dir,
-    from_store,
-    next_state,
-    plan_fetch,
     state_key,
 )
 
@@ -58,7 +50,6 @@ logger = logging.getLogger(__name__)
 
 Listener = Callable[[List[AccountUsage], bool], None]
 EventListener = Callable[["Event"], None]
-Fetcher = Callable[..., AccountUsage]
 C = TypeVar("C")
 
 
@@ -66,11 +57,6 @@ def sort_key(usage: AccountUsage) -> Tuple[str, str, str, str]:
     """Order: provider (`claude` before `codex`), then e-mail case-insensitively, then id, then
     source."""
     return (Provider(usage.provider).value, (usage.email or "").casefold(), usage.id, usage.source)
-
-
-def account_name(account: AuthAccount) -> str:
-    """The account as logs name it: its id, prefixed by its source when that is a proxy."""
-    return account.id if account.source == LOCAL_SOURCE else "%s/%s" % (account.source, account.id)
 
 
 class RefreshHandle:
@@ -403,47 +389,14 @@ class OAuthUsageTracker:
         raises: every failure becomes the account's error."""
         if not self._is_current(generation):
             return None
-        try:
-            usage, new_entry = self._fetch_with_state(account, entry)
-        except Exception as error:
-            usage, new_entry = _unexpected(account, error), None
-        return replace(usage, source=account.source), new_entry
-
-    def _fetch_with_state(self, account: AuthAccount, entry: Optional[AccountState]
-                          ) -> Tuple[AccountUsage, Optional[AccountState]]:
-        now = datetime.now(timezone.utc)
-        plan = plan_fetch(entry if self.state is not None else None, now, self.max_age)
-        if plan is Plan.REUSE and entry is not None:
-            return replace(from_store(account, entry, now, stale=False), state=State.OK), None
-        if plan is Plan.COOL_DOWN and entry is not None:
-            state = outcome.cooldown_state(bool(entry.windows))
-            outcome.log_state(account_name(account), state, cooldown_message(entry))
-            return replace(from_store(account, entry, now, stale=True,
-                                      error=cooldown_message(entry)),
-                           state=state, cooldown_until=entry.cooldown_until), None
         # An account a proxy listed is read through that proxy, never from a file (imported
         # then: a run of local accounts does not pay for the management API client).
         fetch: Fetcher = self._fetchers[account.provider]
         if account.remote is not None:
             from . import remote
             fetch = remote.fetch_usage
-        try:
-            usage = fetch(account, self._session, self.settings)
-        except UsageTrackerError as error:
-            new_entry = after_failure(entry, now, getattr(error, "status", None),
-                                      getattr(error, "retry_after", None))
-            failed = from_store(account, new_entry, now, stale=True, error=str(error),
-                                login_problem=error.login_problem,
-                                token_refreshed=error.token_refreshed)
-            state = outcome.failure_state(error, failed.stale)
-            outcome.log_state(account_name(account), state, str(error))
-            cooling = self.state is not None and new_entry.cooling_down(now)
-            return replace(failed, state=state,
-                           cooldown_until=new_entry.cooldown_until if cooling else None), new_entry
-        readings = entry.readings if entry is not None else {}
-        usage = replace(usage, fetched_at=usage.updated_at or now, state=State.OK,
-                        windows=pace.attach(usage.windows, usage.updated_at or now, readings))
-        return usage, next_state(entry, now, windows=usage.windows, details=usage.details)
+        return fetch_account(account, entry, fetch, self._session, self.settings,
+                             self.state is not None, self.max_age)
 
     def _drain(self, batch: _Batch) -> None:
         """One worker: fetch the batch's accounts one after the other until none is left, none
@@ -565,14 +518,3 @@ class OAuthUsageTracker:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-
-def _unexpected(account: AuthAccount, error: Exception) -> AccountUsage:
-    """An exception nobody planned for, as the account's error. Its message is not logged (it
-    could quote a header, token included): only its type and where it was raised."""
-    logger.error("%s: unexpected %s while fetching usage", account.id, type(error).__name__)
-    logger.debug("%s: raised at\n%s", account.id,
-                 "".join(traceback.format_tb(error.__traceback__)).rstrip())
-    return AccountUsage(id=account.id, provider=account.provider, email=account.email,
-                        state=State.ERROR,
-                        error="Unexpected error while fetching usage (%s); run with -vv for "
-                              "details" % type(error).__name__)

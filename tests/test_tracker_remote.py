@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 
 import oauth_usage_tracker.tracker as module
-from oauth_usage_tracker import lanes, lockout, management, remote
+from oauth_usage_tracker import account_fetch, lanes, lockout, management, remote
 from oauth_usage_tracker.config import Settings
 from oauth_usage_tracker.models import LOCAL_SOURCE, AuthAccount, Provider
 from support import load_payload
@@ -92,8 +92,8 @@ def test_interleaved_lets_sources_take_turns():
 
 
 def test_account_name_prefixes_the_source_for_remote_accounts():
-    assert module.account_name(local("x.json")) == "x.json"
-    assert module.account_name(replace(local("x.json"), source="h:1")) == "h:1/x.json"
+    assert account_fetch.account_name(local("x.json")) == "x.json"
+    assert account_fetch.account_name(replace(local("x.json"), source="h:1")) == "h:1/x.json"
     assert local("x.json").source == LOCAL_SOURCE
 
 
