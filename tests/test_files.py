@@ -254,3 +254,84 @@ def test_atomic_write_chunks_that_raise_midway_leave_the_old_file(tmp_path):
         module.atomic_write(str(path), chunks())
     assert path.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["report.json"]
+
+
+# --- write_output, in process (the script's runs through it are in integration/) -------------
+
+def test_write_output_new_file_gets_exactly_the_new_mode_whatever_the_umask(tmp_path):
+    target = tmp_path / "report.json"
+    old = os.umask(0o077)
+    try:
+        module.write_output(str(target), b"{}", 0o640)
+    finally:
+        os.umask(old)
+    assert target.read_bytes() == b"{}"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+
+
+def test_write_output_existing_regular_file_is_replaced_and_keeps_its_mode(tmp_path):
+    target = tmp_path / "m.prom"
+    target.write_bytes(b"old")
+    target.chmod(0o600)
+    inode = target.stat().st_ino
+    module.write_output(str(target), iter([b"a", b"b"]), 0o644)
+    assert target.read_bytes() == b"ab"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert target.stat().st_ino != inode  # replaced, not written into
+
+
+def test_write_output_into_a_fifo_with_a_reader_writes_every_chunk(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        module.write_output(str(fifo), [b"one ", b"two"], 0o644)
+        assert os.read(reader, 100) == b"one two"
+    finally:
+        os.close(reader)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_write_output_fifo_nobody_reads_is_an_error_not_a_hang(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="nothing is reading"):
+        module.write_output(str(fifo), b"x", 0o644)
+
+
+def test_write_output_directory_is_an_error(tmp_path):
+    with pytest.raises(IsADirectoryError):
+        module.write_output(str(tmp_path), b"x", 0o644)
+
+
+def test_write_output_link_in_a_private_directory_is_followed(tmp_path):
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    real = tmp_path / "real.json"
+    real.write_bytes(b"old")
+    (private / "link.json").symlink_to(real)
+    module.write_output(str(private / "link.json"), b"new", 0o644)
+    assert real.read_bytes() == b"new"
+    assert (private / "link.json").is_symlink()
+
+
+def test_write_output_link_in_a_shared_directory_is_replaced_never_followed(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    (shared / "m.prom").symlink_to(victim)
+    module.write_output(str(shared / "m.prom"), b"metrics", 0o644)
+    assert victim.read_bytes() == b"keep"
+    assert not (shared / "m.prom").is_symlink()
+    assert (shared / "m.prom").read_bytes() == b"metrics"
+
+
+def test_write_output_link_to_nowhere_in_a_private_directory_is_an_error(tmp_path):
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    (private / "a").symlink_to(private / "b")
+    (private / "b").symlink_to(private / "a")
+    with pytest.raises(OSError):
+        module.write_output(str(private / "a"), b"x", 0o644)
