@@ -59,11 +59,13 @@ def nothing():
     pass
 
 
-def test_directory_fingerprint_lists_json_files_with_mtime_and_size(tmp_path):
+def test_directory_fingerprint_lists_json_files_with_mtime_and_size_and_the_directory(tmp_path):
     (tmp_path / "a.json").write_text("{}")
     (tmp_path / "b.txt").write_text("ignored")
     os.utime(tmp_path / "a.json", ns=(1, 5_000_000_000))
-    assert module.directory_fingerprint(str(tmp_path)) == frozenset({("a.json", 5_000_000_000, 2)})
+    info = os.stat(tmp_path)
+    assert module.directory_fingerprint(str(tmp_path)) == frozenset(
+        {("a.json", 5_000_000_000, 2), (".", info.st_dev, info.st_ino)})
 
 
 def test_directory_fingerprint_of_a_missing_directory_is_none(tmp_path):
