@@ -8,6 +8,7 @@ real ones do (a Cloudflare page, a 429, a dead token). Nothing here talks to the
 import itertools
 import json
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -122,6 +123,13 @@ class FakeProviders:
                 with fake._lock:
                     fake.connections += 1
                 super().process_request(request, client_address)
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                # A client that hung up mid-answer (its deadline cut the socket, under load) is
+                # no fault of the fake: socketserver would print a traceback into the run.
+                if isinstance(sys.exc_info()[1], OSError):
+                    return
+                super().handle_error(request, client_address)
 
         class Handler(_Handler):
             owner = fake

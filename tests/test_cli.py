@@ -234,3 +234,19 @@ def test_options_from_args_are_frozen_and_read_every_flag_the_run_uses():
     defaults = Options.from_args(module.build_parser().parse_args([]))
     assert defaults == Options() and not defaults.wants_events
     assert defaults.providers == frozenset(module.Provider)
+
+
+def test_demo_fake_is_quiet_about_a_client_that_hung_up_but_not_about_its_own_faults(capsys):
+    from oauth_usage_tracker import demo
+    with demo.FakeProviders() as fake:
+        server = fake._server
+        try:
+            raise BrokenPipeError("the client hung up")
+        except OSError:
+            server.handle_error(None, ("127.0.0.1", 1))
+        assert capsys.readouterr().err == ""
+        try:
+            raise ValueError("a fault of the fake")
+        except ValueError:
+            server.handle_error(None, ("127.0.0.1", 1))
+        assert "ValueError" in capsys.readouterr().err
