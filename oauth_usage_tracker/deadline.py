@@ -29,8 +29,12 @@ from typing import Any, Iterator, List, Optional, Sequence, Set, Tuple, Union, c
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import (ConnectTimeoutError, LocationParseError, NameResolutionError,
-                                NewConnectionError)
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    LocationParseError,
+    NameResolutionError,
+    NewConnectionError,
+)
 from urllib3.util.connection import allowed_gai_family
 
 logger = logging.getLogger(__name__)
