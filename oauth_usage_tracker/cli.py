@@ -371,15 +371,29 @@ def main(argv: Optional[List[str]] = None, process_exit: bool = False) -> int:
     try:
         with shutdown.installed(then_ignore=process_exit):
             if args.demo:
-                return run_demo(args, shutdown)
-            return _run(args, os.environ).execute(shutdown)
+                status = run_demo(args, shutdown)
+            else:
+                status = _run(args, os.environ).execute(shutdown)
     except ConfigurationError as error:
         logger.error("%s", error)
         return USAGE_ERROR
     except _Terminated:
-        logger.warning("Terminated; in-flight token writes were finished first")
-        return 128 + signal.SIGTERM
+        return _stopped(signal.SIGTERM)
     except KeyboardInterrupt:
+        return _stopped(signal.SIGINT)
+    if shutdown.signal is not None and not args.watch:
+        # The handler's exception can be lost: one raised inside a callback the interpreter
+        # runs for itself (an import lock's, a weakref's) is printed as "ignored" and the run
+        # goes on. The signal was still received, and a one-shot run stopped by it says so.
+        return _stopped(shutdown.signal)
+    return status
+
+
+def _stopped(number: int) -> int:
+    """Log how a one-shot run stopped on signal `number`; return its exit status (130, 143)."""
+    if number == signal.SIGTERM:
+        logger.warning("Terminated; in-flight token writes were finished first")
+    else:
         logger.warning("Interrupted; in-flight token writes were finished first")
-        return 130
+    return 128 + number
 

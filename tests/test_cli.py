@@ -88,6 +88,34 @@ def test_main_sigint_during_a_run_exits_130(monkeypatch, auth_dir, capfd):
     assert "Interrupted" in capfd.readouterr().err
 
 
+def test_main_signal_whose_exception_the_interpreter_swallowed_still_exits_143(monkeypatch,
+                                                                              auth_dir):
+    import sys
+    import weakref
+    swallowed = []
+    monkeypatch.setattr(sys, "unraisablehook", swallowed.append)
+    discover_accounts = run_module.discover_accounts
+
+    def discover(directory):
+        class Thing:
+            pass
+
+        def callback(_ref):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # the handler runs here, inside the callback
+                pass
+
+        thing = Thing()
+        ref = weakref.ref(thing, callback)
+        del thing  # the callback's exception is "ignored" by the interpreter
+        assert ref() is None
+        return discover_accounts(directory)
+
+    monkeypatch.setattr(run_module, "discover_accounts", discover)
+    assert module.main(["--auth-dir", str(auth_dir), "--no-state"]) == 128 + signal.SIGTERM
+    assert [type(item.exc_value).__name__ for item in swallowed] == ["_Terminated"]
+
+
 def test_main_watch_stops_with_0_on_sigterm_after_its_first_report(monkeypatch, auth_dir,
                                                                    capsys):
     auth_dir.claude()
