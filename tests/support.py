@@ -232,3 +232,31 @@ class StuckFifo:
 
     def close(self):
         os.close(self.reader)
+
+
+def wait_for(predicate, timeout=20.0, poll=0.02):
+    """Poll `predicate` every `poll` seconds; return True once it holds, False after `timeout`."""
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(poll)
+    return False
+
+
+def signal_and_reap(process, number, timeout=30):
+    """Send `number` to a running script, wait for it to exit, and return (stdout, stderr,
+    seconds from the signal to the exit); a script still running after `timeout` is killed (and
+    the test fails on its status)."""
+    import subprocess
+    import time
+    sent = time.monotonic()
+    process.send_signal(number)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+    return out, err, time.monotonic() - sent
+

@@ -21,7 +21,7 @@ from typing import Callable, Optional
 
 import pytest
 
-from oauth_usage_tracker import accounts, cli, credentials, demo
+from oauth_usage_tracker import cli, credentials, demo
 from oauth_usage_tracker.accounts import discover_accounts
 from oauth_usage_tracker.config import Settings
 from oauth_usage_tracker.tracker import OAuthUsageTracker

@@ -15,7 +15,7 @@ from typing import Optional
 import pytest
 
 from oauth_usage_tracker import refresh as refresh_module
-from oauth_usage_tracker import accounts, credentials, demo
+from oauth_usage_tracker import credentials, demo
 from support import (CLAUDE_ACCESS, CLAUDE_REFRESH, CODEX_ACCESS, SECRETS,
                      claude_credentials, codex_credentials, write_compact)
 

@@ -17,6 +17,7 @@ from oauth_usage_tracker.errors import ProviderError, TokenRefreshError
 from oauth_usage_tracker.providers import claude
 from oauth_usage_tracker.refresh import GUARD
 
+from support import wait_for
 from unanswering import unanswering_ports
 
 # localhost, which the URL policy lets plain http reach; port 1, which no test server uses: only
@@ -67,7 +68,7 @@ def test_stop_reads_cuts_a_get_still_connecting(session, several):
     worker = threading.Thread(target=read)
     worker.start()
     # The read is connecting once its deadline holds a socket (handed over before connect()).
-    assert _wait_for(lambda: any(d._socket is not None for d in session.deadlines._active))
+    assert wait_for(lambda: any(d._socket is not None for d in session.deadlines._active))
     started = time.monotonic()
     http.stop_reads(session)
     worker.join(10)
@@ -122,10 +123,3 @@ def test_a_refresh_cut_while_connecting_never_marks_the_token(tmp_path, several,
     assert usage.token_refreshed is True
 
 
-def _wait_for(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from oauth_usage_tracker import demo
-from support import CLAUDE_REFRESH, assert_no_secrets
+from support import CLAUDE_REFRESH, assert_no_secrets, signal_and_reap, wait_for
 
 from unanswering import unanswering_ports
 
@@ -112,11 +112,8 @@ def test_sigterm_ends_a_run_whose_read_is_still_connecting(auth_dir, several):
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, stdin=subprocess.DEVNULL)
     try:
-        assert _wait_for(lambda: several.count() == 1)  # resolved: connecting from now on
-        sent = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=30)
-        elapsed = time.monotonic() - sent
+        assert wait_for(lambda: several.count() == 1)  # resolved: connecting from now on
+        out, err, elapsed = signal_and_reap(process, signal.SIGTERM)
     finally:
         if process.poll() is None:
             process.kill()
@@ -148,11 +145,11 @@ def test_a_refresh_cut_while_connecting_is_sent_again_next_cycle(tmp_path, sever
         try:
             # The first refresh resolves to the unanswering addresses and times out; once the
             # next lookup has begun, the name points at the fake.
-            assert _wait_for(lambda: several.count() >= 1 and process.poll() is None)
-            assert _wait_for(lambda: several.count() >= 2, timeout=30)
+            assert wait_for(lambda: several.count() >= 1 and process.poll() is None)
+            assert wait_for(lambda: several.count() >= 2, timeout=30)
             several.up.touch()
-            assert _wait_for(lambda: fake.count(demo.TOKEN_PATH) == 1, timeout=30)
-            assert _wait_for(lambda: json.loads(Path(path).read_text())["refresh_token"]
+            assert wait_for(lambda: fake.count(demo.TOKEN_PATH) == 1, timeout=30)
+            assert wait_for(lambda: json.loads(Path(path).read_text())["refresh_token"]
                              != CLAUDE_REFRESH)
             process.send_signal(signal.SIGTERM)
             out, err = process.communicate(timeout=30)
@@ -166,10 +163,3 @@ def test_a_refresh_cut_while_connecting_is_sent_again_next_cycle(tmp_path, sever
     assert_no_secrets(out, err)
 
 
-def _wait_for(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False

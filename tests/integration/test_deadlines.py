@@ -14,7 +14,7 @@ import time
 import pytest
 
 from oauth_usage_tracker import http
-from support import CLAUDE_REFRESH, assert_no_secrets
+from support import CLAUDE_REFRESH, assert_no_secrets, signal_and_reap, wait_for
 
 import hostile_server as hs
 from hostile_server import CLAUDE_PATH, CODEX_PATH, TOKEN_PATH
@@ -30,14 +30,6 @@ def _env(tmp_path, *servers_for_paths):
     env.update(hs.endpoint_environ(*servers_for_paths))
     return env
 
-
-def _wait_for(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 @pytest.mark.parametrize("path, what", [(CODEX_PATH, "Codex usage"),
@@ -83,12 +75,9 @@ def test_signal_ends_a_run_stuck_in_a_trickled_read_within_seconds(number, extra
             env=_env(tmp_path, base, base, base), stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True)
         try:
-            assert _wait_for(lambda: server.count(CODEX_PATH) == 1)
+            assert wait_for(lambda: server.count(CODEX_PATH) == 1)
             time.sleep(0.3)  # a few header bytes are in
-            sent = time.monotonic()
-            process.send_signal(number)
-            out, err = process.communicate(timeout=30)
-            elapsed = time.monotonic() - sent
+            out, err, elapsed = signal_and_reap(process, number)
         finally:
             if process.poll() is None:
                 process.kill()
@@ -116,11 +105,8 @@ def test_sigterm_waits_for_the_token_write_back_but_not_for_the_read(auth_dir, t
             env=_env(tmp_path, usage.base_url, usage.base_url, token.base_url),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            assert _wait_for(lambda: usage.count(CODEX_PATH) == 1 and token.count(TOKEN_PATH) == 1)
-            sent = time.monotonic()
-            process.send_signal(signal.SIGTERM)
-            out, err = process.communicate(timeout=30)
-            elapsed = time.monotonic() - sent
+            assert wait_for(lambda: usage.count(CODEX_PATH) == 1 and token.count(TOKEN_PATH) == 1)
+            out, err, elapsed = signal_and_reap(process, signal.SIGTERM)
         finally:
             if process.poll() is None:
                 process.kill()
@@ -148,7 +134,7 @@ def test_stop_reads_cuts_a_read_in_flight_and_refuses_the_next(session):
                 outcome["error"] = error
         worker = threading.Thread(target=read)
         worker.start()
-        assert _wait_for(lambda: server.count(CODEX_PATH) == 1)
+        assert wait_for(lambda: server.count(CODEX_PATH) == 1)
         started = time.monotonic()
         http.stop_reads(session)
         worker.join(10)

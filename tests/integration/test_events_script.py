@@ -11,8 +11,8 @@ import pytest
 
 from oauth_usage_tracker import demo
 
-from support import assert_no_secrets, process_gone
-from test_script import _wait_for, run, started
+from support import assert_no_secrets, process_gone, wait_for
+from test_script import run, started
 
 NOW = datetime.now(timezone.utc)
 # Less than 5 % of the 5-hour window has elapsed, so no pace projection adds events here (the
@@ -128,7 +128,7 @@ def test_cron_runs_and_watch_announce_the_same_events_once(auth_dir, tmp_path):
             # The watcher starts a refresh only after the previous one was reported (its
             # events delivered), so a 7th request means the first 6 refreshes are done; the
             # 6th repeats the 5th answers and must add nothing.
-            assert _wait_for(lambda: fake.served() >= 7, timeout=60), process.stderr
+            assert wait_for(lambda: fake.served() >= 7, timeout=60), process.stderr
             process.send_signal(signal.SIGTERM)
             _, stderr = process.communicate(timeout=60)
         assert process.returncode == 0, stderr
@@ -182,7 +182,7 @@ def test_sigterm_while_a_hook_runs_ends_the_run_and_the_hook(auth_dir, tmp_path)
         args = ["--auth-dir", str(auth_dir), "--state-dir", str(tmp_path / "s"), "--json",
                 "--on-event", str(slow)]
         with started(args, fake.environ()) as process:
-            assert _wait_for(pid_file.exists, timeout=60), process.stderr
+            assert wait_for(pid_file.exists, timeout=60), process.stderr
             begun = time.monotonic()
             process.send_signal(signal.SIGTERM)
             _, stderr = process.communicate(timeout=30)
@@ -190,4 +190,4 @@ def test_sigterm_while_a_hook_runs_ends_the_run_and_the_hook(auth_dir, tmp_path)
     assert time.monotonic() - begun < 15  # not the hook's 30 s deadline, nor its 60 s sleep
     assert "Traceback" not in stderr
     child = int(pid_file.read_text())
-    assert _wait_for(lambda: process_gone(child), timeout=10), "the hook's child outlived the run"
+    assert wait_for(lambda: process_gone(child), timeout=10), "the hook's child outlived the run"

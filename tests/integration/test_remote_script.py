@@ -13,7 +13,7 @@ import pytest
 
 from cpa_fake import Credential, FakeManagement, SilentServer
 from oauth_usage_tracker import demo
-from support import assert_no_secrets
+from support import assert_no_secrets, wait_for
 
 SCRIPT = shutil.which("oauth-usage-tracker")
 COMMAND = [SCRIPT] if SCRIPT else [sys.executable, "-m", "oauth_usage_tracker"]
@@ -364,14 +364,6 @@ def test_watch_lists_the_proxy_again_every_interval_and_exits_0_on_sigterm(provi
             return {a["email"] for a in json.loads(output.read_text())["accounts"]}
         except (OSError, ValueError):
             return set()
-
-    def wait_for(predicate, timeout=20.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(0.05)
-        return False
 
     with proxy_a(providers) as a:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OAUTH_USAGE_TRACKER_")}

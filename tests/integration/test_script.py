@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from oauth_usage_tracker import demo
-from support import assert_no_secrets
+from support import assert_no_secrets, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = shutil.which("oauth-usage-tracker")
@@ -253,14 +253,6 @@ def test_verbose_run_with_refresh_leaks_no_token(fake, auth_dir):
         assert token not in result.stdout and token not in result.stderr
 
 
-def _wait_for(predicate, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
 
 def test_watch_picks_up_new_file_and_exits_0_on_sigterm(fake, accounts, tmp_path):
     output = tmp_path / "report.json"
@@ -273,13 +265,13 @@ def test_watch_picks_up_new_file_and_exits_0_on_sigterm(fake, accounts, tmp_path
 
     args = ["--auth-dir", str(accounts), "--json", "--output", str(output), "--watch", "3600"]
     with started(args, fake.environ()) as process:
-        assert _wait_for(lambda: len(emails()) == 4)
+        assert wait_for(lambda: len(emails()) == 4)
         # The new account is registered with the fake before its file appears.
         fake.add_account(demo.FakeAccount("codex", "new@example.com"), "demo-new", "demo-new-r")
         demo.write_credential(str(accounts), "codex", "new@example.com", "demo-new",
                               "demo-new-r", NOW + timedelta(days=1))
         begun = time.monotonic()
-        assert _wait_for(lambda: "new@example.com" in emails(), timeout=10)
+        assert wait_for(lambda: "new@example.com" in emails(), timeout=10)
         print("watch picked up the new file in %.2f s" % (time.monotonic() - begun))
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
@@ -297,7 +289,7 @@ def slow_refresh_run(auth_dir, fake, extra_args=()):
                                       "demo-term-r", NOW - timedelta(minutes=1)))
     args = ["--auth-dir", str(auth_dir), "--refresh-expired", "--json"] + list(extra_args)
     with started(args, fake.environ()) as process:
-        assert _wait_for(lambda: fake.count(demo.TOKEN_PATH) == 1)
+        assert wait_for(lambda: fake.count(demo.TOKEN_PATH) == 1)
         yield path, process
 
 
@@ -333,7 +325,7 @@ def test_watch_reports_even_when_a_refresh_takes_longer_than_the_interval(fake, 
     output = tmp_path / "report.json"
     args = ["--auth-dir", str(auth_dir), "--json", "--output", str(output), "--watch", "0.5"]
     with started(args, fake.environ()) as process:
-        assert _wait_for(output.exists, timeout=15)
+        assert wait_for(output.exists, timeout=15)
         assert len(json.loads(output.read_text())["accounts"]) == 2
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=30)
