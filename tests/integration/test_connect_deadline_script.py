@@ -151,8 +151,7 @@ def test_a_refresh_cut_while_connecting_is_sent_again_next_cycle(tmp_path, sever
             assert wait_for(lambda: fake.count(demo.TOKEN_PATH) == 1, timeout=30)
             assert wait_for(lambda: json.loads(Path(path).read_text())["refresh_token"]
                              != CLAUDE_REFRESH)
-            process.send_signal(signal.SIGTERM)
-            out, err = process.communicate(timeout=30)
+            out, err, _ = signal_and_reap(process, signal.SIGTERM)
         finally:
             if process.poll() is None:
                 process.kill()

@@ -11,7 +11,7 @@ import pytest
 
 from oauth_usage_tracker import demo
 
-from support import assert_no_secrets, process_gone, wait_for
+from support import assert_no_secrets, process_gone, signal_and_reap, wait_for
 from test_script import run, started
 
 NOW = datetime.now(timezone.utc)
@@ -184,8 +184,7 @@ def test_sigterm_while_a_hook_runs_ends_the_run_and_the_hook(auth_dir, tmp_path)
         with started(args, fake.environ()) as process:
             assert wait_for(pid_file.exists, timeout=60), process.stderr
             begun = time.monotonic()
-            process.send_signal(signal.SIGTERM)
-            _, stderr = process.communicate(timeout=30)
+            _, stderr, _ = signal_and_reap(process, signal.SIGTERM)
     assert process.returncode == 143, stderr
     assert time.monotonic() - begun < 15  # not the hook's 30 s deadline, nor its 60 s sleep
     assert "Traceback" not in stderr

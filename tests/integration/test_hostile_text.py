@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from support import assert_no_secrets, codex_credentials, write_compact
+from support import assert_no_secrets, codex_credentials, signal_and_reap, wait_for, write_compact
 
 import hostile_server as hs
 from hostile_server import CLAUDE_PATH, CODEX_PATH
@@ -215,13 +215,9 @@ def test_watch_with_prometheus_survives_hostile_text_and_exits_0(hostile, tmp_pa
                                           "--watch", "3600", "--prometheus", str(metrics)],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 30
-        while not metrics.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert metrics.exists()
+        assert wait_for(lambda: metrics.exists(), timeout=30)
         assert process.poll() is None  # still watching
-        process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=30)
+        out, err, _ = signal_and_reap(process, signal.SIGTERM)
     finally:
         if process.poll() is None:
             process.kill()

@@ -13,7 +13,7 @@ import pytest
 
 from cpa_fake import Credential, FakeManagement, SilentServer
 from oauth_usage_tracker import demo
-from support import assert_no_secrets, wait_for
+from support import assert_no_secrets, signal_and_reap, wait_for
 
 SCRIPT = shutil.which("oauth-usage-tracker")
 COMMAND = [SCRIPT] if SCRIPT else [sys.executable, "-m", "oauth_usage_tracker"]
@@ -379,8 +379,7 @@ def test_watch_lists_the_proxy_again_every_interval_and_exits_0_on_sigterm(provi
             a.credentials.append(Credential("claude-new.json", "claude", "new@example.com",
                                             "cpa-new-tok", auth_index="00000000000000ee"))
             assert wait_for(lambda: "new@example.com" in emails())
-            process.send_signal(signal.SIGTERM)
-            _, stderr = process.communicate(timeout=30)
+            _, stderr, _ = signal_and_reap(process, signal.SIGTERM)
         finally:
             if process.poll() is None:
                 process.kill()

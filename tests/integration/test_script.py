@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from oauth_usage_tracker import demo
-from support import assert_no_secrets, wait_for
+from support import assert_no_secrets, signal_and_reap, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = shutil.which("oauth-usage-tracker")
@@ -273,8 +273,7 @@ def test_watch_picks_up_new_file_and_exits_0_on_sigterm(fake, accounts, tmp_path
         begun = time.monotonic()
         assert wait_for(lambda: "new@example.com" in emails(), timeout=10)
         print("watch picked up the new file in %.2f s" % (time.monotonic() - begun))
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
+        _, stderr, _ = signal_and_reap(process, signal.SIGTERM)
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr
 
