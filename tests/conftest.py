@@ -1,4 +1,5 @@
 """Shared fixtures: an auth directory, a clean environment, a strict `responses` mock."""
+import logging
 import os
 import time
 
@@ -26,6 +27,18 @@ def clean_environment(monkeypatch, tmp_path):
     time.tzset()
     yield
     time.tzset()
+
+
+@pytest.fixture(autouse=True)
+def package_logger_restored():
+    """cli.main() points the package logger at the sys.stderr of the moment (a capture that is
+    closed after the test) and stops it from propagating. Put it back after every test, so that
+    a later test's caplog sees package records whatever pytest's version (only some attach their
+    handler to non-propagating loggers) and nothing writes into a closed stream."""
+    logger = logging.getLogger("oauth_usage_tracker")
+    saved = (list(logger.handlers), logger.level, logger.propagate, logger.disabled)
+    yield
+    logger.handlers[:], logger.level, logger.propagate, logger.disabled = saved
 
 
 @pytest.fixture(autouse=True)

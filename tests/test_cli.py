@@ -23,8 +23,6 @@ def handlers_restored():
     yield
     for number, handler in before.items():
         assert signal.getsignal(number) is handler
-    logging.getLogger("oauth_usage_tracker").handlers[:] = []
-    logging.getLogger("oauth_usage_tracker").propagate = True
 
 
 def test_main_bad_flag_is_a_usage_error(capsys):
