@@ -7,8 +7,9 @@ one from `_new_conn` before it connects; a reused one when the request starts), 
 deadline passes, or the run is stopping, the watchdog shuts that socket down: the blocked call
 returns at once and the request fails, whatever phase it was in (connecting, the TLS handshake,
 the status line and headers, the body). A name with several addresses is tried address by
-address, each attempt given only what is left of the deadline. Name resolution happens before
-there is a socket and is bounded by the resolver's own timeout.
+address, each attempt given only what is left of the deadline. A name (not an address literal) is
+resolved on a thread of its own that the request waits for only until the deadline fires: a
+resolver that hangs is left to its own timeout while the request fails as a connect timeout.
 
 One watchdog thread per process serves every deadline (a heap of due moments under a
 Condition), rather than a timer thread per request: starting a thread costs more CPU than the
@@ -56,7 +57,8 @@ class Deadline:
     may go back to the pool and serve another request), the watchdog can no longer touch it.
     """
 
-    __slots__ = ("abortable", "reason", "seconds", "due", "finished", "_lock", "_socket")
+    __slots__ = ("abortable", "reason", "seconds", "due", "finished", "_lock", "_socket",
+                 "_waiter")
 
     def __init__(self, seconds: float, abortable: bool) -> None:
         #: True for requests that may be cut short when the run stops (reads, not token exchanges).
@@ -69,6 +71,7 @@ class Deadline:
         self.finished = False
         self._lock = threading.Lock()
         self._socket: Optional[socket.socket] = None
+        self._waiter: Optional[threading.Event] = None
 
     def start(self) -> None:
         """Start the clock."""
@@ -98,14 +101,24 @@ class Deadline:
             if self._socket is sock:
                 self._socket = None
 
+    def wake(self, waiter: Optional[threading.Event]) -> None:
+        """Set `waiter` when the deadline fires (at once if it has fired); None forgets it."""
+        with self._lock:
+            self._waiter = waiter
+            if waiter is not None and self.reason is not None:
+                waiter.set()
+
     def fire(self, reason: str) -> None:
-        """End the request now: remember why and shut its socket down (the first reason wins)."""
+        """End the request now: remember why, shut its socket down and wake whoever waits on it
+        (the first reason wins)."""
         with self._lock:
             if self.reason is not None or self.finished:
                 return
             self.reason = reason
             if self._socket is not None:
                 _shutdown(self._socket)
+            if self._waiter is not None:
+                self._waiter.set()
 
     def finish(self) -> None:
         """Stop the clock and let go of the socket."""
@@ -286,7 +299,7 @@ def _connect(deadline: Deadline, address: Tuple[str, int], timeout: Optional[flo
         host.encode("idna")
     except UnicodeError:
         raise LocationParseError("'%s', label empty or too long" % host) from None
-    addresses = socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM)
+    addresses = _resolve(deadline, host, port)
     error: Optional[OSError] = None
     for family, kind, protocol, _, peer in addresses:
         left = deadline.remaining()
@@ -315,6 +328,44 @@ def _connect(deadline: Deadline, address: Tuple[str, int], timeout: Optional[flo
     if error is not None:
         raise error
     raise OSError("getaddrinfo returned no address")
+
+
+def _resolve(deadline: Deadline, host: str, port: int) -> List[Any]:
+    """Return getaddrinfo's answer for `host`:`port` (urllib3's address family, stream sockets)
+    within what is left of `deadline`; raise TimeoutError once the deadline fires first (or the
+    run stops), and what getaddrinfo raised otherwise.
+
+    An address literal is answered in place (AI_NUMERICHOST never asks a resolver). A name is
+    looked up on a daemon thread of its own, which a hung resolver may keep until the resolver's
+    own timeout; the request does not wait for it past the deadline, and the late answer is
+    dropped. The thread holds only the name and the port."""
+    family = allowed_gai_family()
+    try:
+        return socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0,
+                                  socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        pass  # a name, not an address
+    answer: List[Any] = []
+    done = threading.Event()
+
+    def look_up() -> None:
+        try:
+            answer.append(socket.getaddrinfo(host, port, family, socket.SOCK_STREAM))
+        except BaseException as error:  # handed to the waiting request, raised there
+            answer.append(error)
+        done.set()
+
+    deadline.wake(done)
+    try:
+        threading.Thread(target=look_up, name="resolve", daemon=True).start()
+        done.wait(deadline.remaining())
+    finally:
+        deadline.wake(None)
+    if deadline.reason is not None or not answer:
+        raise TimeoutError("resolving the name ran out of time")
+    if isinstance(answer[0], BaseException):
+        raise answer[0]
+    return cast(List[Any], answer[0])
 
 
 def _socket_timeout(timeout: object) -> Optional[float]:

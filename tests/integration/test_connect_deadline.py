@@ -2,7 +2,8 @@
 connect loop): getaddrinfo is patched to give four loopback addresses whose accept queues are
 full, so the kernel drops every SYN and each connect would wait for its whole timeout. The
 request still ends at its deadline, as a timeout that never left (unsent), stop_reads cuts it at
-once, and addresses that refuse are skipped for the next one, as urllib3 does."""
+once, and addresses that refuse are skipped for the next one, as urllib3 does. A resolver that
+hangs (getaddrinfo patched to block) is bounded by the same deadline."""
 import socket
 import threading
 import time
@@ -34,12 +35,18 @@ def several(monkeypatch):
         real = socket.getaddrinfo
 
         def getaddrinfo(host, port, *args, **kwargs):
-            if (host, port) != (NAME, PORT):
+            if (host, port) != (NAME, PORT) or _numeric_only(*args, **kwargs):
                 return real(host, port, *args, **kwargs)
             return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", address)
                     for address in answers]
         monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
         yield answers
+
+
+def _numeric_only(family=0, kind=0, protocol=0, flags=0):
+    """Whether a getaddrinfo call asks for an address literal only (which never reaches a
+    resolver, so the real function answers it at once)."""
+    return bool(flags & socket.AI_NUMERICHOST)
 
 
 def _url(path="/usage"):
@@ -123,3 +130,77 @@ def test_a_refresh_cut_while_connecting_never_marks_the_token(tmp_path, several,
     assert usage.token_refreshed is True
 
 
+
+
+@pytest.fixture
+def hung_resolver(monkeypatch):
+    """Make the lookup of NAME:PORT hang until the test ends (as a resolver that never answers
+    would); yield the list of hosts looked up, in order."""
+    release = threading.Event()
+    asked = []
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if (host, port) != (NAME, PORT) or _numeric_only(*args, **kwargs):
+            return real(host, port, *args, **kwargs)
+        asked.append(host)
+        release.wait(30)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield asked
+    release.set()
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_a_hung_resolver_ends_at_the_deadline_unsent(session, hung_resolver, method):
+    started = time.monotonic()
+    with pytest.raises(ProviderError) as caught:
+        http.send(session, method, _url(), what="Test", timeout=1, max_body=1024)
+    elapsed = time.monotonic() - started
+    assert str(caught.value) == "Test request timed out after 1 s"
+    assert caught.value.unsent is True
+    assert 0.9 <= elapsed < 1.5, elapsed  # the resolver itself would answer after 30 s
+    assert NAME in hung_resolver
+
+
+def test_stop_reads_cuts_a_get_still_resolving(session, hung_resolver):
+    outcome = {}
+
+    def read():
+        try:
+            http.send(session, "GET", _url(), what="Codex usage", timeout=60, max_body=1024)
+        except ProviderError as error:
+            outcome["error"] = error
+    worker = threading.Thread(target=read)
+    worker.start()
+    assert wait_for(lambda: NAME in hung_resolver)
+    started = time.monotonic()
+    http.stop_reads(session)
+    worker.join(10)
+    assert not worker.is_alive() and time.monotonic() - started < 1
+    assert str(outcome["error"]) == "Codex usage request stopped: the run is ending"
+    assert outcome["error"].unsent is True
+
+
+def test_a_name_that_does_not_resolve_is_said_so_and_an_address_asks_no_resolver(
+        session, monkeypatch):
+    asked = []
+
+    def getaddrinfo(host, port, family=0, kind=0, protocol=0, flags=0):
+        asked.append((host, flags))
+        if not flags & socket.AI_NUMERICHOST and host == "nowhere.invalid":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        if flags & socket.AI_NUMERICHOST and not host[0].isdigit():
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.1", 1))]
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    with pytest.raises(ProviderError) as caught:
+        http.send(session, "GET", "https://nowhere.invalid/usage", what="Test", timeout=5,
+                  max_body=1024)
+    assert str(caught.value) == "Test request failed: host name not found"
+    assert caught.value.unsent is True
+    with pytest.raises(ProviderError):
+        http.send(session, "GET", "http://127.0.0.1:1/usage", what="Test", timeout=5,
+                  max_body=1024)
+    assert ("127.0.0.1", socket.AI_NUMERICHOST) in asked
+    assert ("127.0.0.1", 0) not in asked  # an address literal never reaches the resolver
