@@ -31,10 +31,8 @@ from .config import (
     Settings,
 )
 from .errors import ConfigurationError
-from .events import DEFAULT_BELOW, DEFAULT_FAILING_AFTER
 from .models import Provider
-from .options import Options
-from .pool import SORTS
+from .options import DEFAULT_BELOW, DEFAULT_FAILING_AFTER, SORTS, Options
 from .report import DEFAULT_MAX_STALE, DEFAULT_USABLE_ABOVE, USAGE_ERROR
 from .run import Run
 from .state import default_state_dir

@@ -36,6 +36,7 @@ from .event_memory import (
     memory_to_json,
 )
 from .models import AccountState, AccountUsage, Provider, Skipped, UsageWindow
+from .options import DEFAULT_BELOW, DEFAULT_FAILING_AFTER
 from .parsing import format_timestamp
 from .text import printable
 
@@ -43,8 +44,6 @@ if TYPE_CHECKING:
     from .state import StateStore
 
 VERSION = 1
-DEFAULT_BELOW = 10.0
-DEFAULT_FAILING_AFTER = 1800.0
 #: Two reset moments this close name the same window period (Codex computes `reset_at` from
 #: `reset_after_seconds` when it must, and the result moves by a few seconds between runs).
 PERIOD_TOLERANCE = timedelta(minutes=10)

@@ -4,9 +4,18 @@ import argparse
 from dataclasses import dataclass
 from typing import FrozenSet, Optional, Tuple
 
-from .events import DEFAULT_BELOW, DEFAULT_FAILING_AFTER
 from .models import Provider
 from .report import DEFAULT_MAX_STALE, DEFAULT_USABLE_ABOVE
+
+# The defaults of flags whose meaning lives in modules a plain run never imports (the events
+# machinery, the pool view): defined here, and imported by those modules, so that parsing the
+# flags does not import them (each dataclass costs about a millisecond to create at start-up).
+DEFAULT_BELOW = 10.0
+"""`--event-below`: quota_low when a window has less than this percentage left."""
+DEFAULT_FAILING_AFTER = 1800.0
+"""`--failing-after`: account_failing once a failure has lasted this many seconds."""
+SORTS = ("name", "headroom", "reset")
+"""`--sort`: the table orders of the pool view (pool.sort_accounts)."""
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,8 @@ from datetime import datetime
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .models import AccountState, AccountUsage, Provider
+from .options import SORTS
 from .report import Report
-
-SORTS = ("name", "headroom", "reset")
 
 #: The states of an account that takes work (a failing one is freed by a person, not a reset).
 _WORKING = (AccountState.OK, AccountState.STALE)
