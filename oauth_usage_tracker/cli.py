@@ -349,16 +349,31 @@ def run() -> None:
     and SIGINT are ignored until the process is gone, and the interpreter's last garbage
     collection is skipped: the system takes the memory back, while that collection would walk
     every object of every module imported, about 15 ms with requests, more than a one-account
-    run's own work (objects not in cycles are still freed, atexit handlers still run)."""
+    run's own work (objects not in cycles are still freed, atexit handlers still run). The
+    collector is also off during start-up (see _started)."""
+    gc.disable()
     status = main(process_exit=True)
     gc.freeze()
     sys.exit(status)
 
 
+def _started() -> None:
+    """The end of the script's start-up: import what every run needs (the tracker, and with it
+    requests), then put every object alive now out of the cyclic collector's sight
+    (`gc.freeze()`) and turn the collector back on (run() turned it off). Start-up allocates
+    the modules' classes, functions and tables, all kept until the process exits: the
+    collections their allocation would trigger (about thirty while importing requests) find no
+    garbage, yet walk them, and every later full collection would walk them again."""
+    from . import tracker  # noqa: F401
+    gc.freeze()
+    gc.enable()
+
+
 def main(argv: Optional[List[str]] = None, process_exit: bool = False) -> int:
     """Run the script with `argv` (default sys.argv[1:]); return the exit status. The SIGTERM and
-    SIGINT handlers are restored on return; with `process_exit` (the process exits right after)
-    both signals are ignored instead."""
+    SIGINT handlers are restored on return; with `process_exit` (the process exits right after:
+    run()) both signals are ignored instead, and the collector run() turned off is turned back
+    on once the run's modules are imported (_started)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -368,6 +383,8 @@ def main(argv: Optional[List[str]] = None, process_exit: bool = False) -> int:
     shutdown = Shutdown(raise_first=not args.watch)
     try:
         with shutdown.installed(then_ignore=process_exit):
+            if process_exit:
+                _started()
             if args.demo:
                 status = run_demo(args, shutdown)
             else:

@@ -1,0 +1,74 @@
+"""What the script imports, and when: a module a plain run never needs is never imported by it
+(each dataclass costs about a millisecond to create, a third of a one-account run is start-up),
+and the collector turned off for start-up is turned back on. The import checks run in a fresh
+interpreter (this one has imported everything already)."""
+import gc
+import json
+import subprocess
+import sys
+
+import oauth_usage_tracker.cli as module
+
+# Modules that only events, remote proxies or --watch need.
+NEVER_IN_A_PLAIN_RUN = (
+    "oauth_usage_tracker.events", "oauth_usage_tracker.event_memory",
+    "oauth_usage_tracker.notify", "oauth_usage_tracker.management",
+    "oauth_usage_tracker.remote", "oauth_usage_tracker.lockout", "oauth_usage_tracker.watch",
+)
+# Imported by a run once it knows it will fetch (the tracker, with requests) or while the
+# fetches are in flight (the renderers, with the pool view): never by parsing the flags.
+NOT_BEFORE_A_RUN = NEVER_IN_A_PLAIN_RUN + (
+    "oauth_usage_tracker.demo", "oauth_usage_tracker.tracker", "oauth_usage_tracker.http", "oauth_usage_tracker.providers",
+    "oauth_usage_tracker.render", "oauth_usage_tracker.pool", "requests",
+    "concurrent.futures",
+)
+
+# A plain one-account JSON run, in process, against the loopback fake the demo uses; then the
+# names of the modules it imported (the fake's own imports are no package module above).
+PLAIN_RUN = """\
+import json, os, sys, tempfile
+from oauth_usage_tracker import demo
+with demo.FakeProviders() as fake, tempfile.TemporaryDirectory() as tmp:
+    auth = os.path.join(tmp, "auth")
+    os.mkdir(auth)
+    demo.populate(fake, auth, claude=0, codex=1)
+    os.environ.update(fake.environ(), XDG_STATE_HOME=os.path.join(tmp, "state"))
+    from oauth_usage_tracker import cli
+    status = cli.main(["--auth-dir", auth, "--json", "-q", "--output",
+                       os.path.join(tmp, "report.json")])
+print(json.dumps({"status": status, "modules": sorted(sys.modules)}))
+"""
+
+
+def imported_by(code):
+    """Run `code` in a fresh interpreter; return what it printed last, parsed as JSON."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def test_importing_the_cli_imports_no_module_a_run_defers():
+    modules = imported_by("import json, sys\nimport oauth_usage_tracker.cli\n"
+                          "print(json.dumps(sorted(sys.modules)))")
+    assert "oauth_usage_tracker.cli" in modules
+    assert [name for name in NOT_BEFORE_A_RUN if name in modules] == []
+
+
+def test_plain_one_account_json_run_never_imports_events_remote_or_watch():
+    ran = imported_by(PLAIN_RUN)
+    assert ran["status"] == 0
+    assert "oauth_usage_tracker.tracker" in ran["modules"]  # it did fetch
+    assert [name for name in NEVER_IN_A_PLAIN_RUN if name in ran["modules"]] == []
+
+
+def test_started_imports_the_tracker_and_turns_the_collector_back_on():
+    gc.disable()
+    try:
+        module._started()
+        assert gc.isenabled()
+        assert gc.get_freeze_count() > 0
+        assert "oauth_usage_tracker.tracker" in sys.modules
+    finally:
+        gc.unfreeze()
+        gc.enable()
