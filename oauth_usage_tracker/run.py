@@ -19,7 +19,7 @@ from typing import (
     Union,
 )
 
-from . import files, refresh
+from . import files
 from .accounts import discover_accounts, resolve_auth_dir, select_accounts
 from .config import Settings
 from .errors import ConfigurationError
@@ -209,6 +209,9 @@ class Run:
             shutdown.raise_first = False  # from here on a signal must not cut the wait short
             if shutdown.requested:
                 logger.info("Stopping: waiting for running requests and token writes")
+                # Imported by the first token refresh; when none ran, nothing is to refuse, but the
+                # guard still refuses any that would start from here on.
+                from . import refresh
                 refresh.GUARD.refuse_new()
                 tracker.stop_reads()  # usage reads end now; token writes never do
             tracker.close()

@@ -9,9 +9,9 @@ import sys
 
 import oauth_usage_tracker.cli as module
 
-# Modules that only events, remote proxies or --watch need.
+# Modules that only events, remote proxies, --watch or a token refresh need.
 NEVER_IN_A_PLAIN_RUN = (
-    "oauth_usage_tracker.events", "oauth_usage_tracker.event_memory",
+    "oauth_usage_tracker.refresh", "oauth_usage_tracker.events", "oauth_usage_tracker.event_memory",
     "oauth_usage_tracker.notify", "oauth_usage_tracker.management",
     "oauth_usage_tracker.remote", "oauth_usage_tracker.lockout", "oauth_usage_tracker.watch",
 )
@@ -23,15 +23,16 @@ NOT_BEFORE_A_RUN = NEVER_IN_A_PLAIN_RUN + (
     "concurrent.futures",
 )
 
-# A plain one-account JSON run, in process, against the loopback fake the demo uses; then the
-# names of the modules it imported (the fake's own imports are no package module above).
+# A plain one-account JSON run (a Claude account whose token is valid: nothing to refresh), in
+# process, against the loopback fake the demo uses; then the names of the modules it imported
+# (the fake's own imports are no package module above).
 PLAIN_RUN = """\
 import json, os, sys, tempfile
 from oauth_usage_tracker import demo
 with demo.FakeProviders() as fake, tempfile.TemporaryDirectory() as tmp:
     auth = os.path.join(tmp, "auth")
     os.mkdir(auth)
-    demo.populate(fake, auth, claude=0, codex=1)
+    demo.populate(fake, auth, claude=1, codex=0)
     os.environ.update(fake.environ(), XDG_STATE_HOME=os.path.join(tmp, "state"))
     from oauth_usage_tracker import cli
     status = cli.main(["--auth-dir", auth, "--json", "-q", "--output",
@@ -55,7 +56,7 @@ def test_importing_the_cli_imports_no_module_a_run_defers():
     assert [name for name in NOT_BEFORE_A_RUN if name in modules] == []
 
 
-def test_plain_one_account_json_run_never_imports_events_remote_or_watch():
+def test_plain_one_account_json_run_never_imports_refresh_events_remote_or_watch():
     ran = imported_by(PLAIN_RUN)
     assert ran["status"] == 0
     assert "oauth_usage_tracker.tracker" in ran["modules"]  # it did fetch

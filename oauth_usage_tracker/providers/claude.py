@@ -7,18 +7,21 @@ import logging
 import re
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 from urllib.parse import quote
 
 import requests
 
-from .. import http, refresh
+from .. import http
 from ..config import CLAUDE_CLIENT_ID, Settings
 from ..credentials import TokenGrant, read_json_object, token_field
 from ..errors import CredentialError, ProviderError, TokenRefreshError, UsageTrackerError
 from ..models import AccountDetails, AccountUsage, AuthAccount, ExtraUsage, UsageWindow
 from ..parsing import make_window, number_value, parse_timestamp, slug, title_length, unique_keys
 from .answer import usage_from_answer
+
+if TYPE_CHECKING:  # imported by the first refresh: most runs refresh no token
+    from ..refresh import RefreshResult
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +209,9 @@ def _lacks_scope(response: http.HttpResponse) -> bool:
 
 
 def _refresh(account: AuthAccount, seen: Dict[str, Any], session: requests.Session,
-             settings: Settings) -> refresh.RefreshResult:
+             settings: Settings) -> "RefreshResult":
+    from .. import refresh
+
     def exchange(refresh_token: str) -> TokenGrant:
         return exchange_refresh_token(session, settings, refresh_token)
 
