@@ -78,6 +78,11 @@ class RefreshHandle:
         """True when a newer refresh (or close()) replaced this one before it published."""
         return self._event.is_set() and self._accounts is None
 
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Wait up to `timeout` seconds (None: until then) for this generation to publish or be
+        superseded; return done()."""
+        return self._event.wait(timeout)
+
     def result(self, timeout: Optional[float] = None) -> List[AccountUsage]:
         """Wait for this generation's published list and return it. Raise RefreshSuperseded if
         a newer refresh replaced it, concurrent.futures.TimeoutError after `timeout` seconds."""

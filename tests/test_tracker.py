@@ -575,3 +575,12 @@ def test_refresh_default_filter_skips_expired_against_fake(fake, tmp_path):
     assert "old@example.com" not in [u.email for u in result]
     assert len(result) == 4
     assert fake.count(demo.TOKEN_PATH) == 0
+
+
+def test_refresh_handle_wait_returns_false_until_published_or_superseded_then_true():
+    published, superseded = module.RefreshHandle(1), module.RefreshHandle(2)
+    assert published.wait(0) is False and superseded.wait(0.01) is False
+    published._finish([])
+    superseded._supersede()
+    assert published.wait(0) is True and superseded.wait() is True
+    assert published.result() == []
