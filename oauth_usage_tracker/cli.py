@@ -30,10 +30,16 @@ from .config import (
     URL_ENV,
     Settings,
 )
-from .errors import ConfigurationError
+from .errors import USAGE_ERROR, ConfigurationError
 from .models import Provider
-from .options import DEFAULT_BELOW, DEFAULT_FAILING_AFTER, SORTS, Options
-from .report import DEFAULT_MAX_STALE, DEFAULT_USABLE_ABOVE, USAGE_ERROR
+from .options import (
+    DEFAULT_BELOW,
+    DEFAULT_FAILING_AFTER,
+    DEFAULT_MAX_STALE,
+    DEFAULT_USABLE_ABOVE,
+    SORTS,
+    Options,
+)
 from .run import Run
 from .state import default_state_dir
 from .text import printable

@@ -21,6 +21,11 @@ class ConfigurationError(UsageTrackerError, ValueError):
     """A flag, environment variable or directory is unusable (the script exits 2)."""
 
 
+#: The script's exit status for a bad flag or a ConfigurationError (a report earns 0, 1 or 3:
+#: report.exit_status).
+USAGE_ERROR = 2
+
+
 class CredentialError(UsageTrackerError):
     """A credential file cannot be read, or lacks what the request needs."""
 

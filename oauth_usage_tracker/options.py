@@ -5,11 +5,15 @@ from dataclasses import dataclass
 from typing import FrozenSet, Optional, Tuple
 
 from .models import Provider
-from .report import DEFAULT_MAX_STALE, DEFAULT_USABLE_ABOVE
 
-# The defaults of flags whose meaning lives in modules a plain run never imports (the events
-# machinery, the pool view): defined here, and imported by those modules, so that parsing the
-# flags does not import them (each dataclass costs about a millisecond to create at start-up).
+# The defaults of flags whose meaning lives in modules a run imports late or never (the report,
+# the events machinery, the pool view): defined here, and imported by those modules, so that
+# parsing the flags does not import them (each dataclass costs about a millisecond to create at
+# start-up).
+DEFAULT_MAX_STALE = 3600.0
+"""`--max-stale`: stale values younger than this many seconds still count as success."""
+DEFAULT_USABLE_ABOVE = 10.0
+"""`--usable-above`: an account with at least this effective remaining percent is usable."""
 DEFAULT_BELOW = 10.0
 """`--event-below`: quota_low when a window has less than this percentage left."""
 DEFAULT_FAILING_AFTER = 1800.0

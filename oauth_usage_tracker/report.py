@@ -3,11 +3,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Dict, Iterator, Optional, Tuple, Union
 
+from .errors import USAGE_ERROR  # noqa: F401  (the fourth exit status, defined with the errors)
 from .models import AccountState, AccountUsage, Skipped
+from .options import DEFAULT_MAX_STALE, DEFAULT_USABLE_ABOVE
 
-OK, FAILED, USAGE_ERROR, BELOW_THRESHOLD = 0, 1, 2, 3
-DEFAULT_MAX_STALE = 3600.0
-DEFAULT_USABLE_ABOVE = 10.0
+OK, FAILED, BELOW_THRESHOLD = 0, 1, 3
 
 
 @dataclass(frozen=True)

@@ -22,15 +22,15 @@ from typing import (
 from . import files
 from .accounts import discover_accounts, resolve_auth_dir, select_accounts
 from .config import Settings
-from .errors import ConfigurationError
+from .errors import USAGE_ERROR, ConfigurationError
 from .models import AuthAccount, Discovery, Provider
 from .options import Options
-from .report import USAGE_ERROR, Report, exit_status
 
 if TYPE_CHECKING:  # the tracker pulls in requests: imported when a run needs it
     from .cli import Shutdown
     from .management import Proxy
     from .notify import Notifier
+    from .report import Report  # imported while the fetches are in flight, with the renderers
     from .tracker import OAuthUsageTracker, RefreshHandle
 
 logger = logging.getLogger("oauth_usage_tracker")
@@ -59,7 +59,7 @@ class Run:
         self.read_local = read_local
         # --watch: the combined discovery behind each running refresh, for its report.
         self._watched: Dict[int, Discovery] = {}
-        self.last_report: Optional[Report] = None
+        self.last_report: Optional["Report"] = None
         self.notifier: Optional["Notifier"] = None
 
     def selected(self, discovery: Discovery
@@ -76,19 +76,21 @@ class Run:
         kept, _ = select_accounts(codex + claude, self.settings.include_expired)
         return frozenset(account.id for account in kept)
 
-    def report(self, discovery: Discovery, handle: "RefreshHandle", started: float) -> Report:
+    def report(self, discovery: Discovery, handle: "RefreshHandle", started: float) -> "Report":
         """The report of a finished refresh: its results, what discovery skipped and what the
         refresh left out."""
+        from .report import Report
         return Report(accounts=tuple(handle.result()), skipped=discovery.skipped + handle.skipped,
                       generated_at=datetime.now(timezone.utc),
                       duration_seconds=time.monotonic() - started,
                       max_stale_seconds=self.options.max_stale,
                       usable_above=self.options.usable_above)
 
-    def emit(self, report: Report) -> int:
+    def emit(self, report: "Report") -> int:
         """Print or write the report (and metrics); return the exit status."""
         from .render import iter_json, render_prometheus, render_table
         from .render.prometheus import metrics_name
+        from .report import exit_status
         if self.options.json:
             pieces: Iterable[str] = iter_json(report)  # account by account: never held whole
         else:
@@ -123,7 +125,7 @@ class Run:
             logger.debug("%s failed: %s", account.id, account.error)
         return exit_status(report, self.options.fail_below)
 
-    def finish(self, report: Report) -> int:
+    def finish(self, report: "Report") -> int:
         """Emit a finished run's report, then its events (which never change the status)."""
         status = self.emit(report)
         if self.notifier is not None:

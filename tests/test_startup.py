@@ -16,10 +16,12 @@ NEVER_IN_A_PLAIN_RUN = (
     "oauth_usage_tracker.remote", "oauth_usage_tracker.lockout", "oauth_usage_tracker.watch",
 )
 # Imported by a run once it knows it will fetch (the tracker, with requests) or while the
-# fetches are in flight (the renderers, with the pool view): never by parsing the flags.
+# fetches are in flight (the renderers, with the report and the pool view): never by parsing
+# the flags.
 NOT_BEFORE_A_RUN = NEVER_IN_A_PLAIN_RUN + (
     "oauth_usage_tracker.demo", "oauth_usage_tracker.tracker", "oauth_usage_tracker.http", "oauth_usage_tracker.providers",
-    "oauth_usage_tracker.render", "oauth_usage_tracker.pool", "requests",
+    "oauth_usage_tracker.render", "oauth_usage_tracker.report", "oauth_usage_tracker.pool",
+    "requests",
     "concurrent.futures",
 )
 
