@@ -10,7 +10,8 @@ average (other work on the machine slows the tool and its baseline alike, but no
   standard library's `http.client`, W threads, one keep-alive connection each, reading and
   parsing every body. Both run in this process, interleaved, best of 3;
 - one account: the script's whole run (start-up included) against `python -c` of a one-request
-  `http.client` script (interpreter start-up included), best of 5;
+  `http.client` script (interpreter start-up included), best of 5, both started by a Python
+  like an operator's installation, without this environment's .pth files (Interpreter);
 - memory: the script's peak RSS (VmHWM, read by the child itself as it exits: os.wait4's
   ru_maxrss would count the memory of the process that forked it) at several N, each run with
   the state file an earlier run left, and the slope of a least-squares line through them;
