@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import site
 import subprocess
 import sys
 import sysconfig
@@ -85,8 +86,8 @@ class Interpreter:
     """This Python as an operator's installation runs it: `site` as usual, this package and its
     dependencies on sys.path, but none of this environment's .pth files. An editable install's
     finder (`__editable__.*.pth`) imports pathlib, urllib.parse and importlib.util at every
-    interpreter start, about 10 ms that the one-request baseline would never pay on a normal
-    installation (requests imports them anyway, so the script pays them either way); coverage's
+    interpreter start, about 16 M instructions that the one-request baseline would never pay on
+    a normal installation (requests imports them anyway, so the script pays them either way); coverage's
     hook is one more. A throwaway venv whose one .pth names the directories is that Python."""
 
     def __init__(self) -> None:
@@ -94,6 +95,10 @@ class Interpreter:
         venv.create(self._tmp.name, with_pip=False, symlinks=os.name != "nt")
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(demo.__file__)))
         paths = [package_root] + [sysconfig.get_path(name) for name in ("purelib", "platlib")]
+        paths += site.getsitepackages()  # a distribution's own (Debian's dist-packages)
+        if site.ENABLE_USER_SITE:
+            paths.append(site.getusersitepackages())
+        paths = [path for path in paths if os.path.isdir(path)]
         purelib = sysconfig.get_path("purelib", vars={"base": self._tmp.name,
                                                       "platbase": self._tmp.name})
         with open(os.path.join(purelib, "oauth-usage-bench.pth"), "w") as handle:
