@@ -12,10 +12,12 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.cookiejar import DefaultCookiePolicy
-from typing import Any, Dict, List, Mapping, Optional, Set, Union
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Set, Union
 
 import requests
+from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
+from urllib3.exceptions import DecodeError, ProtocolError, ReadTimeoutError
 
 from .config import endpoint_host, is_loopback_host
 from .deadline import STOPPING, Deadlines, WatchedAdapter
@@ -26,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 _CHUNK = 64 * 1024
 _NO_PROXY = {"http": None, "https": None}
+_IDENTITY = {"Accept-Encoding": "identity"}
 
 
 class BearerAuth(requests.auth.AuthBase):
@@ -44,14 +47,34 @@ class BearerAuth(requests.auth.AuthBase):
         return "BearerAuth(<hidden>)"
 
 
+class _Route(NamedTuple):
+    """What Session.request would work out for one endpoint URL, worked out once."""
+
+    url: str
+    """The URL as requests prepares it (`PreparedRequest.prepare_url`)."""
+    proxies: Dict[str, str]
+    """The proxies the adapter gets: `proxies_for` merged with the session's, None dropped."""
+    adapter: BaseAdapter
+    """The adapter mounted for the URL's scheme."""
+
+
 class _Session(requests.Session):
-    """A Session that reads the environment once, not on every request.
+    """A Session that reads the environment once, not on every request, and prepares each
+    request itself instead of going through `Session.request`.
 
     requests, with `trust_env`, scans the whole environment for proxies on every request (two
     scans each); with hundreds of accounts that is most of the client's CPU. Here proxies are
     worked out once per endpoint from the same variables (HTTPS_PROXY, NO_PROXY…), the CA bundle
     variables are honoured as requests would, and ~/.netrc is never applied (the bearer token is
     set explicitly). Loopback endpoints never go through a proxy: it would see the tokens.
+
+    `Session.request` also merges the session's settings into every request (headers, cookies,
+    auth, proxies, verify: each through `merge_setting`, whose runtime Protocol checks alone cost
+    more than the rest of a request's bookkeeping) and then walks the redirect and cookie code of
+    `Session.send`. `open` does what those would do for this session, with what depends only on
+    the URL (the prepared URL, the proxies, the adapter) worked out once per endpoint, and sends
+    through the adapter, which never follows a redirect. What it leaves out is empty here: the
+    cookie jar accepts no cookie (make_session), the session has no hooks, no auth, no params.
 
     Even with allow_redirects=False, requests walks its redirect code to fill `Response.next`,
     reading the 3xx body past our cap; there is never a target here.
@@ -63,6 +86,7 @@ class _Session(requests.Session):
         self.verify = (os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
                        or True)
         self._proxies: Dict[str, Dict[str, Optional[str]]] = {}
+        self._routes: Dict[str, _Route] = {}
         #: The hard deadlines of the requests in flight (see deadline.py).
         self.deadlines = Deadlines()
 
@@ -76,7 +100,49 @@ class _Session(requests.Session):
                     _NO_PROXY)
         return self._proxies[url]
 
+    def route(self, url: str) -> _Route:
+        """Given an endpoint URL, return its _Route, worked out at first use as Session.request
+        would: requests prepares the URL (raising its own exceptions for a bad one), the
+        proxies are `merge_setting(proxies_for(url), self.proxies)` (a None value turns a scheme
+        off), the adapter is the one mounted for the prepared URL."""
+        route = self._routes.get(url)
+        if route is None:
+            prepared = requests.PreparedRequest()
+            prepared.prepare_url(url, {})
+            proxies: Dict[str, Optional[str]] = dict(self.proxies)
+            proxies.update(self.proxies_for(url))
+            route = _Route(url=prepared.url or url,
+                           proxies={key: value for key, value in proxies.items()
+                                    if value is not None},
+                           adapter=self.get_adapter(prepared.url or url))
+            self._routes[url] = route
+        return route
+
+    def open(self, method: str, url: str, *, headers: Mapping[str, Optional[str]],
+             auth: Optional[requests.auth.AuthBase],
+             data: Union[str, bytes, Mapping[str, str], None], timeout: float
+             ) -> requests.Response:
+        """Given a request, send it as `Session.request(..., stream=True,
+        allow_redirects=False)` would and return the streamed Response. Raise what requests
+        raises for the same request (a bad header, a refused connection, a timeout…)."""
+        route = self.route(url)
+        request = requests.PreparedRequest()
+        request.prepare_method(method)
+        request.url = route.url
+        # merge_setting(headers, self.headers): the session's, then ours over them, None dropped.
+        merged: CaseInsensitiveDict[Optional[Union[str, bytes]]] = CaseInsensitiveDict(
+            self.headers)
+        merged.update(headers)
+        request.prepare_headers({name: value for name, value in merged.items()
+                                 if value is not None})
+        request.prepare_body(data or {}, None)
+        request.prepare_auth(auth, route.url)
+        return route.adapter.send(request, stream=True, timeout=timeout,
+                                  verify=True if self.verify is None else self.verify,
+                                  cert=self.cert, proxies=route.proxies)
+
     def get_redirect_target(self, resp: requests.Response) -> None:
+        """Never a target: see the class docstring."""
         return None
 
 
@@ -157,18 +223,21 @@ def _send_unguarded(session: requests.Session, method: str, url: str, *, what: s
                     auth: Optional[requests.auth.AuthBase] = None,
                     data: Union[str, bytes, Mapping[str, str], None] = None) -> HttpResponse:
     deadline = time.monotonic() + timeout
-    proxies = session.proxies_for(url) if isinstance(session, _Session) else None
     # Ask for the body as it is: a compliant server then sends nothing to decompress. A server
     # that compresses anyway is decoded by urllib3 (>= 2.6.3, which decompresses no more than
     # each read asks for and at most 5 chained encodings), and the body stays under max_body.
-    sent_headers = dict(headers or {}, **{"Accept-Encoding": "identity"})
+    sent_headers = dict(headers or {}, **_IDENTITY)
     try:
-        with session.request(method, url, headers=sent_headers, auth=auth, data=data,
-                             timeout=timeout, stream=True, allow_redirects=False,
-                             # A None value turns a scheme's proxy off (the stubs omit it).
-                             proxies=proxies) as response:  # type: ignore[arg-type]
+        if isinstance(session, _Session):
+            response = session.open(method, url, headers=sent_headers, auth=auth, data=data,
+                                    timeout=timeout)
+        else:  # a session from elsewhere: its own settings and environment apply
+            response = session.request(method, url, headers=sent_headers, auth=auth, data=data,
+                                       timeout=timeout, stream=True, allow_redirects=False)
+        with response:
             body = _read_body(response, what, max_body, deadline, timeout)
-            return HttpResponse(response.status_code, CaseInsensitiveDict(response.headers), body)
+            # build_response made these headers for this response alone: no copy needed.
+            return HttpResponse(response.status_code, response.headers, body)
     except ProviderError:
         raise
     except requests.exceptions.Timeout as error:
@@ -190,7 +259,6 @@ def _send_unguarded(session: requests.Session, method: str, url: str, *, what: s
 
 def _read_body(response: requests.Response, what: str, max_body: int, deadline: float,
                timeout: float) -> bytes:
-    from urllib3.exceptions import DecodeError, ProtocolError, ReadTimeoutError
     chunks = []
     size = 0
     try:

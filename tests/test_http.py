@@ -261,3 +261,134 @@ def test_session_honours_ca_bundle_variable(monkeypatch):
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/custom.pem")
     with module_http.make_session(1) as session:
         assert session.verify == "/etc/ssl/custom.pem"
+
+
+# --- the session's own request path (open) against what Session.request sends ----------------
+
+
+def sent_by_both(mocked_responses, method, url, **arguments):
+    """Send one request through make_session's path and through a plain Session's
+    `Session.request` (trust_env off, as make_session has it); return both recorded requests."""
+    mocked_responses.add(method, url, body=b"{}")
+    mocked_responses.add(method, url, body=b"{}")
+    arguments = dict(dict(what="Test", timeout=2, max_body=1024), **arguments)
+    with module.make_session(1) as ours, requests.Session() as plain:
+        plain.trust_env = False
+        module.send(ours, method, url, **arguments)
+        module.send(plain, method, url, **arguments)
+    return mocked_responses.calls[0].request, mocked_responses.calls[1].request
+
+
+@pytest.mark.parametrize("method, url, arguments", [
+    ("GET", URL, dict(headers={"Accept": "application/json", "User-Agent": "codex-cli"},
+                      auth=module.BearerAuth("tok-123"))),
+    ("GET", "https://API.Example.test:443/usage/../a b?x=1", dict(auth=module.BearerAuth("t"))),
+    ("POST", URL, dict(headers={"Content-Type": "application/x-www-form-urlencoded"},
+                       data="grant_type=refresh_token&refresh_token=r")),
+    ("POST", URL, dict(data={"a": "1"})),
+    ("POST", URL, dict()),
+    ("GET", "http://127.0.0.1:8080/v0/management/auth-files",
+     dict(headers={"Accept": "application/json", "Accept-Encoding": "gzip"},
+          auth=module.BearerAuth("k"))),
+])
+def test_send_prepares_what_session_request_prepares(mocked_responses, method, url, arguments):
+    ours, theirs = sent_by_both(mocked_responses, method, url, **arguments)
+    assert ours.method == theirs.method == method
+    assert ours.url == theirs.url
+    assert list(ours.headers.items()) == list(theirs.headers.items())
+    assert ours.headers["Accept-Encoding"] == "identity"
+    assert ours.body == theirs.body
+
+
+def test_send_hands_the_adapter_what_session_request_would(mocked_responses, monkeypatch):
+    # Timeout, streaming, the CA bundle variable, and the proxies from the environment.
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/custom.pem")
+    mocked_responses.get(URL, body=b"{}")
+    with module.make_session(1) as session:
+        send(session, timeout=2.5)
+    kwargs = mocked_responses.calls[0].request.req_kwargs
+    assert kwargs["timeout"] == 2.5
+    assert kwargs["stream"] is True
+    assert kwargs["verify"] == "/etc/ssl/custom.pem"
+    assert kwargs["cert"] is None
+    assert kwargs["proxies"] == {"https": "http://127.0.0.1:3128"}
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080/v1/oauth/token",
+                                 "http://localhost:8080/v1/oauth/token",
+                                 "https://mirror.example/usage"])
+def test_send_loopback_or_no_proxy_endpoint_gets_no_proxy(mocked_responses, monkeypatch, url):
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:3128")
+    monkeypatch.setenv("NO_PROXY", "mirror.example")
+    mocked_responses.post(url, body=b"{}")
+    with module.make_session(1) as session:
+        module.send(session, "POST", url, what="Claude token", timeout=1, max_body=1024,
+                    data="grant_type=refresh_token")
+    assert mocked_responses.calls[0].request.req_kwargs["proxies"] == {}
+
+
+def test_send_routes_a_remote_endpoint_through_the_environment_proxy(monkeypatch):
+    # A real loopback "proxy" that records what it is asked and hangs up: the request went to
+    # it (a CONNECT for the https endpoint), not to the endpoint.
+    import socket
+    import threading
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    heard = []
+
+    def proxy():
+        connection, _ = listener.accept()
+        with connection:
+            heard.append(connection.recv(4096))
+
+    thread = threading.Thread(target=proxy)
+    thread.start()
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:%d" % listener.getsockname()[1])
+    try:
+        with module.make_session(1) as session, pytest.raises(ProviderError) as caught:
+            send(session, timeout=5, auth=module.BearerAuth("tok-secret"))
+    finally:
+        thread.join(10)
+        listener.close()
+    assert heard and heard[0].startswith(b"CONNECT api.example.test:443 HTTP/")
+    assert b"tok-secret" not in heard[0]
+    assert "tok-secret" not in str(caught.value)
+
+
+def test_send_reuses_the_route_worked_out_at_first_use(mocked_responses, monkeypatch):
+    mocked_responses.get(URL, body=b"{}")
+    mocked_responses.get(URL, body=b"{}")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    with module.make_session(1) as session:
+        send(session)
+        monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9999")
+        send(session)
+        assert session.route(URL) is session.route(URL)
+    assert [call.request.req_kwargs["proxies"] for call in mocked_responses.calls] == \
+        [{"https": "http://127.0.0.1:3128"}] * 2
+
+
+def test_send_refuses_a_header_value_with_a_line_break(session, mocked_responses):
+    with pytest.raises(ProviderError) as caught:
+        send(session, headers={"ChatGPT-Account-Id": "a\r\nX-Evil: 1"})
+    assert str(caught.value) == "Test usage request failed: a header holds characters HTTP " \
+                                "cannot carry"
+    assert len(mocked_responses.calls) == 0
+
+
+def test_send_through_a_plain_session_uses_session_request(mocked_responses):
+    mocked_responses.get(URL, body=b'{"a": 1}')
+    mocked_responses.get(URL, status=302, headers={"Location": "https://elsewhere.test/"})
+    with requests.Session() as plain:
+        result = send(plain, auth=module.BearerAuth("tok-123"))
+        redirect = send(plain)
+    assert result.status == 200 and result.body == b'{"a": 1}'
+    assert redirect.status == 302
+    assert len(mocked_responses.calls) == 2  # the redirect was not followed
+    request = mocked_responses.calls[0].request
+    assert request.req_kwargs["stream"] is True
+    assert request.headers["Authorization"] == "Bearer tok-123"
+    assert request.headers["Accept-Encoding"] == "identity"
