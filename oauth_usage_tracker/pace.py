@@ -21,7 +21,7 @@ Awkward cases, decided here once:
   recent rate later. The figure itself is reported as the server sent it.
 """
 from array import array
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
@@ -75,6 +75,13 @@ class WindowHistory:
             values += (reading.at.timestamp(), reading.used_percent)
         packed = array("d", values)  # built whole: appending would over-allocate
         object.__setattr__(self, "_packed", packed)
+
+    @classmethod
+    def _packed_from(cls, packed: "array[float]") -> "WindowHistory":
+        """The history whose packed floats are `packed` (laid out as __init__ lays them out)."""
+        history: WindowHistory = object.__new__(cls)
+        object.__setattr__(history, "_packed", packed)
+        return history
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("WindowHistory is immutable")
@@ -168,11 +175,14 @@ def _recent_rate(window: UsageWindow, at: datetime, used: float, length: float,
         return None
     assert history is not None
     spacing = length * READING_SPACING_SHARE
-    earlier = [r for r in history.readings if (at - r.at).total_seconds() >= spacing]
-    if not earlier:
-        return None
-    first = earlier[0]
-    return (used - first.used_percent) / (at - first.at).total_seconds()
+    # Oldest first, so the first one old enough is the one; the others are never made into
+    # datetimes.
+    packed = history._packed
+    for index in range(2, 2 + 2 * int(packed[1]), 2):
+        elapsed = (at - _moment(packed[index])).total_seconds()
+        if elapsed >= spacing:
+            return (used - packed[index + 1]) / elapsed
+    return None
 
 
 def pace(window: UsageWindow, at: datetime,
@@ -208,8 +218,19 @@ def attach(windows: Iterable[UsageWindow], at: datetime,
            histories: Mapping[str, WindowHistory]) -> Tuple[UsageWindow, ...]:
     """Given windows read at `at` and the stored histories by window key, return the windows
     with their `pace` filled in (None where it cannot be told)."""
-    return tuple(replace(window, pace=pace(window, at, histories.get(window.key)))
+    return tuple(_with_pace(window, pace(window, at, histories.get(window.key)))
                  for window in windows)
+
+
+def _with_pace(window: UsageWindow, value: Optional[Pace]) -> UsageWindow:
+    """`dataclasses.replace(window, pace=value)` without replace's walk over the fields on every
+    call (every window of every account goes through here; test_pace checks that each field is
+    carried over)."""
+    return UsageWindow(key=window.key, title=window.title, used_percent=window.used_percent,
+                       reset_date=window.reset_date, reset_text=window.reset_text,
+                       severity=window.severity, is_active=window.is_active,
+                       locked_reason=window.locked_reason, pace=value,
+                       length_seconds=window.length_seconds, rolled_over=window.rolled_over)
 
 
 def remember(history: Optional[WindowHistory], window: UsageWindow,
@@ -224,20 +245,30 @@ def remember(history: Optional[WindowHistory], window: UsageWindow,
     if window.reset_date is None or window.used_percent is None or window.rolled_over:
         return None
     if history is not None and same_period(history, window):
-        base = WindowHistory(history.reset, history.readings[-MAX_READINGS:], history.previous)
+        # The same period goes on from the stored history itself: it already holds at most
+        # MAX_READINGS readings, and its floats are what packing its moments again would give.
+        base = history
     else:
         base = WindowHistory(reset=window.reset_date,
                              previous=_last_of_previous_period(history, window))
     if is_rollover_artefact(window, at, history):
         return base
-    readings = base.readings
-    if readings and at <= readings[-1].at:
+    # The readings are worked on as the packed floats (moment, percent pairs, oldest first):
+    # only the newest one or two moments are made into datetimes, for the comparisons.
+    packed = base._packed
+    count = int(packed[1])
+    newest = 2 * count  # index of the newest reading's moment
+    if count and at <= _moment(packed[newest]):
         return base
     spacing = (window.length_seconds or 0.0) * READING_SPACING_SHARE
-    if len(readings) >= 2 and (readings[-1].at - readings[-2].at).total_seconds() < spacing:
-        readings = readings[:-1]  # the newest was only a stand-in for the latest reading
-    readings = (readings + (Reading(at, window.used_percent),))[-MAX_READINGS:]
-    return WindowHistory(base.reset, readings, base.previous)
+    if count >= 2 and (_moment(packed[newest]) - _moment(packed[newest - 2])).total_seconds() \
+            < spacing:
+        count -= 1  # the newest was only a stand-in for the latest reading
+    readings = packed[2:2 + 2 * count]
+    readings.extend((at.timestamp(), window.used_percent))
+    readings = readings[-2 * MAX_READINGS:]
+    return WindowHistory._packed_from(array("d", (packed[0], len(readings) // 2)) + readings
+                                      + packed[2 + 2 * int(packed[1]):])
 
 
 def record(histories: Mapping[str, WindowHistory], windows: Iterable[UsageWindow],

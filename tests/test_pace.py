@@ -344,3 +344,95 @@ def test_history_of_twelve_readings_takes_a_few_hundred_bytes():
     finally:
         tracemalloc.stop()
     assert size < 400  # a Reading object and a datetime per reading took over 1 KiB
+
+
+# --- the packed-float paths against the datetime arithmetic they replaced ------------------
+
+def reference_recent_rate(window, at, used, length, history):
+    """_recent_rate as it was written with Reading objects and datetimes (the oracle)."""
+    if not module.same_period(history, window):
+        return None
+    spacing = length * module.READING_SPACING_SHARE
+    earlier = [r for r in history.readings if (at - r.at).total_seconds() >= spacing]
+    if not earlier:
+        return None
+    return (used - earlier[0].used_percent) / (at - earlier[0].at).total_seconds()
+
+
+def reference_remember(history, window, at):
+    """remember as it was written with Reading objects and datetimes (the oracle)."""
+    if window.reset_date is None or window.used_percent is None or window.rolled_over:
+        return None
+    if history is not None and module.same_period(history, window):
+        base = module.WindowHistory(history.reset, history.readings[-module.MAX_READINGS:],
+                                    history.previous)
+    else:
+        base = module.WindowHistory(reset=window.reset_date,
+                                    previous=module._last_of_previous_period(history, window))
+    if module.is_rollover_artefact(window, at, history):
+        return base
+    readings = base.readings
+    if readings and at <= readings[-1].at:
+        return base
+    spacing = (window.length_seconds or 0.0) * module.READING_SPACING_SHARE
+    if len(readings) >= 2 and (readings[-1].at - readings[-2].at).total_seconds() < spacing:
+        readings = readings[:-1]
+    readings = (readings + (module.Reading(at, window.used_percent),))[-module.MAX_READINGS:]
+    return module.WindowHistory(base.reset, readings, base.previous)
+
+
+# Moments to the microsecond, from 1970 to 9999 (a parsed reset can be anywhere in that range),
+# most of them near NOW, where readings are.
+FINE_MOMENT = st.one_of(
+    st.integers(min_value=-40 * 86400 * 10 ** 6, max_value=40 * 86400 * 10 ** 6).map(
+        lambda micro: NOW + timedelta(microseconds=micro)),
+    st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(9999, 12, 30),
+                 timezones=st.just(timezone.utc)))
+
+
+@settings(max_examples=1000, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(used=st.one_of(st.none(), PERCENT), reset=st.one_of(st.none(), FINE_MOMENT),
+       length=st.one_of(st.none(), st.floats(min_value=-10, max_value=40 * 86400,
+                                             allow_nan=False)),
+       points=st.lists(st.tuples(FINE_MOMENT, PERCENT), max_size=14),
+       previous=st.one_of(st.none(), st.tuples(FINE_MOMENT, PERCENT)),
+       history_reset=st.one_of(st.none(), FINE_MOMENT), at=FINE_MOMENT,
+       jitter=st.integers(min_value=-400 * 10 ** 6, max_value=400 * 10 ** 6))
+def test_remember_and_recent_rate_equal_the_datetime_arithmetic(
+        used, reset, length, points, previous, history_reset, at, jitter):
+    w = UsageWindow("five_hour", "5-hour", used, reset, length_seconds=length)
+    if points and jitter % 3 == 0 and max(points)[0] < datetime(9999, 1, 1, tzinfo=timezone.utc):
+        at = max(points)[0] + timedelta(microseconds=abs(jitter))  # after every reading
+    history = None
+    if history_reset is not None:
+        if reset is not None and jitter % 2:  # often the window's own period
+            history_reset = reset + timedelta(microseconds=jitter)
+        history = module.WindowHistory(
+            history_reset, tuple(module.Reading(t, u) for t, u in sorted(points)),
+            module.Reading(*previous) if previous else None)
+    stored, expected = module.remember(history, w, at), reference_remember(history, w, at)
+    assert stored == expected
+    if stored is not None:
+        assert (stored.reset, stored.readings, stored.previous) == \
+            (expected.reset, expected.readings, expected.previous)
+    if used is not None and length is not None and length > 0:  # as pace() calls it
+        assert module._recent_rate(w, at, used, length, history) == \
+            reference_recent_rate(w, at, used, length, history)
+
+
+def test_attach_carries_every_field_of_the_window_over():
+    from dataclasses import fields, replace
+    w = UsageWindow("five_hour", "5-hour", 30.0, NOW + timedelta(hours=2), reset_text="in 2 h",
+                    severity="warning", is_active=True, locked_reason="locked",
+                    length_seconds=5 * HOUR, rolled_over=False)
+    defaults = UsageWindow("k", "t")
+    # Every field is set here to something other than its default, so none can be dropped.
+    assert all(getattr(w, f.name) != getattr(defaults, f.name) or f.name in ("pace", "rolled_over")
+               for f in fields(UsageWindow))
+    for rolled in (False, True):
+        window = replace(w, rolled_over=rolled)
+        (attached,) = module.attach([window], NOW, {})
+        expected = replace(window, pace=module.pace(window, NOW))
+        assert [getattr(attached, f.name) for f in fields(UsageWindow)] == \
+            [getattr(expected, f.name) for f in fields(UsageWindow)]
