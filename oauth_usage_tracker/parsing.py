@@ -14,6 +14,10 @@ from .models import FIVE_HOUR_TITLE, FIVE_HOURS, ONE_WEEK, WEEKLY_TITLE, UsageWi
 # Epoch numbers above this are milliseconds (10**10 s is the year 2286).
 _MILLISECONDS_ABOVE = 10 ** 10
 
+# What format_timestamp writes, and so most of what the state file holds: read by the C parser
+# rather than the general pattern below (the same datetime, or None where datetime() refuses
+# the fields). Hours up to 23 only: newer Pythons' fromisoformat take 24:00 as the next midnight.
+_CANONICAL_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-9]{2}:[0-9]{2}Z")
 _ISO_RE = re.compile(
     r"^\s*(\d{4})-(\d{2})-(\d{2})"
     r"(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?)?"
@@ -52,6 +56,11 @@ def parse_timestamp(value: Any) -> Optional[datetime]:
     or unix seconds / milliseconds (number or numeric string), return an aware UTC datetime.
     Anything unparseable or out of range gives None."""
     if isinstance(value, str):
+        if _CANONICAL_RE.fullmatch(value):
+            try:
+                return datetime.fromisoformat(value[:19] + "+00:00")
+            except ValueError:
+                return None
         match = _ISO_RE.match(value)
         if match:
             return _from_iso_match(match)
@@ -106,7 +115,13 @@ def unique_keys(windows: Sequence[UsageWindow]) -> List[UsageWindow]:
 
 def format_timestamp(moment: datetime) -> str:
     """Given an aware datetime, return RFC 3339 in UTC with `Z` and whole seconds."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    moment = moment.astimezone(timezone.utc)
+    if moment.year >= 1000:
+        # The state file holds a dozen moments per account: isoformat writes them several times
+        # faster than strftime, and from the year 1000 on the same text (`+00:00` cut off; its
+        # seconds are truncated, as strftime's are). strftime does not pad earlier years.
+        return moment.isoformat(timespec="seconds")[:-6] + "Z"
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def reset_text(date: datetime, now: datetime) -> str:

@@ -142,9 +142,10 @@ def _reading_from_json(raw: Any) -> Optional[Reading]:
 
 
 def _history_to_json(history: WindowHistory) -> Dict[str, Any]:
+    previous = history.previous
     return {"reset": format_timestamp(history.reset),
             "readings": [_reading_to_json(r) for r in history.readings],
-            "previous": _reading_to_json(history.previous) if history.previous else None}
+            "previous": _reading_to_json(previous) if previous else None}
 
 
 def _history_from_json(raw: Any) -> Optional[WindowHistory]:

@@ -147,6 +147,25 @@ def test_format_timestamp_ignores_local_time_zone(new_york_tz):
     assert module.format_timestamp(NOW) == "2026-11-24T14:00:00Z"
 
 
+def test_format_timestamp_before_the_year_1000_as_strftime_writes_it():
+    assert module.format_timestamp(datetime(999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)) == \
+        datetime(999, 12, 31, 23, 59, 59).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert module.format_timestamp(datetime(1000, 1, 1, tzinfo=UTC)) == "1000-01-01T00:00:00Z"
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(moment=st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+       minutes=st.integers(min_value=-23 * 60 - 59, max_value=23 * 60 + 59))
+def test_format_timestamp_is_strftime_of_the_utc_moment(moment, minutes):
+    aware = moment.replace(tzinfo=timezone(timedelta(minutes=minutes)))
+    assert module.format_timestamp(aware) == \
+        aware.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 # --- reset_text ----------------------------------------------------------------------------------
 
 def test_reset_text_future_gives_relative_and_absolute():
@@ -470,3 +489,18 @@ def test_unique_keys_suffixes_later_duplicates_in_order():
 def test_unique_keys_leaves_unique_windows_as_they_are():
     windows = [UsageWindow(key="x", title="X"), UsageWindow(key="y", title="Y")]
     assert module.unique_keys(windows) == windows
+
+
+@settings(max_examples=1000, deadline=None, database=None)
+@given(fields=st.tuples(*(st.integers(min_value=0, max_value=bound)
+                          for bound in (9999, 19, 39, 29, 69, 69))),
+       zone=st.sampled_from(["Z", "z", "+00:00", ""]))
+def test_parse_timestamp_canonical_form_equals_the_general_pattern(fields, zone):
+    text = "%04d-%02d-%02dT%02d:%02d:%02d" % fields + zone
+    general = module._from_iso_match(module._ISO_RE.match(text))
+    parsed = module.parse_timestamp(text)
+    assert parsed == general
+    if parsed is not None:
+        assert parsed.tzinfo is not None and parsed.utcoffset() == timedelta(0)
+        if parsed.year >= 1000:  # strftime writes earlier years unpadded
+            assert module.format_timestamp(parsed) == text[:19] + "Z"
