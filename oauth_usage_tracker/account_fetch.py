@@ -47,7 +47,9 @@ def fetch_account(account: AuthAccount, entry: Optional[AccountState], fetch: Fe
                                              keep_state, max_age)
     except Exception as error:
         usage, new_entry = _unexpected(account, error), None
-    return replace(usage, source=account.source), new_entry
+    if usage.source != account.source:  # the success path sets it with its other fields
+        usage = replace(usage, source=account.source)
+    return usage, new_entry
 
 
 def _fetch_with_state(account: AuthAccount, entry: Optional[AccountState], fetch: Fetcher,
@@ -78,7 +80,8 @@ def _fetch_with_state(account: AuthAccount, entry: Optional[AccountState], fetch
                        cooldown_until=new_entry.cooldown_until if cooling else None), new_entry
     readings = entry.readings if entry is not None else {}
     usage = replace(usage, fetched_at=usage.updated_at or now, state=State.OK,
-                    windows=pace.attach(usage.windows, usage.updated_at or now, readings))
+                    windows=pace.attach(usage.windows, usage.updated_at or now, readings),
+                    source=account.source)
     return usage, next_state(entry, now, windows=usage.windows, details=usage.details)
 
 
