@@ -392,3 +392,12 @@ def test_send_through_a_plain_session_uses_session_request(mocked_responses):
     assert request.req_kwargs["stream"] is True
     assert request.headers["Authorization"] == "Bearer tok-123"
     assert request.headers["Accept-Encoding"] == "identity"
+
+
+def test_make_session_used_directly_still_follows_no_redirect(session, mocked_responses):
+    # send() never goes through Session.request; a caller that does gets no redirect either.
+    mocked_responses.get(URL, status=302, body=b"moved",
+                         headers={"Location": "https://elsewhere.example.test/"})
+    response = session.get(URL, timeout=1)
+    assert response.status_code == 302
+    assert len(mocked_responses.calls) == 1
