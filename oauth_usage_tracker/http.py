@@ -137,9 +137,10 @@ class _Session(requests.Session):
                                  if value is not None})
         request.prepare_body(data or {}, None)
         request.prepare_auth(auth, route.url)
+        # The proxies as a copy: the route's own stay as they were worked out.
         return route.adapter.send(request, stream=True, timeout=timeout,
                                   verify=True if self.verify is None else self.verify,
-                                  cert=self.cert, proxies=route.proxies)
+                                  cert=self.cert, proxies=dict(route.proxies))
 
     def get_redirect_target(self, resp: requests.Response) -> None:
         """Never a target: see the class docstring."""
