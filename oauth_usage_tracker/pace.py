@@ -23,7 +23,7 @@ Awkward cases, decided here once:
 from array import array
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from .models import SLOTS, Pace, UsageWindow
 
@@ -89,13 +89,13 @@ class WindowHistory:
     @property
     def reset(self) -> datetime:
         """The reset moment that identifies the period."""
-        return _moment(self._packed[0])
+        return moment(self._packed[0])
 
     @property
     def readings(self) -> Tuple[Reading, ...]:
         """The readings of this period, oldest first."""
         packed = self._packed
-        return tuple(Reading(_moment(packed[i]), packed[i + 1])
+        return tuple(Reading(moment(packed[i]), packed[i + 1])
                      for i in range(2, 2 + 2 * int(packed[1]), 2))
 
     @property
@@ -103,7 +103,15 @@ class WindowHistory:
         """The last reading of the period before, or None."""
         packed = self._packed
         start = 2 + 2 * int(packed[1])
-        return Reading(_moment(packed[start]), packed[start + 1]) if len(packed) > start else None
+        return Reading(moment(packed[start]), packed[start + 1]) if len(packed) > start else None
+
+    def as_seconds(self) -> Tuple[float, List[Tuple[float, float]], Optional[Tuple[float, float]]]:
+        """Return the reset, the readings (oldest first) and the previous period's last reading
+        as they are kept: unix seconds and percent, with no datetime made for any of them."""
+        packed = self._packed
+        end = 2 + 2 * int(packed[1])
+        readings = [(packed[i], packed[i + 1]) for i in range(2, end, 2)]
+        return packed[0], readings, (packed[end], packed[end + 1]) if len(packed) > end else None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, WindowHistory):
@@ -118,8 +126,10 @@ class WindowHistory:
             self.reset, self.readings, self.previous)
 
 
-def _moment(seconds: float) -> datetime:
+def moment(seconds: float) -> datetime:
+    """Given unix seconds as a history keeps them, return the aware UTC datetime they stand for."""
     return datetime.fromtimestamp(seconds, tz=timezone.utc)
+
 
 
 def elapsed_share(window: UsageWindow, at: datetime) -> Optional[float]:
@@ -179,7 +189,7 @@ def _recent_rate(window: UsageWindow, at: datetime, used: float, length: float,
     # datetimes.
     packed = history._packed
     for index in range(2, 2 + 2 * int(packed[1]), 2):
-        elapsed = (at - _moment(packed[index])).total_seconds()
+        elapsed = (at - moment(packed[index])).total_seconds()
         if elapsed >= spacing:
             return (used - packed[index + 1]) / elapsed
     return None
@@ -258,10 +268,10 @@ def remember(history: Optional[WindowHistory], window: UsageWindow,
     packed = base._packed
     count = int(packed[1])
     newest = 2 * count  # index of the newest reading's moment
-    if count and at <= _moment(packed[newest]):
+    if count and at <= moment(packed[newest]):
         return base
     spacing = (window.length_seconds or 0.0) * READING_SPACING_SHARE
-    if count >= 2 and (_moment(packed[newest]) - _moment(packed[newest - 2])).total_seconds() \
+    if count >= 2 and (moment(packed[newest]) - moment(packed[newest - 2])).total_seconds() \
             < spacing:
         count -= 1  # the newest was only a stand-in for the latest reading
     readings = packed[2:2 + 2 * count]

@@ -24,7 +24,6 @@ from typing import (
     Dict,
     Iterable,
     Iterator,
-    List,
     Mapping,
     Optional,
     Tuple,
@@ -122,10 +121,6 @@ class AccountState:
                      for window in self.windows)
 
 
-def _reading_to_json(reading: Reading) -> List[Any]:
-    return [format_timestamp(reading.at), reading.used_percent]
-
-
 @functools.lru_cache(maxsize=64)
 def _reading_time(text: str) -> Optional[datetime]:
     """parse_timestamp for stored reading times, which repeat across an account's windows (one
@@ -141,11 +136,18 @@ def _reading_from_json(raw: Any) -> Optional[Reading]:
     return Reading(at, used) if at is not None and used is not None else None
 
 
+@functools.lru_cache(maxsize=256)
+def _moment_text(seconds: float) -> str:
+    """format_timestamp of a moment as a WindowHistory keeps it. The readings of one fetch
+    repeat across an account's windows: each is formatted once, with no datetime kept."""
+    return format_timestamp(pace.moment(seconds))
+
+
 def _history_to_json(history: WindowHistory) -> Dict[str, Any]:
-    previous = history.previous
-    return {"reset": format_timestamp(history.reset),
-            "readings": [_reading_to_json(r) for r in history.readings],
-            "previous": _reading_to_json(previous) if previous else None}
+    reset, readings, previous = history.as_seconds()
+    return {"reset": _moment_text(reset),
+            "readings": [[_moment_text(at), used] for at, used in readings],
+            "previous": [_moment_text(previous[0]), previous[1]] if previous else None}
 
 
 def _history_from_json(raw: Any) -> Optional[WindowHistory]:

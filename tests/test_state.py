@@ -485,3 +485,34 @@ def test_tracker_saves_a_superseded_batchs_429(tmp_path):
     stored = module.StateStore(str(tmp_path / "state")).load()
     assert stored[("claude", "claude-slow.json")].cooldown_until is not None
     assert stored[("claude", "claude-other.json")].windows
+
+
+# --- a history written from its floats, as it was from its datetimes -------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from oauth_usage_tracker import pace  # noqa: E402
+from oauth_usage_tracker.parsing import format_timestamp  # noqa: E402
+
+HISTORY_MOMENT = st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(9999, 12, 30),
+                              timezones=st.just(timezone.utc))
+HISTORY_PERCENT = st.floats(min_value=0, max_value=100, allow_nan=False)
+
+
+@settings(max_examples=300, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(reset=HISTORY_MOMENT, points=st.lists(st.tuples(HISTORY_MOMENT, HISTORY_PERCENT),
+                                             max_size=14),
+       previous=st.one_of(st.none(), st.tuples(HISTORY_MOMENT, HISTORY_PERCENT)))
+def test_history_json_is_what_its_readings_and_moments_give(reset, points, previous):
+    history = pace.WindowHistory(reset, [pace.Reading(at, used) for at, used in sorted(points)],
+                                 pace.Reading(*previous) if previous else None)
+    expected = {"reset": format_timestamp(history.reset),
+                "readings": [[format_timestamp(r.at), r.used_percent] for r in history.readings],
+                "previous": [format_timestamp(history.previous.at), history.previous.used_percent]
+                if history.previous else None}
+    assert module._history_to_json(history) == expected
+    stored = module._history_from_json(json.loads(json.dumps(expected)))
+    assert stored.reset == history.reset.replace(microsecond=0)
+    assert [r.used_percent for r in stored.readings] == [r.used_percent for r in history.readings]
