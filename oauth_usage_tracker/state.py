@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import sys
+import threading
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import (
@@ -239,10 +240,22 @@ class StateStore:
         try:
             with files.open_regular(STATE_FILE if dir_fd is not None else self.path, dir_fd,
                                     follow=False) as handle:
-                for name, member in _members(handle, MAX_STATE_BYTES, wanted):
-                    visit(name, member)
+                return self._visit_open(handle, lambda name, member, _: visit(name, member),
+                                        wanted)
         except FileNotFoundError:
             return True
+        except OSError as error:
+            logger.warning("Ignoring the state file %s (%s); it will be rewritten", self.path,
+                           error.strerror or error)
+            return False
+
+    def _visit_open(self, handle: BinaryIO,
+                    visit: Callable[[str, bytes, Optional[int]], None],
+                    wanted: Callable[[str], bool] = lambda name: True) -> bool:
+        """_each_member for the state file open as `handle`, offsets passed on."""
+        try:
+            for name, member, offset in _members(handle, MAX_STATE_BYTES, wanted):
+                visit(name, member, offset)
         except OSError as error:
             logger.warning("Ignoring the state file %s (%s); it will be rewritten", self.path,
                            error.strerror or error)
@@ -267,6 +280,39 @@ class StateStore:
             if entry is not None and key is not None:
                 result[key] = entry
         return result if self._each_member(visit) else {}
+
+    def open_entries(self) -> "StoredEntries":
+        """Return the stored account states as a StoredEntries, which reads each one when it is
+        asked for: what load() gives, without every entry parsed and held at once. The file is
+        checked whole now (a missing, unreadable or corrupt file gives no entries, with a
+        warning for the last two, as load() does) and stays open until the StoredEntries is
+        closed. A file in an older layout (one line) is parsed now, as load() does."""
+        try:
+            handle = files.open_regular(self.path, follow=False)
+        except FileNotFoundError:
+            return StoredEntries()
+        except OSError as error:
+            logger.warning("Ignoring the state file %s (%s); it will be rewritten", self.path,
+                           error.strerror or error)
+            return StoredEntries()
+        spans: Dict[str, int] = {}
+        parsed: Dict[Key, AccountState] = {}
+
+        def visit(name: str, member: bytes, offset: Optional[int]) -> None:
+            raw = _parse_member(member)  # a corrupt line makes the whole file corrupt, as in load
+            if offset is not None:
+                spans[name] = offset << _SPAN_SHIFT | len(member)
+                return
+            key, entry = _key(name), _entry_from_json(raw)
+            if key is not None and entry is not None:
+                parsed[key] = entry
+        if not self._visit_open(handle, visit):
+            handle.close()
+            return StoredEntries()
+        if not spans:
+            handle.close()
+            return StoredEntries(parsed=parsed)
+        return StoredEntries(handle, spans, parsed, self.path)
 
     def save(self, changes: Iterable[Tuple[Key, AccountState]]) -> None:
         """Given (key, state) pairs, store them: under the lock, re-read the file, replace those
@@ -318,6 +364,64 @@ class StateStore:
         return decided[0] if decided else change(_read_object(path))[0]
 
 
+#: A stored member's place in the state file, packed in one int: offset << _SPAN_SHIFT | length.
+_SPAN_SHIFT = 32
+
+
+class StoredEntries:
+    """The stored account states a refresh starts from, read one at a time, as each account's
+    turn comes (`pop`), from the state file kept open by `StateStore.open_entries`.
+
+    Thousands of accounts' entries are never parsed and held at once: only where each one's line
+    starts and how long it is (one int per account). The open descriptor keeps reading the file
+    that was checked: a save by another process replaces the file (a new inode, `os.replace`)
+    and leaves this one as it was. A file edited in place meanwhile (truncated, rewritten by
+    hand) can only cost the accounts whose lines changed their stored state, with a warning.
+    Entries laid over with `update` (saved by nobody yet) win over the file's. Thread-safe."""
+
+    def __init__(self, handle: Optional[BinaryIO] = None, spans: Optional[Dict[str, int]] = None,
+                 parsed: Optional[Dict[Key, AccountState]] = None, path: str = ""):
+        self._handle = handle
+        self._spans = spans or {}
+        self._parsed = parsed or {}
+        self._path = path
+        self._lock = threading.Lock()
+
+    def update(self, entries: Mapping[Key, AccountState]) -> None:
+        """Lay `entries` over the stored ones: pop() returns these for their keys."""
+        with self._lock:
+            self._parsed.update(entries)
+
+    def pop(self, key: Key) -> Optional[AccountState]:
+        """Return the stored state of `key` (None: none, or its line no longer reads as its
+        entry) and forget it: each account asks once."""
+        with self._lock:
+            entry = self._parsed.pop(key, None)
+            span = self._spans.pop(_key_text(key), None)
+            handle = self._handle
+        if entry is not None or span is None or handle is None:
+            return entry
+        offset, length = span >> _SPAN_SHIFT, span & ((1 << _SPAN_SHIFT) - 1)
+        try:
+            member = os.pread(handle.fileno(), length, offset)
+            raw = _parse_member(member)
+            if _member_name(member) != _key_text(key):
+                raise ValueError("another account's line")
+        except (OSError, ValueError, RecursionError):
+            logger.warning("Ignoring the stored state of %s: the state file %s changed while it "
+                           "was read", _key_text(key), self._path)
+            return None
+        return _entry_from_json(raw)
+
+    def close(self) -> None:
+        """Forget every entry and close the file (pop() returns None from now on)."""
+        with self._lock:
+            handle, self._handle = self._handle, None
+            self._spans, self._parsed = {}, {}
+        if handle is not None:
+            handle.close()
+
+
 def _read_object(path: str, dir_fd: Optional[int] = None) -> Dict[str, Any]:
     """Given a state file's path (relative to `dir_fd` when given), return its JSON object; {}
     when it is missing, and (with a warning) when it is a symlink, cannot be read or is not a
@@ -364,12 +468,13 @@ def _layout(changed: Dict[str, AccountState], kept: Dict[str, bytes]) -> Iterato
 
 
 def _members(handle: BinaryIO, limit: int, wanted: Callable[[str], bool]
-             ) -> Iterator[Tuple[str, bytes]]:
-    """Given the state file open for reading, yield (name, member bytes) for every stored account
-    whose name is `wanted`, a line at a time in the layout `save` writes, without parsing the
-    entries (only their names). A file in another layout (an older version's one line, or a file
-    edited by hand) is parsed whole. Raise ValueError or RecursionError if it is not a state
-    file, FileTooLarge past `limit` bytes."""
+             ) -> Iterator[Tuple[str, bytes, Optional[int]]]:
+    """Given the state file open for reading, yield (name, member bytes, offset) for every
+    stored account whose name is `wanted`, a line at a time in the layout `save` writes, without
+    parsing the entries (only their names); `offset` is where the member starts in the file. A
+    file in another layout (an older version's one line, or a file edited by hand) is parsed
+    whole, and its members have no offset (None). Raise ValueError or RecursionError if it is
+    not a state file, FileTooLarge past `limit` bytes."""
     first = handle.readline(limit + 1)
     if first != _HEAD:
         data = first + handle.read(limit + 1 - len(first))
@@ -379,10 +484,11 @@ def _members(handle: BinaryIO, limit: int, wanted: Callable[[str], bool]
             raise ValueError("not a state object")
         for name, raw in parsed["accounts"].items():
             if wanted(name):
-                yield name, _member(name, raw)
+                yield name, _member(name, raw), None
         return
     size = len(first)
     while True:
+        offset = size
         line = handle.readline(limit + 1 - size)
         size += len(line)
         _check_size(size, limit)
@@ -393,13 +499,20 @@ def _members(handle: BinaryIO, limit: int, wanted: Callable[[str], bool]
         if not line.endswith(b"\n") or not line.startswith(b'"'):
             raise ValueError("not a line of the state file")
         member = line[:-2] if line.endswith(b",\n") else line[:-1]
-        text = member.decode("utf-8")
-        # scanstring is the json module's own string reader; the type stubs leave it out.
-        name, end = json.decoder.scanstring(text, 1)  # type: ignore[attr-defined]
-        if not text.startswith(":", end):
-            raise ValueError("not a line of the state file")
+        name = _member_name(member)
         if wanted(name):
-            yield name, member
+            yield name, member, offset
+
+
+def _member_name(member: bytes) -> str:
+    """Given a member's bytes (`"name":{...}`), return its name without parsing the entry.
+    Raise ValueError if it does not start with a JSON string and a colon."""
+    text = member.decode("utf-8")
+    # scanstring is the json module's own string reader; the type stubs leave it out.
+    name, end = json.decoder.scanstring(text, 1)  # type: ignore[attr-defined]
+    if not text.startswith(":", end):
+        raise ValueError("not a line of the state file")
+    return str(name)
 
 
 def _parse_member(member: bytes) -> Any:

@@ -36,6 +36,7 @@ from .models import AccountUsage, AuthAccount, Provider, Skipped
 from .state import (
     AccountState,
     StateStore,
+    StoredEntries,
     default_state_dir,
     state_key,
 )
@@ -108,7 +109,7 @@ class _Batch:
     each account and its stored state are let go once a worker takes them."""
 
     def __init__(self, generation: int, handle: RefreshHandle, accounts: Sequence[AuthAccount],
-                 stored: Dict[Tuple[str, str], AccountState]):
+                 stored: StoredEntries):
         self.generation = generation
         self.handle = handle
         #: Each account's usage and new stored state (None: not fetched), in two lists rather
@@ -128,8 +129,7 @@ class _Batch:
         if item is None:
             return None
         index, account = item
-        with self.lock:
-            return index, account, self.stored.pop(state_key(account), None)
+        return index, account, self.stored.pop(state_key(account))
 
 
 # Every live tracker, so that a forked child can give each one fresh locks, pool and session.
@@ -346,7 +346,8 @@ class OAuthUsageTracker:
                                             is_loading=True, source=a.source) for a in kept),
                               key=sort_key)
         self._publish(generation, placeholders, True)
-        stored = self.state.load() if self.state is not None else {}
+        # Read account by account as the workers take them: never all parsed at once.
+        stored = self.state.open_entries() if self.state is not None else StoredEntries()
         with self._lock:
             stored.update(self._unsaved)  # published, perhaps not saved yet
         batch = _Batch(generation, handle, kept, stored)
@@ -354,6 +355,7 @@ class OAuthUsageTracker:
         # either ran before this block (nothing starts) or runs after it (it sees these futures).
         with self._lock:
             if self._closed or generation != self._generation:
+                stored.close()
                 return handle
             pool = self._ensure_pool_locked()
             batch.workers = min(len(kept), self.settings.workers or DEFAULT_WORKERS)
@@ -432,7 +434,7 @@ class OAuthUsageTracker:
         # The futures (kept for cancelling) hold the batch: let go of what it holds now.
         usages, batch.usages = batch.usages, []
         entries, batch.entries = batch.entries, []
-        batch.stored.clear()
+        batch.stored.close()
         changes = {state_key(usage): entry for usage, entry in zip(usages, entries)
                    if usage is not None and entry is not None}
         del entries

@@ -214,6 +214,118 @@ def test_store_save_keeps_a_damaged_line_of_its_own_accounts_out_and_others_whol
     assert sorted(store.load()) == [("codex", "codex-a.json"), ("codex", "codex-b.json")]
 
 
+def popped(entries, *names):
+    """Each name's stored state from a StoredEntries (None when it has none), then close it."""
+    try:
+        return [entries.pop(("codex", name)) for name in names]
+    finally:
+        entries.close()
+
+
+def test_open_entries_reads_each_account_at_its_turn_as_load_does(tmp_path, caplog):
+    store = module.StateStore(str(tmp_path / "state"))
+    saved(store, "codex-a.json", "codex-b.json", "codex-c.json")
+    loaded = store.load()
+    entries = store.open_entries()
+    with caplog.at_level(logging.WARNING):
+        assert entries.pop(("codex", "codex-b.json")) == loaded[("codex", "codex-b.json")]
+        assert entries.pop(("codex", "codex-b.json")) is None  # each account asks once
+        assert entries.pop(("codex", "codex-x.json")) is None  # an account never stored
+        assert entries.pop(("claude", "codex-a.json")) is None  # another provider's key
+        assert popped(entries, "codex-c.json", "codex-a.json") == [
+            loaded[("codex", "codex-c.json")], loaded[("codex", "codex-a.json")]]
+    assert caplog.records == []
+    assert entries.pop(("codex", "codex-a.json")) is None  # closed: nothing left
+
+
+def test_open_entries_keeps_reading_the_file_it_checked_when_another_save_replaces_it(tmp_path):
+    store = module.StateStore(str(tmp_path / "state"))
+    saved(store, "codex-a.json", "codex-b.json")
+    before = store.load()
+    entries = store.open_entries()
+    store.save([(("codex", "codex-a.json"), module.next_state(None, NOW + timedelta(hours=1),
+                                                              windows=[WINDOW]))])
+    assert store.load()[("codex", "codex-a.json")].fetched_at == NOW + timedelta(hours=1)
+    assert popped(entries, "codex-a.json", "codex-b.json") == [
+        before[("codex", "codex-a.json")], before[("codex", "codex-b.json")]]
+
+
+@pytest.mark.parametrize("edit", [
+    lambda data: data[:20],                                          # truncated
+    lambda data: data.replace(b'"codex/codex-a.json":{', b'"codex/codex-a.json":[', 1),  # no JSON
+    lambda data: data.replace(b'"codex/codex-a.json"', b'"codex/codex-z.json"', 1),  # renamed
+])
+def test_open_entries_of_a_file_edited_in_place_meanwhile_warn_and_give_no_entry(tmp_path,
+                                                                                caplog, edit):
+    store = module.StateStore(str(tmp_path / "state"))
+    saved(store, "codex-a.json", "codex-b.json")
+    entries = store.open_entries()
+    path = tmp_path / "state" / "state.json"
+    data = path.read_bytes()
+    with open(path, "r+b") as handle:  # in place: the same inode the entries read from
+        handle.write(edit(data))
+        handle.truncate()
+    with caplog.at_level(logging.WARNING):
+        assert popped(entries, "codex-a.json") == [None]
+    assert "changed while it was read" in caplog.text and "codex/codex-a.json" in caplog.text
+
+
+def test_open_entries_of_a_corrupt_line_ignore_the_whole_file_as_load_does(tmp_path, caplog):
+    store = module.StateStore(str(tmp_path / "state"))
+    saved(store, "codex-a.json", "codex-b.json")
+    path = tmp_path / "state" / "state.json"
+    lines = path.read_bytes().splitlines()
+    lines[2] = b'"codex/codex-b.json":{"windows":[{"key":}'
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with caplog.at_level(logging.WARNING):
+        assert popped(store.open_entries(), "codex-a.json", "codex-b.json") == [None, None]
+    assert "corrupt state file" in caplog.text
+
+
+def test_open_entries_of_a_missing_file_symlink_or_directory(tmp_path, caplog):
+    directory = tmp_path / "state"
+    store = module.StateStore(str(directory))
+    with caplog.at_level(logging.WARNING):
+        assert popped(store.open_entries(), "codex-a.json") == [None]
+    assert caplog.records == []  # missing: nothing stored yet, nothing to say
+    saved(module.StateStore(str(tmp_path / "elsewhere")), "codex-a.json")
+    directory.mkdir()
+    (directory / "state.json").symlink_to(tmp_path / "elsewhere" / "state.json")
+    with caplog.at_level(logging.WARNING):
+        assert popped(store.open_entries(), "codex-a.json") == [None]
+        assert store.load() == {}
+    assert "Ignoring the state file" in caplog.text
+    (directory / "state.json").unlink()
+    (directory / "state.json").mkdir()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert popped(store.open_entries(), "codex-a.json") == [None]
+    assert "Ignoring the state file" in caplog.text
+
+
+def test_open_entries_of_an_older_single_line_file_and_laid_over_entries(tmp_path):
+    directory = tmp_path / "state"
+    directory.mkdir()
+    old = {"version": 1, "accounts": {"codex/codex-a.json": {
+        "windows": [{"key": "five_hour", "title": "5-hour", "used_percent": 12.0}]},
+        "codex/codex-b.json": {"windows": []}, "bogus": {}, "codex/codex-c.json": 3}}
+    (directory / "state.json").write_text(json.dumps(old))
+    entries = module.StateStore(str(directory)).open_entries()
+    newer = module.next_state(None, NOW, windows=[WINDOW])
+    entries.update({("codex", "codex-b.json"): newer})
+    a, b, c = popped(entries, "codex-a.json", "codex-b.json", "codex-c.json")
+    assert a.windows[0].used_percent == 12.0 and b is newer and c is None
+
+
+def test_open_entries_laid_over_entries_win_over_the_files_lines(tmp_path):
+    store = module.StateStore(str(tmp_path / "state"))
+    saved(store, "codex-a.json")
+    entries = store.open_entries()
+    newer = module.next_state(None, NOW + timedelta(hours=1), windows=[WINDOW])
+    entries.update({("codex", "codex-a.json"): newer})
+    assert popped(entries, "codex-a.json") == [newer]
+
+
 def test_store_file_over_the_cap_is_ignored_with_warning(tmp_path, caplog, monkeypatch):
     store = module.StateStore(str(tmp_path / "state"))
     saved(store, *["codex-%03d.json" % index for index in range(20)])
