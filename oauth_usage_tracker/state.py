@@ -9,6 +9,7 @@ read-modify-write, so two processes that record at once both keep their entries.
 account per line and is read and written a line at a time: its size never sits in memory twice.
 """
 import enum
+import errno
 import functools
 import json
 import logging
@@ -19,6 +20,7 @@ import threading
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import (
+    AbstractSet,
     Any,
     BinaryIO,
     Callable,
@@ -314,16 +316,26 @@ class StateStore:
             return StoredEntries(parsed=parsed)
         return StoredEntries(handle, spans, parsed, self.path)
 
-    def save(self, changes: Iterable[Tuple[Key, AccountState]]) -> None:
-        """Given (key, state) pairs, store them: under the lock, re-read the file, replace those
-        entries, write atomically. Other processes' entries are kept. Failures are logged, never
-        raised: state is an optimisation, not a reason to fail a run.
+    def save(self, changes: Union[Iterable[Tuple[Key, AccountState]], "Spool"]) -> None:
+        """Given (key, state) pairs, or a Spool of them, store them: under the lock, re-read the
+        file, replace those entries, write atomically. Other processes' entries are kept.
+        Failures are logged, never raised: state is an optimisation, not a reason to fail a run.
 
         The file is read and written one account at a time: only the entries this save does
-        not replace are held (and parsed, to check them), as the bytes they were stored as."""
-        changed = {_key_text(key): entry for key, entry in changes}
-        if not changed:
+        not replace are held (and parsed, to check them), as the bytes they were stored as; a
+        spool's lines are copied into the new file one at a time, never all held."""
+        if isinstance(changes, Spool):
+            names = changes.names()
+            if names:
+                self._write(names, changes.member)
             return
+        changed = {_key_text(key): entry for key, entry in changes}
+        if changed:
+            self._write(changed.keys(),
+                        lambda name: _member(name, _entry_to_json(changed[name])))
+
+    def _write(self, names: AbstractSet[str], member_of: Callable[[str], bytes]) -> None:
+        """save() of the entries `names`, each one's line given by member_of(name)."""
         try:
             self.make_directory()
             with locked_directory(self.directory, STATE_FILE + LOCK_SUFFIX,
@@ -333,10 +345,10 @@ class StateStore:
                 def visit(name: str, member: bytes) -> None:
                     _parse_member(member)
                     kept[name] = member
-                if not self._each_member(visit, lambda name: name not in changed, dir_fd):
+                if not self._each_member(visit, lambda name: name not in names, dir_fd):
                     kept.clear()
-                files.atomic_write(STATE_FILE, _layout(changed, kept), default_mode=0o600,
-                                   dir_fd=dir_fd)
+                files.atomic_write(STATE_FILE, _layout(names, member_of, kept),
+                                   default_mode=0o600, dir_fd=dir_fd)
         except Exception as error:  # state is an optimisation: never fail a run for it
             logger.warning("Cannot write the state file %s (%s)", self.path, files.why(error))
 
@@ -422,6 +434,131 @@ class StoredEntries:
             handle.close()
 
 
+class Spool:
+    """A refresh's new entries, written out as each account's result comes in and stored
+    together by `StateStore.save_spool` when the refresh ends: thousands of accounts' new
+    entries are never held at once, only where each one's line is (one int per account).
+
+    The lines go, in the state file's own form, to an unnamed temporary file in the state
+    directory (O_TMPFILE: nothing to clean up, nothing another process can open by name); where
+    none can be made (another system, a directory that cannot be created or written), the
+    entries are held in memory instead. Thread-safe; close() lets the file go."""
+
+    def __init__(self, directory: str) -> None:
+        self._directory = directory
+        self._lock = threading.Lock()
+        self._fd: Optional[int] = None
+        self._tried = False
+        self._closed = False
+        self._size = 0
+        self._spans: Dict[str, int] = {}
+        self._held: Dict[str, AccountState] = {}
+
+    def add(self, key: Key, entry: AccountState) -> None:
+        """Given an account's key and new entry, keep the entry (a later one for the same key
+        replaces it)."""
+        name = _key_text(key)
+        member = _member(name, _entry_to_json(entry))
+        with self._lock:
+            self._spans.pop(name, None)
+            self._held.pop(name, None)
+            fd = self._file_locked()
+            if fd is not None:
+                try:
+                    _write_at(fd, member, self._size)
+                except OSError as error:  # a full disk: hold this one instead
+                    logger.debug("Cannot spool state entries (%s); holding them", error)
+                else:
+                    self._spans[name] = self._size << _SPAN_SHIFT | len(member)
+                    self._size += len(member)
+                    return
+            self._held[name] = entry
+
+    def _file_locked(self) -> Optional[int]:
+        """The spool file's descriptor, made by the first entry (None: none can be made)."""
+        if self._fd is None and not self._tried and not self._closed:
+            self._tried = True
+            try:
+                os.makedirs(self._directory, mode=0o700, exist_ok=True)
+                # Without O_TMPFILE (not Linux) this opens a directory for writing: EISDIR.
+                self._fd = os.open(self._directory,
+                                   getattr(os, "O_TMPFILE", 0) | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            except OSError as error:
+                logger.debug("Cannot spool state entries in %s (%s); holding them",
+                             self._directory, error)
+        return self._fd
+
+    def __len__(self) -> int:
+        """How many entries are kept."""
+        with self._lock:
+            return len(self._spans) + len(self._held)
+
+    def __iter__(self) -> Iterator[Tuple[Key, AccountState]]:
+        """Yield (key, state) for every entry kept, read back one at a time (save() takes the
+        spool itself: its lines are copied, never parsed again)."""
+        for name in sorted(self.names()):
+            key = _key(name)
+            entry = _entry_from_json(_parse_member(self.member(name)))
+            if key is not None and entry is not None:
+                yield key, entry
+
+    def names(self) -> AbstractSet[str]:
+        """The names (`claude/<file id>`) of the entries kept."""
+        with self._lock:
+            return self._spans.keys() | self._held.keys()
+
+    def member(self, name: str) -> bytes:
+        """The state file's line (without its comma) for the entry named `name`. Raise KeyError
+        for another name, OSError if the spool cannot be read (or was closed)."""
+        with self._lock:
+            return self._member_locked(name)
+
+    def _member_locked(self, name: str) -> bytes:
+        if name in self._held:
+            return _member(name, _entry_to_json(self._held[name]))
+        span = self._spans[name]
+        if self._fd is None:
+            raise OSError(errno.EBADF, "the spool is closed")
+        offset, length = span >> _SPAN_SHIFT, span & ((1 << _SPAN_SHIFT) - 1)
+        data = os.pread(self._fd, length, offset)
+        if len(data) != length:
+            raise OSError(errno.EIO, "the spool is shorter than what was written to it")
+        return data
+
+    def entries(self, keys: Iterable[Key]) -> Optional[Dict[Key, AccountState]]:
+        """Given keys, return the entries kept for those that have one; None once closed (its
+        entries are in the state file by then, unless its save failed)."""
+        found: Dict[Key, AccountState] = {}
+        with self._lock:
+            if self._closed:
+                return None
+            for key in keys:
+                name = _key_text(key)
+                if name in self._held:
+                    found[key] = self._held[name]
+                elif name in self._spans:
+                    entry = _entry_from_json(_parse_member(self._member_locked(name)))
+                    if entry is not None:
+                        found[key] = entry
+        return found
+
+    def close(self) -> None:
+        """Let the entries and the spool file go."""
+        with self._lock:
+            fd, self._fd, self._closed = self._fd, None, True
+            self._spans, self._held = {}, {}
+        if fd is not None:
+            os.close(fd)
+
+
+def _write_at(fd: int, data: bytes, offset: int) -> None:
+    """Write all of `data` at `offset` of the file open as `fd`. Raise OSError."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
 def _read_object(path: str, dir_fd: Optional[int] = None) -> Dict[str, Any]:
     """Given a state file's path (relative to `dir_fd` when given), return its JSON object; {}
     when it is missing, and (with a warning) when it is a symlink, cannot be read or is not a
@@ -457,13 +594,15 @@ def _member(name: str, raw: Any) -> bytes:
             ).encode("utf-8")
 
 
-def _layout(changed: Dict[str, AccountState], kept: Dict[str, bytes]) -> Iterator[bytes]:
-    """Yield the state file in pieces: the changed entries and the kept members, by name."""
+def _layout(names: AbstractSet[str], member_of: Callable[[str], bytes],
+            kept: Dict[str, bytes]) -> Iterator[bytes]:
+    """Yield the state file in pieces: the new entries (`names`, each one's line given by
+    member_of) and the kept members, by name."""
     yield _HEAD
-    names = sorted(changed.keys() | kept.keys())
-    for position, name in enumerate(names):
-        member = kept[name] if name in kept else _member(name, _entry_to_json(changed[name]))
-        yield member + (b",\n" if position + 1 < len(names) else b"\n")
+    ordered = sorted(names | kept.keys())
+    for position, name in enumerate(ordered):
+        member = kept[name] if name in kept else member_of(name)
+        yield member + (b",\n" if position + 1 < len(ordered) else b"\n")
     yield _TAIL
 
 

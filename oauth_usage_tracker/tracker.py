@@ -35,6 +35,7 @@ from .lanes import Lanes, interleaved
 from .models import AccountUsage, AuthAccount, Provider, Skipped
 from .state import (
     AccountState,
+    Spool,
     StateStore,
     StoredEntries,
     default_state_dir,
@@ -105,17 +106,18 @@ class _Batch:
     """One generation's fetches: the accounts still to fetch, drained by at most W workers, and
     the results collected in the order the accounts came.
 
-    Memory stays flat in the number of accounts: no Future per account is queued up front, and
-    each account and its stored state are let go once a worker takes them."""
+    Memory stays flat in the number of accounts: no Future per account is queued up front,
+    each account's stored state is read only at its turn (`stored`), each account is let go
+    once a worker takes it, and each new entry goes to the spool as it comes."""
 
     def __init__(self, generation: int, handle: RefreshHandle, accounts: Sequence[AuthAccount],
-                 stored: StoredEntries):
+                 stored: StoredEntries, spool: Optional[Spool]):
         self.generation = generation
         self.handle = handle
-        #: Each account's usage and new stored state (None: not fetched), in two lists rather
-        #: than one of pairs: a pair per account is 64 bytes more, thousands of times over.
+        #: Each account's usage (None: not fetched).
         self.usages: List[Optional[AccountUsage]] = [None] * len(accounts)
-        self.entries: List[Optional[AccountState]] = [None] * len(accounts)
+        #: The new entries to store (None: no state kept).
+        self.spool = spool
         #: The accounts not yet taken, by source: a proxy's enter only as its calls finish.
         self.lanes = Lanes(accounts)
         self.stored = stored
@@ -173,11 +175,12 @@ class OAuthUsageTracker:
       was current all along: none of its fetches was skipped, its results are complete.
     - Published state. `_accounts` and `_is_refreshing` are replaced whole under `_lock`; readers
       get copies.
-    - The state store. A finished batch publishes first and saves after (the store's file lock
-      may wait for another process). From before it publishes until its save has finished, its
-      new entries are also held in `_unsaved`, which refresh() lays over what it loads: a refresh
-      started the moment the previous one returned still sees that one's cooldowns. A superseded
-      batch's outcomes are saved too (a 429 above all: a cooldown must not be forgotten).
+    - The state store. A batch's new entries go to its spool as they come; a finished batch
+      publishes first and saves its spool after (the store's file lock may wait for another
+      process). From before it publishes until its save has finished, its spool is also in
+      `_unsaved`, which refresh() lays over what it reads: a refresh started the moment the
+      previous one returned still sees that one's cooldowns. A superseded batch's outcomes are
+      saved too (a 429 above all: a cooldown must not be forgotten).
     - Fork. A forked child starts over (`_after_fork`): fresh locks, no pool or session, a new
       generation (the parent's refresh in flight is superseded there) and no unsaved entries
       (the parent saves them).
@@ -221,8 +224,8 @@ class OAuthUsageTracker:
         self._pool: Optional[ThreadPoolExecutor] = None
         self._session: Optional[requests.Session] = None
         self._closed = False
-        #: Entries of finished batches not yet on disk (see the class docstring).
-        self._unsaved: Dict[Tuple[str, str], AccountState] = {}
+        #: Spools of finished batches not yet on disk, oldest first (see the class docstring).
+        self._unsaved: List[Spool] = []
         # A forked child's copies of the parent's pool and session: never used, never closed
         # (closing could wait on a lock a parent thread held at the fork), only kept alive.
         self._inherited: List[object] = []
@@ -346,11 +349,9 @@ class OAuthUsageTracker:
                                             is_loading=True, source=a.source) for a in kept),
                               key=sort_key)
         self._publish(generation, placeholders, True)
-        # Read account by account as the workers take them: never all parsed at once.
-        stored = self.state.open_entries() if self.state is not None else StoredEntries()
-        with self._lock:
-            stored.update(self._unsaved)  # published, perhaps not saved yet
-        batch = _Batch(generation, handle, kept, stored)
+        stored = self._stored_entries(kept)
+        spool = Spool(self.state.directory) if self.state is not None else None
+        batch = _Batch(generation, handle, kept, stored, spool)
         # Submit under the lock: a close() or newer refresh() that got in after the checks above
         # either ran before this block (nothing starts) or runs after it (it sees these futures).
         with self._lock:
@@ -364,6 +365,25 @@ class OAuthUsageTracker:
         for future in futures:
             future.add_done_callback(partial(self._drained, batch))
         return handle
+
+    def _stored_entries(self, accounts: Sequence[AuthAccount]) -> StoredEntries:
+        """The stored states a refresh of `accounts` starts from: the state file's, read
+        account by account as the workers take them (never all parsed at once), with the
+        entries of finished batches not saved yet laid over them. A spool closed while it was
+        read has been saved meanwhile: the file is read again, so that its entries count."""
+        while True:
+            stored = self.state.open_entries() if self.state is not None else StoredEntries()
+            with self._lock:
+                spools = list(self._unsaved)  # published, perhaps not saved yet
+            keys = [state_key(account) for account in accounts] if spools else []
+            for spool in spools:
+                entries = spool.entries(keys)
+                if entries is None:
+                    break
+                stored.update(entries)
+            else:
+                return stored
+            stored.close()
 
     def refresh_and_wait(self, codex_accounts: Sequence[AuthAccount] = (),
                          claude_accounts: Sequence[AuthAccount] = ()) -> List[AccountUsage]:
@@ -422,7 +442,9 @@ class OAuthUsageTracker:
             if result is None:
                 return
             # Each index is written by the one worker that took it.
-            batch.usages[index], batch.entries[index] = result
+            batch.usages[index], new_entry = result
+            if new_entry is not None and batch.spool is not None:
+                batch.spool.add(state_key(result[0]), new_entry)
 
     def _drained(self, batch: _Batch, _future: Future) -> None:
         """A worker finished or was cancelled; the last one publishes the batch, then saves
@@ -433,14 +455,11 @@ class OAuthUsageTracker:
                 return
         # The futures (kept for cancelling) hold the batch: let go of what it holds now.
         usages, batch.usages = batch.usages, []
-        entries, batch.entries = batch.entries, []
+        spool, batch.spool = batch.spool, None
         batch.stored.close()
-        changes = {state_key(usage): entry for usage, entry in zip(usages, entries)
-                   if usage is not None and entry is not None}
-        del entries
-        if self.state is not None and changes:
+        if self.state is not None and spool is not None and len(spool):
             with self._lock:
-                self._unsaved.update(changes)
+                self._unsaved.append(spool)
             # The directory exists by the time results are published, as when the state was
             # saved first (a report written into it, as the README's cron line does, needs it);
             # a failure is logged by the save.
@@ -454,18 +473,20 @@ class OAuthUsageTracker:
             done.sort(key=sort_key)
             self._announce(batch.generation, done, batch.handle.skipped)
             self._publish(batch.generation, done, False, batch.handle)
-        self._save(changes)
+        if spool is not None:
+            self._save(spool)
 
-    def _save(self, changes: Dict[Tuple[str, str], AccountState]) -> None:
-        """Store a finished batch's entries (a superseded batch's too), then drop them from
-        `_unsaved` unless a newer batch replaced them meanwhile."""
-        if self.state is None or not changes:
-            return
-        self.state.save(changes.items())
-        with self._lock:
-            for key, entry in changes.items():
-                if self._unsaved.get(key) is entry:
-                    del self._unsaved[key]
+    def _save(self, spool: Spool) -> None:
+        """Store a finished batch's spool (a superseded batch's too), then drop it from
+        `_unsaved` and let it go."""
+        try:
+            if self.state is not None and len(spool):
+                self.state.save(spool)
+        finally:
+            with self._lock:
+                if spool in self._unsaved:
+                    self._unsaved.remove(spool)
+            spool.close()
 
     # --- lifetime -----------------------------------------------------------------------------
 
@@ -513,7 +534,7 @@ class OAuthUsageTracker:
         self._futures = []
         self._generation += 1
         self._is_refreshing = False
-        self._unsaved = {}  # the parent saves them
+        self._unsaved = []  # the parent saves them
         handle, self._handle = self._handle, None
         if handle is not None and not handle.done():
             handle._event = threading.Event()  # its old lock may be held by a parent thread

@@ -1,6 +1,7 @@
 """State across runs (SPEC §10): cooldown arithmetic, the store, stale values in the tracker."""
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -628,3 +629,131 @@ def test_history_json_is_what_its_readings_and_moments_give(reset, points, previ
     stored = module._history_from_json(json.loads(json.dumps(expected)))
     assert stored.reset == history.reset.replace(microsecond=0)
     assert [r.used_percent for r in stored.readings] == [r.used_percent for r in history.readings]
+
+
+# --- the spool: new entries written out as they come --------------------------------------------
+
+def entry_at(hours=0):
+    return module.next_state(None, NOW + timedelta(hours=hours), windows=[WINDOW])
+
+
+def test_spool_save_writes_the_file_a_save_of_the_same_pairs_writes(tmp_path):
+    spooled, direct = module.StateStore(str(tmp_path / "a")), module.StateStore(str(tmp_path / "b"))
+    saved(spooled, "codex-k.json")
+    saved(direct, "codex-k.json")
+    spool = module.Spool(spooled.directory)
+    try:
+        spool.add(("codex", "codex-b.json"), entry_at(0))
+        spool.add(("claude", "claude-a.json"), entry_at(1))
+        spool.add(("codex", "codex-b.json"), entry_at(2))  # a later entry replaces the first
+        assert len(spool) == 2
+        # The spool file has no name: the directory holds what the save left, nothing more.
+        assert sorted(os.listdir(spooled.directory)) == ["state.json", "state.json.lock"]
+        assert list(spool) == [(("claude", "claude-a.json"), entry_at(1)),
+                               (("codex", "codex-b.json"), entry_at(2))]
+        spooled.save(spool)
+    finally:
+        spool.close()
+    direct.save([(("claude", "claude-a.json"), entry_at(1)),
+                 (("codex", "codex-b.json"), entry_at(2))])
+    assert (tmp_path / "a" / "state.json").read_bytes() == \
+        (tmp_path / "b" / "state.json").read_bytes()
+    assert len(spool) == 0 and spool.entries([("codex", "codex-b.json")]) is None
+
+
+def test_spool_holds_entries_in_memory_where_it_cannot_make_its_file(tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    spool = module.Spool(str(blocker / "state"))
+    spool.add(("codex", "codex-a.json"), entry_at(0))
+    spool.add(("codex", "codex-b.json"), entry_at(1))
+    assert spool.entries([("codex", "codex-a.json"), ("codex", "codex-x.json")]) == {
+        ("codex", "codex-a.json"): entry_at(0)}
+    target = module.StateStore(str(tmp_path / "state"))
+    target.save(spool)
+    spool.close()
+    assert target.load() == {("codex", "codex-a.json"): entry_at(0),
+                             ("codex", "codex-b.json"): entry_at(1)}
+    with caplog.at_level(logging.WARNING):
+        module.StateStore(str(blocker / "state")).save(spool)  # closed and empty: no write
+    assert caplog.records == []
+
+
+def test_spool_holds_an_entry_it_cannot_write_and_reads_back_the_others(tmp_path, monkeypatch):
+    spool = module.Spool(str(tmp_path / "state"))
+    spool.add(("codex", "codex-a.json"), entry_at(0))
+    real = module._write_at
+
+    def full(fd, data, offset):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(module, "_write_at", full)
+    spool.add(("codex", "codex-b.json"), entry_at(1))
+    monkeypatch.setattr(module, "_write_at", real)
+    spool.add(("codex", "codex-c.json"), entry_at(2))
+    try:
+        assert spool.entries([("codex", "codex-%s.json" % x) for x in "abc"]) == {
+            ("codex", "codex-a.json"): entry_at(0), ("codex", "codex-b.json"): entry_at(1),
+            ("codex", "codex-c.json"): entry_at(2)}
+    finally:
+        spool.close()
+
+
+def test_spool_closed_before_its_save_logs_and_writes_nothing(tmp_path, caplog):
+    store = module.StateStore(str(tmp_path / "state"))
+    saved(store, "codex-k.json")
+    before = (tmp_path / "state" / "state.json").read_bytes()
+    spool = module.Spool(store.directory)
+    spool.add(("codex", "codex-a.json"), entry_at(0))
+    names = spool.names()
+    spool.close()
+    with pytest.raises(KeyError):
+        spool.member("codex/codex-a.json")
+    # A save that began before the close: its lines can no longer be read.
+    spool._spans, spool._fd = {"codex/codex-a.json": 10}, None
+    with caplog.at_level(logging.WARNING):
+        store._write(names, spool.member)
+    assert "Cannot write the state file" in caplog.text
+    assert (tmp_path / "state" / "state.json").read_bytes() == before
+
+
+def test_spool_shorter_than_what_was_written_is_an_error(tmp_path, caplog):
+    store = module.StateStore(str(tmp_path / "state"))
+    spool = module.Spool(store.directory)
+    spool.add(("codex", "codex-a.json"), entry_at(0))
+    try:
+        os.ftruncate(spool._fd, 5)
+        with pytest.raises(OSError, match="shorter"):
+            spool.member("codex/codex-a.json")
+        with caplog.at_level(logging.WARNING):
+            store.save(spool)
+        assert "Cannot write the state file" in caplog.text
+        assert not (tmp_path / "state" / "state.json").exists()
+    finally:
+        spool.close()
+
+
+def test_tracker_refresh_reads_the_file_again_when_an_unsaved_spool_is_saved_meanwhile(tmp_path):
+    fetcher = ScriptedFetcher()
+    with tracker_with(fetcher, tmp_path) as tracker:
+        cooling = module.next_state(module.next_state(None, NOW, windows=[WINDOW]),
+                                    datetime.now(timezone.utc).replace(microsecond=0),
+                                    rate_limited=True)
+        key = module.state_key(account())
+
+        class SavedMeanwhile(module.Spool):
+            """A finished batch's spool whose save ends while the refresh reads it."""
+
+            def entries(self, keys):
+                tracker.state.save(self)
+                tracker._unsaved.remove(self)
+                self.close()
+                return super().entries(keys)
+        spool = SavedMeanwhile(tracker.state.directory)
+        spool.add(key, cooling)
+        tracker._unsaved.append(spool)
+        stored = tracker._stored_entries([account()])
+        try:
+            assert stored.pop(key) == cooling  # from the file the spool was saved to
+        finally:
+            stored.close()
+    assert fetcher.calls == 0
