@@ -503,9 +503,10 @@ class Spool:
                 yield key, entry
 
     def names(self) -> AbstractSet[str]:
-        """The names (`claude/<file id>`) of the entries kept."""
+        """The names (`claude/<file id>`) of the entries kept (once the refresh has ended: no
+        copy of them is made when every entry is spooled)."""
         with self._lock:
-            return self._spans.keys() | self._held.keys()
+            return self._spans.keys() | self._held.keys() if self._held else self._spans.keys()
 
     def member(self, name: str) -> bytes:
         """The state file's line (without its comma) for the entry named `name`. Raise KeyError
@@ -599,7 +600,7 @@ def _layout(names: AbstractSet[str], member_of: Callable[[str], bytes],
     """Yield the state file in pieces: the new entries (`names`, each one's line given by
     member_of) and the kept members, by name."""
     yield _HEAD
-    ordered = sorted(names | kept.keys())
+    ordered = sorted(names | kept.keys() if kept else names)
     for position, name in enumerate(ordered):
         member = kept[name] if name in kept else member_of(name)
         yield member + (b",\n" if position + 1 < len(ordered) else b"\n")
