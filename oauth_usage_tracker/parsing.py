@@ -165,15 +165,27 @@ def make_window(key: str, title: str, used_percent: Optional[float],
     if used is None and reset_date is None:
         return None
     text = reset_text(reset_date, now) if reset_date is not None else None
-    # Interned: every account repeats the same few keys and titles (decoded afresh from each
-    # answer), and a pool of thousands keeps them all.
+    # Interned: every account repeats the same few keys, titles and lengths (decoded afresh
+    # from each answer), and a pool of thousands keeps them all.
     return UsageWindow(key=sys.intern(key), title=sys.intern(title), used_percent=used,
-                       reset_date=reset_date, reset_text=text, length_seconds=length_seconds)
+                       reset_date=reset_date, reset_text=text,
+                       length_seconds=shared_length(length_seconds))
 
 
 #: The window lengths people call by name, each with how far a stated length may be off and
 #: still carry the name: the one home of these titles and bounds.
 NAMED_LENGTHS = ((FIVE_HOUR_TITLE, FIVE_HOURS, 60), (WEEKLY_TITLE, ONE_WEEK, 3600))
+
+
+#: One float object for each named length, shared by every window of that length.
+_SHARED_LENGTHS: Dict[float, float] = {float(length): float(length)
+                                       for _, length, _ in NAMED_LENGTHS}
+
+
+def shared_length(seconds: Optional[float]) -> Optional[float]:
+    """Given a window length, return an equal one: the shared object for a named length (five
+    hours, a week: thousands of accounts keep one each), else `seconds` itself."""
+    return _SHARED_LENGTHS.get(seconds, seconds) if isinstance(seconds, float) else seconds
 
 
 def length_title(seconds: float) -> Optional[str]:
@@ -203,7 +215,7 @@ def title_length(title: str) -> Optional[float]:
     ("5-hour", "Weekly", "Weekly (Opus)", "N-hour", "N-day"), else None."""
     for name, length, _ in NAMED_LENGTHS:
         if title == name or title.startswith(name + " ("):
-            return float(length)
+            return _SHARED_LENGTHS[float(length)]
     match = re.fullmatch(r"(\d+)-(hour|day)", title)
     if match:
         return float(int(match.group(1)) * (3600 if match.group(2) == "hour" else 86400))

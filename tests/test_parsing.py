@@ -504,3 +504,16 @@ def test_parse_timestamp_canonical_form_equals_the_general_pattern(fields, zone)
         assert parsed.tzinfo is not None and parsed.utcoffset() == timedelta(0)
         if parsed.year >= 1000:  # strftime writes earlier years unpadded
             assert module.format_timestamp(parsed) == text[:19] + "Z"
+
+
+def test_shared_length_gives_one_object_per_named_length_and_keeps_others():
+    five, week = float(5 * 3600), float(7 * 86400)
+    assert module.shared_length(five) is module.shared_length(float(18000)) == 18000.0
+    assert module.shared_length(week) is module.title_length("Weekly (Opus)") == 604800.0
+    odd = float(7200)
+    assert module.shared_length(odd) is odd
+    assert module.shared_length(None) is None
+    assert module.shared_length(18000) == 18000 and type(module.shared_length(18000)) is int
+    window = module.make_window("five_hour", "5-hour", 10.0, None, datetime.now(timezone.utc),
+                                float(18000))
+    assert window.length_seconds is module.shared_length(18000.0)
