@@ -13,6 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime, timezone
 from functools import partial
+from operator import attrgetter
 from typing import (
     TYPE_CHECKING,
     Callable,
@@ -59,6 +60,16 @@ def sort_key(usage: AccountUsage) -> Tuple[str, str, str, str]:
     """Order: provider (`claude` before `codex`), then e-mail case-insensitively, then id, then
     source."""
     return (Provider(usage.provider).value, (usage.email or "").casefold(), usage.id, usage.source)
+
+
+def sort_by_key(usages: List[AccountUsage]) -> None:
+    """Sort `usages` in place into sort_key's order, one part of the key a pass, the least
+    significant first (the sort is stable, so the order is the same): a finished refresh of
+    thousands of accounts holds no tuple per account at its peak, only one part at a time."""
+    usages.sort(key=attrgetter("source"))
+    usages.sort(key=attrgetter("id"))
+    usages.sort(key=lambda usage: (usage.email or "").casefold())
+    usages.sort(key=lambda usage: Provider(usage.provider).value)
 
 
 class RefreshHandle:
@@ -470,7 +481,7 @@ class OAuthUsageTracker:
         if self._is_current(batch.generation):
             done = [usage for usage in usages if usage is not None]
             del usages
-            done.sort(key=sort_key)
+            sort_by_key(done)
             self._announce(batch.generation, done, batch.handle.skipped)
             self._publish(batch.generation, done, False, batch.handle)
         if spool is not None:

@@ -584,3 +584,15 @@ def test_refresh_handle_wait_returns_false_until_published_or_superseded_then_tr
     superseded._supersede()
     assert published.wait(0) is True and superseded.wait() is True
     assert published.result() == []
+
+
+def test_sort_by_key_gives_sort_keys_order_ties_included():
+    emails = ["B@x", "a@x", None, "b@x", "A@x"]
+    usages = [AccountUsage(id="%s-%d.json" % (provider.value, index % 3), provider=provider,
+                           email=emails[index % len(emails)], source=source)
+              for index in range(30) for provider in Provider for source in ("local", "h:443")]
+    usages = usages[::7] + usages[1::7] + usages[3::7] + usages[2::7] + usages[5::7] + \
+        usages[4::7] + usages[6::7]
+    expected = sorted(usages, key=module.sort_key)
+    module.sort_by_key(usages)
+    assert [id(usage) for usage in usages] == [id(usage) for usage in expected]
