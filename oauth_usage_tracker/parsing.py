@@ -164,12 +164,34 @@ def make_window(key: str, title: str, used_percent: Optional[float],
     used = clamp_percent(used_percent)
     if used is None and reset_date is None:
         return None
-    text = reset_text(reset_date, now) if reset_date is not None else None
+    text = None
+    if reset_date is not None:
+        reset_date, text = _shared_reset(reset_date, now)
     # Interned: every account repeats the same few keys, titles and lengths (decoded afresh
     # from each answer), and a pool of thousands keeps them all.
     return UsageWindow(key=sys.intern(key), title=sys.intern(title), used_percent=used,
                        reset_date=reset_date, reset_text=text,
                        length_seconds=shared_length(length_seconds))
+
+
+#: The reset moment the last window was made with, the `now` it was made at, and its text. The
+#: windows of one answer often share a reset moment (Claude's weekly, its per-model weeklies and
+#: its weekly limits), and a pool of thousands keeps them all: each then keeps the first
+#: window's moment and text rather than equal copies. Replaced whole, so a worker thread reads
+#: either the old triple or the new one, and one that does not match only costs a copy.
+_last_reset: Tuple[Optional[datetime], Optional[datetime], str] = (None, None, "")
+
+
+def _shared_reset(date: datetime, now: datetime) -> Tuple[datetime, str]:
+    """Given a window's reset moment and now, return an equal moment (the last window's, when it
+    is the same moment in the same zone read at the same `now`) and its reset text."""
+    global _last_reset
+    last, last_now, text = _last_reset
+    if last is not None and last_now is now and last == date and last.tzinfo is date.tzinfo:
+        return last, text
+    text = reset_text(date, now)
+    _last_reset = (date, now, text)
+    return date, text
 
 
 #: The window lengths people call by name, each with how far a stated length may be off and

@@ -517,3 +517,21 @@ def test_shared_length_gives_one_object_per_named_length_and_keeps_others():
     window = module.make_window("five_hour", "5-hour", 10.0, None, datetime.now(timezone.utc),
                                 float(18000))
     assert window.length_seconds is module.shared_length(18000.0)
+
+
+def test_make_window_windows_with_one_reset_moment_share_it_and_its_text():
+    now = datetime(2026, 11, 24, 14, 0, tzinfo=timezone.utc)
+    week = now + timedelta(days=3)
+    first = module.make_window("seven_day", "Weekly", 10.0, week, now)
+    same = module.make_window("seven_day_opus", "Weekly (Opus)", 5.0,
+                              module.parse_timestamp(module.format_timestamp(week)), now)
+    assert same.reset_date is first.reset_date and same.reset_text is first.reset_text
+    # Another moment, another `now`, or the same moment in another zone: its own objects.
+    other = module.make_window("five_hour", "5-hour", 1.0, now + timedelta(hours=2), now)
+    assert other.reset_date != week and other.reset_text != first.reset_text
+    later = datetime(2026, 11, 24, 14, 0, tzinfo=timezone.utc)
+    again = module.make_window("seven_day", "Weekly", 10.0, week, later)
+    assert again.reset_text == first.reset_text and again.reset_text is not first.reset_text
+    zoned = week.astimezone(timezone(timedelta(hours=2)))
+    shifted = module.make_window("seven_day", "Weekly", 10.0, zoned, later)
+    assert shifted.reset_date is zoned and shifted.reset_date.tzinfo is zoned.tzinfo
