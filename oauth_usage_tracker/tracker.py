@@ -363,19 +363,39 @@ class OAuthUsageTracker:
         stored = self._stored_entries(kept)
         spool = Spool(self.state.directory) if self.state is not None else None
         batch = _Batch(generation, handle, kept, stored, spool)
-        # Submit under the lock: a close() or newer refresh() that got in after the checks above
-        # either ran before this block (nothing starts) or runs after it (it sees these futures).
         with self._lock:
             if self._closed or generation != self._generation:
                 stored.close()
                 return handle
             pool = self._ensure_pool_locked()
             batch.workers = min(len(kept), self.settings.workers or DEFAULT_WORKERS)
-            futures = [pool.submit(self._drain, batch) for _ in range(batch.workers)]
+            futures: List[Future] = []
             self._futures = futures
-        for future in futures:
-            future.add_done_callback(partial(self._drained, batch))
+        self._submit(pool, batch, futures)
         return handle
+
+    def _submit(self, pool: ThreadPoolExecutor, batch: _Batch, futures: List[Future]) -> None:
+        """Start the batch's workers, each future added to `futures` (the tracker's, for
+        cancelling) as it is submitted.
+
+        Not under `_lock`: submitting starts a thread and waits for it to run, and every worker
+        reads the generation under `_lock` before its first fetch, so submitting under it held
+        the first request back until the last of W threads had started. Timeline of the races
+        this leaves: a newer refresh() or a close() that gets in meanwhile cancels the futures
+        submitted so far; the ones submitted later find the batch superseded and return at
+        once. Once close() has shut the pool down, submit() raises: the workers never
+        submitted count as finished (`_drained`), so the batch still ends exactly once, by
+        whichever thread ends its last worker."""
+        for submitted in range(batch.workers):
+            try:
+                future = pool.submit(self._drain, batch)
+            except RuntimeError:  # close() shut the pool down meanwhile
+                for _ in range(batch.workers - submitted):
+                    self._drained(batch, None)
+                return
+            with self._lock:
+                futures.append(future)
+            future.add_done_callback(partial(self._drained, batch))
 
     def _stored_entries(self, accounts: Sequence[AuthAccount]) -> StoredEntries:
         """The stored states a refresh of `accounts` starts from: the state file's, read
@@ -457,9 +477,9 @@ class OAuthUsageTracker:
             if new_entry is not None and batch.spool is not None:
                 batch.spool.add(state_key(result[0]), new_entry)
 
-    def _drained(self, batch: _Batch, _future: Future) -> None:
-        """A worker finished or was cancelled; the last one publishes the batch, then saves
-        it."""
+    def _drained(self, batch: _Batch, _future: Optional[Future]) -> None:
+        """A worker finished, was cancelled or never started (None); the last one publishes
+        the batch, then saves it."""
         with batch.lock:
             batch.workers -= 1
             if batch.workers:

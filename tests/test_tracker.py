@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 
 import pytest
 from freezegun import freeze_time
+from support import wait_for
 
 import oauth_usage_tracker.tracker as module
 from oauth_usage_tracker import demo
@@ -596,3 +597,108 @@ def test_sort_by_key_gives_sort_keys_order_ties_included():
     expected = sorted(usages, key=module.sort_key)
     module.sort_by_key(usages)
     assert [id(usage) for usage in usages] == [id(usage) for usage in expected]
+
+
+# --- starting the workers ---------------------------------------------------------------------
+
+class HeldPool:
+    """Wraps the tracker's pool: its second submit() waits for the test (as starting a thread
+    under load may take a while), and with `shut` every submit from the second on raises as a
+    pool that close() shut down does."""
+
+    def __init__(self, pool, shut=False):
+        self.pool = pool
+        self.shut = shut
+        self.submits = 0
+        self.release = threading.Event()
+        self.held = threading.Event()
+
+    def submit(self, *args, **kwargs):
+        self.submits += 1
+        if self.submits >= 2:
+            if self.shut:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self.held.set()
+            assert self.release.wait(WAIT), "test never released the second submit"
+        return self.pool.submit(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.pool, name)
+
+
+def hold_pool(tracker, monkeypatch, shut=False):
+    real = tracker._ensure_pool_locked
+    holder = {}
+
+    def ensure():
+        if "pool" not in holder:
+            holder["pool"] = HeldPool(real(), shut)
+        return holder["pool"]
+    monkeypatch.setattr(tracker, "_ensure_pool_locked", ensure)
+    return holder
+
+
+def test_the_first_worker_fetches_while_later_workers_are_still_being_started(monkeypatch):
+    fetcher = GatedFetcher()
+    accounts = [account("w%d@example.com" % n) for n in range(3)]
+    with make_tracker(fetcher, workers=3) as tracker:
+        holder = hold_pool(tracker, monkeypatch)
+        done = {}
+        starter = threading.Thread(target=lambda: done.setdefault("handle",
+                                                                  tracker.refresh(accounts)))
+        starter.start()
+        pool = None
+        try:
+            assert wait_for(lambda: "pool" in holder)
+            pool = holder["pool"]
+            assert pool.held.wait(WAIT)
+            # The second submit is still held, and the first worker already fetched every
+            # account: it never waited for the thread that starts the others.
+            assert wait_for(lambda: len(fetcher.calls) == 3)
+        finally:
+            if pool is not None:
+                pool.release.set()
+            starter.join(WAIT)
+        result = done["handle"].result(timeout=WAIT)
+    assert sorted(u.id for u in result) == sorted(a.id for a in accounts)
+    assert sorted(fetcher.calls) == sorted(a.id for a in accounts)  # each fetched once
+
+
+def test_workers_that_cannot_be_submitted_count_as_finished_and_the_batch_ends_once(
+        monkeypatch):
+    fetcher = GatedFetcher()
+    accounts = [account("s%d@example.com" % n) for n in range(4)]
+    recorder = Recorder()
+    with make_tracker(fetcher, workers=4) as tracker:
+        tracker.subscribe(recorder)
+        hold_pool(tracker, monkeypatch, shut=True)
+        result = tracker.refresh_and_wait(accounts)
+    assert sorted(u.id for u in result) == sorted(a.id for a in accounts)
+    assert sorted(fetcher.calls) == sorted(a.id for a in accounts)
+    finished = [accounts for accounts, refreshing in recorder.states if not refreshing]
+    assert len(finished) == 1 and [u.id for u in finished[0]] == [u.id for u in result]
+
+
+def test_close_while_workers_are_being_started_ends_the_batch_superseded(monkeypatch):
+    fetcher = GatedFetcher()
+    accounts = [account("c%d@example.com" % n) for n in range(3)]
+    first = fetcher.gate(accounts[0])
+    tracker = make_tracker(fetcher, workers=3)
+    holder = hold_pool(tracker, monkeypatch)
+    done = {}
+    starter = threading.Thread(target=lambda: done.setdefault("handle", tracker.refresh(accounts)))
+    starter.start()
+    assert wait_for(lambda: "pool" in holder)
+    assert holder["pool"].held.wait(WAIT) and fetcher.started[accounts[0].id].wait(WAIT)
+    closer = threading.Thread(target=tracker.close)
+    closer.start()
+    assert wait_for(lambda: tracker._closed)
+    holder["pool"].shut = True  # the held submit, and any after it, find the pool shut down
+    holder["pool"].release.set()
+    first.set()
+    starter.join(WAIT)
+    closer.join(WAIT)
+    assert not starter.is_alive() and not closer.is_alive()
+    with pytest.raises(RefreshSuperseded):
+        done["handle"].result(timeout=WAIT)
+    assert fetcher.calls == [accounts[0].id]  # nothing started after close()
