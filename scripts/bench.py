@@ -8,7 +8,8 @@ average (other work on the machine slows the tool and its baseline alike, but no
 - fetch: the tool's fetch of N accounts with W workers (the library's `refresh_and_wait`,
   cooldown state kept, as the script runs it) against a bare client on the same fake: the
   standard library's `http.client`, W threads, one keep-alive connection each, reading and
-  parsing every body. Both run in this process, interleaved, best of 3;
+  parsing every body. Both run in this process, interleaved, best of 3, and the fake runs in a
+  process of its own (ForkedFake), as a real endpoint runs elsewhere;
 - one account: the script's whole run (start-up included) against `python -c` of a one-request
   `http.client` script (interpreter start-up included), best of 5, both started by a Python
   like an operator's installation, without this environment's .pth files (Interpreter);
@@ -25,6 +26,7 @@ average (other work on the machine slows the tool and its baseline alike, but no
 """
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import site
@@ -36,6 +38,7 @@ import threading
 import time
 import venv
 from datetime import datetime, timezone
+from multiprocessing.connection import Connection
 from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 from oauth_usage_tracker import demo
@@ -114,22 +117,91 @@ class Interpreter:
         self._tmp.cleanup()
 
 
+def _serve_fake(conn: Connection, latency: float, auth: str, claude: int, codex: int) -> None:
+    """The forked fake's process: serve the accounts written into `auth`, answer the bench's
+    questions about what the fake saw, until told to stop."""
+    fake = demo.FakeProviders(latency=latency)
+    fake.start()
+    try:
+        paths = demo.populate(fake, auth, claude=claude, codex=codex)
+        conn.send((fake.base_url, fake.environ(), paths))
+        while True:
+            question = conn.recv()
+            if question[0] == "count":
+                conn.send(fake.count(question[1]))
+            elif question[0] == "connections":
+                conn.send(fake.connections)
+            elif question[0] == "latency":
+                fake.latency = question[1]
+                conn.send(None)
+            else:
+                return
+    finally:
+        fake.stop()
+
+
+class ForkedFake:
+    """The loopback fake that `--demo` uses, in a process of its own, as a real usage endpoint
+    runs elsewhere: its request handlers never share the measured client's interpreter lock (in
+    the bench's own process they would, and a client whose threads hold it longer per request
+    would be slowed by the fake's work as well as its own). Asked through a pipe for what it
+    saw (`count`, `connections`) and told its latency."""
+
+    def __init__(self, latency: float, auth: str, claude: int, codex: int):
+        context = multiprocessing.get_context("fork")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_serve_fake,
+                                         args=(child, latency, auth, claude, codex), daemon=True)
+        self._process.start()
+        child.close()
+        self.base_url, self._environ, self.paths = self._conn.recv()
+        self._latency = latency
+
+    def count(self, path: str) -> int:
+        self._conn.send(("count", path))
+        return int(self._conn.recv())
+
+    @property
+    def connections(self) -> int:
+        self._conn.send(("connections",))
+        return int(self._conn.recv())
+
+    @property
+    def latency(self) -> float:
+        return self._latency
+
+    @latency.setter
+    def latency(self, seconds: float) -> None:
+        self._conn.send(("latency", seconds))
+        self._conn.recv()
+        self._latency = seconds
+
+    def environ(self) -> Dict[str, str]:
+        return dict(self._environ)
+
+    def stop(self) -> None:
+        self._conn.send(("stop",))
+        self._process.join(30)
+        self._conn.close()
+
+
 class Pool:
-    """N healthy accounts (half Claude, half Codex) in a temp auth dir, served by one fake."""
+    """N healthy accounts (half Claude, half Codex) in a temp auth dir, served by one fake in a
+    process of its own (ForkedFake)."""
 
     def __init__(self, accounts: int, latency: float):
         self.accounts = accounts
-        self.fake = demo.FakeProviders(latency=latency)
+        self.latency = latency
         self._tmp = tempfile.TemporaryDirectory(prefix="oauth-usage-bench-")
         self.dir = self._tmp.name
         self.auth = os.path.join(self.dir, "auth")
         self.state = os.path.join(self.dir, "state")
 
     def __enter__(self) -> "Pool":
-        self.fake.start()
         os.mkdir(self.auth)
-        paths = demo.populate(self.fake, self.auth, claude=self.accounts // 2,
-                              codex=self.accounts - self.accounts // 2)
+        self.fake = ForkedFake(self.latency, self.auth, claude=self.accounts // 2,
+                               codex=self.accounts - self.accounts // 2)
+        paths = self.fake.paths
         self.targets: List[Tuple[str, str]] = []
         for path in paths:
             with open(path) as handle:
