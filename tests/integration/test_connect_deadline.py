@@ -64,7 +64,9 @@ def test_four_unanswering_addresses_end_at_the_deadline_unsent(session, several,
     assert 1.9 <= elapsed < 2.5, elapsed  # urllib3's own loop took 4 x 2 s
 
 
-def test_stop_reads_cuts_a_get_still_connecting(session, several):
+def assert_stop_reads_cuts_a_get(session, started_waiting):
+    """Start a GET with a 60 s deadline on a thread; once `started_waiting()` holds, stop the
+    session's reads and check the GET ended at once, unsent, as a stopped request."""
     outcome = {}
 
     def read():
@@ -74,14 +76,19 @@ def test_stop_reads_cuts_a_get_still_connecting(session, several):
             outcome["error"] = error
     worker = threading.Thread(target=read)
     worker.start()
-    # The read is connecting once its deadline holds a socket (handed over before connect()).
-    assert wait_for(lambda: any(d._socket is not None for d in session.deadlines._active))
+    assert wait_for(started_waiting)
     started = time.monotonic()
     http.stop_reads(session)
     worker.join(10)
     assert not worker.is_alive() and time.monotonic() - started < 1
     assert str(outcome["error"]) == "Codex usage request stopped: the run is ending"
     assert outcome["error"].unsent is True
+
+
+def test_stop_reads_cuts_a_get_still_connecting(session, several):
+    # The read is connecting once its deadline holds a socket (handed over before connect()).
+    assert_stop_reads_cuts_a_get(
+        session, lambda: any(d._socket is not None for d in session.deadlines._active))
 
 
 def test_refusing_addresses_are_skipped_for_one_that_answers(session, several):
@@ -164,22 +171,7 @@ def test_a_hung_resolver_ends_at_the_deadline_unsent(session, hung_resolver, met
 
 
 def test_stop_reads_cuts_a_get_still_resolving(session, hung_resolver):
-    outcome = {}
-
-    def read():
-        try:
-            http.send(session, "GET", _url(), what="Codex usage", timeout=60, max_body=1024)
-        except ProviderError as error:
-            outcome["error"] = error
-    worker = threading.Thread(target=read)
-    worker.start()
-    assert wait_for(lambda: NAME in hung_resolver)
-    started = time.monotonic()
-    http.stop_reads(session)
-    worker.join(10)
-    assert not worker.is_alive() and time.monotonic() - started < 1
-    assert str(outcome["error"]) == "Codex usage request stopped: the run is ending"
-    assert outcome["error"].unsent is True
+    assert_stop_reads_cuts_a_get(session, lambda: NAME in hung_resolver)
 
 
 def test_a_name_that_does_not_resolve_is_said_so_and_an_address_asks_no_resolver(
