@@ -9,14 +9,26 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable, Dict, Hashable, Iterable, Optional, TypeVar, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Hashable,
+    Iterable,
+    Optional,
+    TypeVar,
+    Union,
+)
 
 from . import files
 from .authdir import AuthDirectory, DirectoryId
 from .errors import CredentialError
 from .parsing import format_timestamp
+
+if TYPE_CHECKING:  # made by a token refresh only: see __getattr__
+    from .grant import TokenGrant
 
 MAX_FILE_BYTES = 1024 * 1024
 #: A file that does not parse is read this many times in all, READ_PAUSE seconds apart (the one
@@ -146,17 +158,16 @@ def token_field(data: Dict[str, Any], name: str) -> Optional[str]:
     return value
 
 
-@dataclass(frozen=True)
-class TokenGrant:
-    """What the token endpoint gave back."""
+def __getattr__(name: str) -> Any:
+    """`credentials.TokenGrant`, imported from grant.py on first use: most runs refresh no
+    token, and each dataclass costs about a millisecond to create."""
+    if name == "TokenGrant":
+        from .grant import TokenGrant
+        return TokenGrant
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
 
-    access_token: str = field(repr=False)
-    refresh_token: Optional[str] = field(repr=False, default=None)
-    """None means: keep the old refresh token."""
-    expires_in: float = 3600.0
 
-
-def merge_grant(data: Dict[str, Any], grant: TokenGrant, now: datetime) -> Dict[str, Any]:
+def merge_grant(data: Dict[str, Any], grant: "TokenGrant", now: datetime) -> Dict[str, Any]:
     """Given the credential object, a grant and now, return the object with the new tokens,
     `expired` and `last_refresh` set; every other key keeps its value, type and place."""
     merged = dict(data)

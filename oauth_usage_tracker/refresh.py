@@ -43,7 +43,6 @@ from typing import Any, Callable, Dict, Iterator, NoReturn, Optional, Set, Tuple
 from .authdir import AuthDirectory, DirectoryId, write_all
 from .credentials import (
     MAX_FILE_BYTES,
-    TokenGrant,
     UnparsedFile,
     merge_grant,
     parse_json,
@@ -52,6 +51,7 @@ from .credentials import (
     token_field,
 )
 from .errors import CredentialError, TokenRefreshError
+from .grant import TokenGrant
 from .parsing import parse_timestamp
 
 logger = logging.getLogger(__name__)

@@ -7,11 +7,13 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 import oauth_usage_tracker.cli as module
 
 # Modules that only events, remote proxies, --watch or a token refresh need.
 NEVER_IN_A_PLAIN_RUN = (
-    "oauth_usage_tracker.refresh", "oauth_usage_tracker.events", "oauth_usage_tracker.event_memory",
+    "oauth_usage_tracker.refresh", "oauth_usage_tracker.grant", "oauth_usage_tracker.events", "oauth_usage_tracker.event_memory",
     "oauth_usage_tracker.notify", "oauth_usage_tracker.management",
     "oauth_usage_tracker.remote", "oauth_usage_tracker.lockout", "oauth_usage_tracker.watch",
 )
@@ -75,3 +77,22 @@ def test_started_imports_the_tracker_and_turns_the_collector_back_on():
     finally:
         gc.unfreeze()
         gc.enable()
+
+
+def test_the_entry_point_imports_the_cli_with_the_collector_off(monkeypatch):
+    import oauth_usage_tracker.__main__ as entry
+    seen = []
+    monkeypatch.setattr(module, "run", lambda: seen.append(gc.isenabled()))
+    try:
+        entry.main()
+    finally:
+        gc.enable()
+    assert seen == [False]
+
+
+def test_a_token_grant_is_still_reachable_from_credentials():
+    from oauth_usage_tracker import credentials, grant
+    assert credentials.TokenGrant is grant.TokenGrant
+    assert repr(credentials.TokenGrant("secret-a", "secret-r")) == "TokenGrant(expires_in=3600.0)"
+    with pytest.raises(AttributeError, match="NoSuchName"):
+        getattr(credentials, "NoSuchName")

@@ -14,13 +14,14 @@ import requests
 
 from .. import http
 from ..config import CLAUDE_CLIENT_ID, Settings
-from ..credentials import TokenGrant, read_json_object, token_field
+from ..credentials import read_json_object, token_field
 from ..errors import CredentialError, ProviderError, TokenRefreshError, UsageTrackerError
 from ..models import AccountDetails, AccountUsage, AuthAccount, ExtraUsage, UsageWindow
 from ..parsing import make_window, number_value, parse_timestamp, slug, title_length, unique_keys
 from .answer import usage_from_answer
 
 if TYPE_CHECKING:  # imported by the first refresh: most runs refresh no token
+    from ..grant import TokenGrant
     from ..refresh import RefreshResult
 
 logger = logging.getLogger(__name__)
@@ -170,10 +171,11 @@ def parse_details(payload: Any) -> AccountDetails:
 
 
 def exchange_refresh_token(session: requests.Session, settings: Settings,
-                           refresh_token: str) -> TokenGrant:
+                           refresh_token: str) -> "TokenGrant":
     """Given a refresh token, send it to the token endpoint once and return the TokenGrant.
     Raise TokenRefreshError (`invalid_grant=True` when the token is spent or revoked). Never
     retried: a refresh whose outcome is unknown may already have spent the token."""
+    from ..grant import TokenGrant
     body = "grant_type=refresh_token&client_id=%s&refresh_token=%s" % (
         quote(CLAUDE_CLIENT_ID, safe=""), quote(refresh_token, safe=""))
     headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json",
@@ -212,7 +214,7 @@ def _refresh(account: AuthAccount, seen: Dict[str, Any], session: requests.Sessi
              settings: Settings) -> "RefreshResult":
     from .. import refresh
 
-    def exchange(refresh_token: str) -> TokenGrant:
+    def exchange(refresh_token: str) -> "TokenGrant":
         return exchange_refresh_token(session, settings, refresh_token)
 
     result = refresh.refresh_tokens(
