@@ -9,10 +9,9 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.cookiejar import DefaultCookiePolicy
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Set, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, NamedTuple, Optional, Set, Union
 
 import requests
 from requests.adapters import BaseAdapter
@@ -23,6 +22,9 @@ from .config import endpoint_host, is_loopback_host
 from .deadline import STOPPING, Deadlines, WatchedAdapter
 from .errors import ProviderError
 from .state import cooldown_seconds
+
+if TYPE_CHECKING:  # imported by the first answer: see __getattr__
+    from .response import HttpResponse
 
 logger = logging.getLogger(__name__)
 
@@ -160,26 +162,19 @@ def make_session(pool_size: int) -> requests.Session:
     return session
 
 
-@dataclass(frozen=True)
-class HttpResponse:
-    """A finished response with its (capped) body."""
-
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-
-    @property
-    def is_html(self) -> bool:
-        """True when the body is an HTML page (a CDN challenge, a login page…)."""
-        kind = self.headers.get("Content-Type", "").lower()
-        start = self.body.lstrip()[:15].lower()
-        return "html" in kind or start.startswith(b"<!doctype html") or start.startswith(b"<html")
+def __getattr__(name: str) -> Any:
+    """`http.HttpResponse`, imported from response.py on first use: a run's first request goes
+    out before it exists (see response.py)."""
+    if name == "HttpResponse":
+        from .response import HttpResponse
+        return HttpResponse
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
 
 
 def send(session: requests.Session, method: str, url: str, *, what: str, timeout: float,
          max_body: int, headers: Optional[Mapping[str, str]] = None,
          auth: Optional[requests.auth.AuthBase] = None,
-         data: Union[str, bytes, Mapping[str, str], None] = None) -> HttpResponse:
+         data: Union[str, bytes, Mapping[str, str], None] = None) -> "HttpResponse":
     """Given a session and a request, return the HttpResponse, whatever its status. `what` names
     the request in messages ("Codex usage"). Raise ProviderError for a timeout (the whole
     exchange, connecting, headers and body included, gets `timeout` seconds, enforced by a timer
@@ -222,7 +217,7 @@ def stop_reads(session: requests.Session) -> None:
 def _send_unguarded(session: requests.Session, method: str, url: str, *, what: str,
                     timeout: float, max_body: int, headers: Optional[Mapping[str, str]] = None,
                     auth: Optional[requests.auth.AuthBase] = None,
-                    data: Union[str, bytes, Mapping[str, str], None] = None) -> HttpResponse:
+                    data: Union[str, bytes, Mapping[str, str], None] = None) -> "HttpResponse":
     deadline = time.monotonic() + timeout
     # Ask for the body as it is: a compliant server then sends nothing to decompress. A server
     # that compresses anyway is decoded by urllib3 (>= 2.6.3, which decompresses no more than
@@ -238,6 +233,7 @@ def _send_unguarded(session: requests.Session, method: str, url: str, *, what: s
         with response:
             body = _read_body(response, what, max_body, deadline, timeout)
             # build_response made these headers for this response alone: no copy needed.
+            from .response import HttpResponse
             return HttpResponse(response.status_code, response.headers, body)
     except ProviderError:
         raise
@@ -341,7 +337,7 @@ def _wait_text(value: float) -> str:
     return "%d s" % round(value)
 
 
-def decode_json(response: HttpResponse, what: str) -> Any:
+def decode_json(response: "HttpResponse", what: str) -> Any:
     """Given a response, return its decoded JSON body. Raise ProviderError naming the status when
     the body is empty, HTML (a Cloudflare challenge is a common case) or not JSON."""
     if not response.body.strip():
@@ -359,13 +355,13 @@ def decode_json(response: HttpResponse, what: str) -> Any:
                             % (what, response.status), status=response.status) from None
 
 
-def _is_challenge(response: HttpResponse) -> bool:
+def _is_challenge(response: "HttpResponse") -> bool:
     return bool(response.headers.get("cf-mitigated")) or b"challenge" in response.body.lower() \
         or "cloudflare" in response.headers.get("Server", "").lower() \
         or b"just a moment" in response.body.lower()
 
 
-def try_json(response: HttpResponse) -> Any:
+def try_json(response: "HttpResponse") -> Any:
     """Given a response, return its JSON body, or None when it has none."""
     try:
         return json.loads(response.body.decode("utf-8"))
@@ -373,7 +369,7 @@ def try_json(response: HttpResponse) -> Any:
         return None
 
 
-def retry_after(response: HttpResponse, now: Optional[datetime] = None) -> Optional[float]:
+def retry_after(response: "HttpResponse", now: Optional[datetime] = None) -> Optional[float]:
     """Given a response, return its Retry-After in seconds (a number or an HTTP date), or None."""
     value = response.headers.get("Retry-After")
     if not value:
@@ -396,7 +392,7 @@ def retry_after(response: HttpResponse, now: Optional[datetime] = None) -> Optio
     return max(0.0, (moment - now).total_seconds())
 
 
-def status_error(response: HttpResponse, what: str, detail: str = "") -> ProviderError:
+def status_error(response: "HttpResponse", what: str, detail: str = "") -> ProviderError:
     """Given a failed response, return the ProviderError naming its status, e.g.
     `Claude usage API returned 429 (rate limited; retry after 300 s)`."""
     after = retry_after(response)

@@ -190,7 +190,7 @@ class Proxy:
                              status=status, login_problem=True)
 
     def call(self, session: requests.Session, settings: Settings, method: str, path: str,
-             name: str, max_body: int, body: Optional[bytes] = None) -> http.HttpResponse:
+             name: str, max_body: int, body: Optional[bytes] = None) -> "http.HttpResponse":
         """Make one management call in one of the proxy's slots and return its answer. Raise
         ProviderError, without sending, once the proxy was stopped; stop it (and raise) on a
         401/403 or when it does not answer."""
@@ -245,7 +245,7 @@ class Proxy:
             "set remote-management.secret-key in its config.yaml" % self.source))
 
     def api_call(self, session: requests.Session, settings: Settings, auth_index: str,
-                 url: str, headers: Dict[str, str], what: str) -> http.HttpResponse:
+                 url: str, headers: Dict[str, str], what: str) -> "http.HttpResponse":
         """Have the proxy send `GET url` with the credential's token in place of `$TOKEN$`;
         return the provider's answer as an HttpResponse (the envelope decoded)."""
         body = json.dumps({"auth_index": auth_index, "method": "GET", "url": url,
@@ -259,8 +259,8 @@ class Proxy:
         return decode_envelope(response, self.source, what, settings.max_body_bytes)
 
 
-def decode_envelope(response: http.HttpResponse, source: str, what: str,
-                    max_body: int) -> http.HttpResponse:
+def decode_envelope(response: "http.HttpResponse", source: str, what: str,
+                    max_body: int) -> "http.HttpResponse":
     """Given the proxy's answer to an api-call, return the provider's answer inside it (status,
     headers with their lists joined, the body as bytes). Raise ProviderError for the proxy's own
     failures: 400 (`auth token not found` is a login problem), 502 (it could not reach the

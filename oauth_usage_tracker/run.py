@@ -224,15 +224,16 @@ class Run:
 
 
 def _import_the_rest(handle: "RefreshHandle") -> None:
-    """Import what the end of a run needs (the renderers) while the fetches are in flight:
-    workers waiting on their sockets leave the interpreter free, so the time these imports take
-    is spent during the network's latency, not after the answers. First the workers get the
-    interpreter to themselves for a moment (SEND_HEAD_START, or until the refresh is done):
-    each needs it for a millisecond or two to prepare and send its request, and an import in
-    this thread holding it meanwhile held the first request back by about the imports' own
-    duration (measured: the request left about 3 ms later)."""
+    """Import what the end of a run needs (the renderers, and the class of the HTTP answer each
+    request comes back as) while the fetches are in flight: workers waiting on their sockets
+    leave the interpreter free, so the time these imports take is spent during the network's
+    latency, not after the answers. First the workers get the interpreter to themselves for a
+    moment (SEND_HEAD_START, or until the refresh is done): each needs it for a millisecond or
+    two to prepare and send its request, and an import in this thread holding it meanwhile held
+    the first request back by about the imports' own duration (measured: the request left about
+    3 ms later)."""
     handle.wait(SEND_HEAD_START)
-    from . import render  # noqa: F401
+    from . import render, response  # noqa: F401
 
 
 def _notifier(options: Options, tracker: "OAuthUsageTracker") -> "Notifier":

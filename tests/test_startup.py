@@ -60,10 +60,20 @@ def test_importing_the_cli_imports_no_module_a_run_defers():
     assert [name for name in NOT_BEFORE_A_RUN if name in modules] == []
 
 
+def test_what_a_request_needs_to_go_out_leaves_the_answers_class_for_later():
+    modules = imported_by("import json, sys\nimport oauth_usage_tracker.cli\n"
+                          "import oauth_usage_tracker.tracker, oauth_usage_tracker.providers\n"
+                          "print(json.dumps(sorted(sys.modules)))")
+    assert "oauth_usage_tracker.providers.claude" in modules
+    assert "oauth_usage_tracker.http" in modules
+    assert "oauth_usage_tracker.response" not in modules
+
+
 def test_plain_one_account_json_run_never_imports_refresh_events_remote_or_watch():
     ran = imported_by(PLAIN_RUN)
     assert ran["status"] == 0
     assert "oauth_usage_tracker.tracker" in ran["modules"]  # it did fetch
+    assert "oauth_usage_tracker.response" in ran["modules"]  # and read an answer
     assert [name for name in NEVER_IN_A_PLAIN_RUN if name in ran["modules"]] == []
 
 

@@ -9,7 +9,7 @@ from ..models import AccountDetails, AccountUsage, AuthAccount, UsageWindow
 NO_WINDOWS = "Usage response did not include quota windows"
 
 
-def usage_from_answer(account: AuthAccount, response: http.HttpResponse, what: str,
+def usage_from_answer(account: AuthAccount, response: "http.HttpResponse", what: str,
                       parse_usage: Callable[[Any, datetime], Sequence[UsageWindow]],
                       parse_details: Callable[[Any], AccountDetails]) -> AccountUsage:
     """Given an account, the usage endpoint's answer, the request's name in messages and the

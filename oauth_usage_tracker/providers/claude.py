@@ -206,7 +206,7 @@ def exchange_refresh_token(session: requests.Session, settings: Settings,
                             outcome_unknown=response.status >= 500, blocked=failure.blocked)
 
 
-def _lacks_scope(response: http.HttpResponse) -> bool:
+def _lacks_scope(response: "http.HttpResponse") -> bool:
     return response.status == 403 and b"user:profile" in response.body
 
 
@@ -231,7 +231,7 @@ def usage_headers(settings: Settings) -> Dict[str, str]:
             "User-Agent": settings.claude_user_agent}
 
 
-def rejection(response: http.HttpResponse, after_refresh: bool = False) -> ProviderError:
+def rejection(response: "http.HttpResponse", after_refresh: bool = False) -> ProviderError:
     """Given a 401/403 (not an HTML page) from the usage endpoint, return the login problem it
     reports: the missing user:profile scope, or a rejected token (after this tool's refresh
     retry, or as relayed by a proxy that refreshes its own tokens)."""
@@ -245,13 +245,13 @@ def rejection(response: http.HttpResponse, after_refresh: bool = False) -> Provi
     return ProviderError(message, status=response.status, login_problem=True)
 
 
-def usage_from_response(account: AuthAccount, response: http.HttpResponse) -> AccountUsage:
+def usage_from_response(account: AuthAccount, response: "http.HttpResponse") -> AccountUsage:
     """Given an account and a usage answer that is not a token rejection, return its
     AccountUsage. Raise ProviderError for a failed status, an unusable body or no windows."""
     return usage_from_answer(account, response, WHAT, parse_usage, parse_details)
 
 
-def _read_usage(session: requests.Session, settings: Settings, token: str) -> http.HttpResponse:
+def _read_usage(session: requests.Session, settings: Settings, token: str) -> "http.HttpResponse":
     headers = usage_headers(settings)
     return http.send(session, "GET", settings.claude_usage_url, what=WHAT,
                      timeout=settings.timeout, max_body=settings.max_body_bytes, headers=headers,

@@ -112,7 +112,7 @@ def parse_details(payload: Any) -> AccountDetails:
                           credits=credits)
 
 
-def _rejected(response: http.HttpResponse) -> ProviderError:
+def _rejected(response: "http.HttpResponse") -> ProviderError:
     body = http.try_json(response)
     error = body.get("error") if isinstance(body, dict) else None
     code = error.get("code") if isinstance(error, dict) else None
@@ -137,7 +137,7 @@ def usage_headers(settings: Settings, account_id: Any) -> Dict[str, str]:
     return headers
 
 
-def usage_from_response(account: AuthAccount, response: http.HttpResponse) -> AccountUsage:
+def usage_from_response(account: AuthAccount, response: "http.HttpResponse") -> AccountUsage:
     """Given an account and the usage endpoint's answer (direct, or relayed by a proxy), return
     its AccountUsage. Raise ProviderError for a rejected token (a login problem), any other
     failed status, an unusable body, or a body without windows."""
