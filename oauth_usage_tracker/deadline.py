@@ -28,6 +28,9 @@ from contextlib import contextmanager
 from typing import Any, Iterator, List, Optional, Sequence, Set, Tuple, Union, cast
 
 from requests.adapters import HTTPAdapter
+from requests.models import PreparedRequest, Response
+from requests.structures import CaseInsensitiveDict
+from requests.utils import get_encoding_from_headers
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
@@ -444,3 +447,24 @@ class WatchedAdapter(HTTPAdapter):
         if not proxy.lower().startswith("socks"):  # SOCKS pools bring their own connections
             manager.pool_classes_by_scheme = dict(_POOLS)
         return manager
+
+    def build_response(self, req: PreparedRequest, resp: Any) -> Response:
+        """Given the request sent and urllib3's response, return the Response as
+        HTTPAdapter.build_response makes it (status, headers, encoding, raw, reason, url,
+        request, connection), without copying the answer's cookies into the Response's own jar.
+
+        That copy parses every answer's Set-Cookie headers through http.cookiejar (a
+        MockRequest and a MockResponse each time), yet nothing here reads `Response.cookies`,
+        and the session's own jar accepts no cookie (make_session). Session.send, the one
+        caller that keeps cookies, copies them into the session's jar itself, from `resp`."""
+        response = Response()
+        response.status_code = getattr(resp, "status", None)  # type: ignore[assignment]
+        response.headers = CaseInsensitiveDict(getattr(resp, "headers", {}))
+        response.encoding = get_encoding_from_headers(response.headers)
+        response.raw = resp
+        response.reason = resp.reason
+        response.url = (req.url.decode("utf-8") if isinstance(req.url, bytes)  # type: ignore[assignment]
+                        else req.url)
+        response.request = req
+        response.connection = self
+        return response

@@ -401,3 +401,74 @@ def test_make_session_used_directly_still_follows_no_redirect(session, mocked_re
     response = session.get(URL, timeout=1)
     assert response.status_code == 302
     assert len(mocked_responses.calls) == 1
+
+
+# --- WatchedAdapter.build_response --------------------------------------------------------------
+
+ANSWERS = [
+    (200, "OK", [("Content-Type", "application/json"), ("Set-Cookie", "a=1; Path=/")]),
+    (200, "Fine", [("Content-Type", "text/html; charset=ISO-8859-1"),
+                   ("Set-Cookie", "a=1; Domain=127.0.0.1"), ("Set-Cookie", "b=2"),
+                   ("X-Twice", "one"), ("x-twice", "two")]),
+    (302, "Found", [("Location", "https://elsewhere.example.test/"), ("Set-Cookie2", "c=3")]),
+    (429, "Too Many Requests", [("Retry-After", "30"), ("Content-Type", "text/plain")]),
+    (500, "Internal Server Error", []),
+]
+
+
+@pytest.fixture
+def answering_server():
+    """A loopback server answering each GET with the status, reason and headers of
+    ANSWERS[int(path[1:])] and a short body."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            status, reason, headers = ANSWERS[int(self.path[1:])]
+            self.send_response(status, reason)
+            for name, value in headers:
+                self.send_header(name, value)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield "http://127.0.0.1:%d" % server.server_address[1]
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+@pytest.mark.parametrize("index", range(len(ANSWERS)))
+def test_watched_adapter_builds_the_response_requests_builds_but_keeps_no_cookie(
+        answering_server, index):
+    """Every Response field the code reads (and the rest HTTPAdapter sets) is what requests'
+    own build_response gives for the same answer; only the Response's own cookie jar stays
+    empty (the answer's cookies are not parsed: nothing reads them)."""
+    from requests.adapters import HTTPAdapter
+    from urllib3 import PoolManager
+
+    from oauth_usage_tracker.deadline import WatchedAdapter
+
+    request = requests.Request("GET", "%s/%d" % (answering_server, index)).prepare()
+    with PoolManager() as manager:
+        raw = manager.request("GET", request.url, preload_content=False, redirect=False)
+        adapter = WatchedAdapter()
+        ours = adapter.build_response(request, raw)
+        theirs = HTTPAdapter.build_response(adapter, request, raw)
+        assert ours.status_code == theirs.status_code == ANSWERS[index][0]
+        assert ours.reason == theirs.reason == ANSWERS[index][1]
+        assert list(ours.headers.items()) == list(theirs.headers.items())
+        assert ours.headers["content-length"] == "2"
+        assert (ours.encoding, ours.url, ours.raw, ours.request, ours.connection) == (
+            theirs.encoding, theirs.url, theirs.raw, theirs.request, theirs.connection)
+        assert ours.is_redirect == theirs.is_redirect
+        assert ours.raw.read() == b"{}"
+        assert len(ours.cookies) == 0
+        assert len(theirs.cookies) == sum(name == "Set-Cookie" for name, _ in ANSWERS[index][2])
