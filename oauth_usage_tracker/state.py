@@ -17,8 +17,10 @@ import os
 import re
 import sys
 import threading
+from array import array
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from operator import itemgetter
 from typing import (
     AbstractSet,
     Any,
@@ -52,7 +54,7 @@ from .models import (
     Provider,
     UsageWindow,
 )
-from .pace import Reading, WindowHistory
+from .pace import WindowHistory
 from .parsing import (
     clamp_percent,
     format_timestamp,
@@ -125,18 +127,29 @@ class AccountState:
 
 
 @functools.lru_cache(maxsize=64)
-def _reading_time(text: str) -> Optional[datetime]:
-    """parse_timestamp for stored reading times, which repeat across an account's windows (one
-    fetch reads them all): one datetime object for each, not one per reading."""
-    return parse_timestamp(text)
+def _reading_moment(text: str) -> Optional[Tuple[datetime, float]]:
+    """parse_timestamp for stored reading times, with the unix seconds a history keeps: the
+    times repeat across an account's windows (one fetch reads them all), so each is parsed
+    once."""
+    at = parse_timestamp(text)
+    return None if at is None else (at, at.timestamp())
 
 
-def _reading_from_json(raw: Any) -> Optional[Reading]:
+_first = itemgetter(0)
+
+
+def _reading_values(raw: Any) -> Optional[Tuple[datetime, float, float]]:
+    """A stored reading `[time, percent]` as (moment, its unix seconds, percent), or None when
+    it is not one."""
     if not isinstance(raw, list) or len(raw) != 2:
         return None
-    at = _reading_time(raw[0]) if isinstance(raw[0], str) else parse_timestamp(raw[0])
+    if isinstance(raw[0], str):
+        moment = _reading_moment(raw[0])
+    else:
+        at = parse_timestamp(raw[0])
+        moment = None if at is None else (at, at.timestamp())
     used = clamp_percent(number_value(raw[1]))
-    return Reading(at, used) if at is not None and used is not None else None
+    return (moment[0], moment[1], used) if moment is not None and used is not None else None
 
 
 @functools.lru_cache(maxsize=256)
@@ -154,13 +167,22 @@ def _history_to_json(history: WindowHistory) -> Dict[str, Any]:
 
 
 def _history_from_json(raw: Any) -> Optional[WindowHistory]:
+    """A stored history as the WindowHistory of its reset, its last MAX_READINGS valid
+    readings (oldest first) and its previous period's last reading. Packed straight into the
+    history's floats: no Reading object is made for a reading only to be packed."""
     reset = parse_timestamp(raw.get("reset")) if isinstance(raw, dict) else None
     if reset is None:
         return None
     readings = raw.get("readings") if isinstance(raw.get("readings"), list) else []
-    kept = [r for r in map(_reading_from_json, readings[-pace.MAX_READINGS:]) if r is not None]
-    return WindowHistory(reset=reset, readings=tuple(sorted(kept, key=lambda r: r.at)),
-                         previous=_reading_from_json(raw.get("previous")))
+    kept = [r for r in map(_reading_values, readings[-pace.MAX_READINGS:]) if r is not None]
+    kept.sort(key=_first)
+    values = [reset.timestamp(), float(len(kept))]
+    for _, seconds, used in kept:
+        values += (seconds, used)
+    previous = _reading_values(raw.get("previous"))
+    if previous is not None:
+        values += (previous[1], previous[2])
+    return WindowHistory._packed_from(array("d", values))
 
 
 def _entry_from_json(raw: Any) -> Optional[AccountState]:

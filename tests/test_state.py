@@ -631,6 +631,62 @@ def test_history_json_is_what_its_readings_and_moments_give(reset, points, previ
     assert [r.used_percent for r in stored.readings] == [r.used_percent for r in history.readings]
 
 
+def _history_from_json_before(raw):
+    """_history_from_json as it was before it packed the floats itself: a Reading per reading,
+    sorted, then WindowHistory(...)."""
+    from oauth_usage_tracker.parsing import clamp_percent, number_value, parse_timestamp
+
+    def reading(item):
+        if not isinstance(item, list) or len(item) != 2:
+            return None
+        at = parse_timestamp(item[0])
+        used = clamp_percent(number_value(item[1]))
+        return pace.Reading(at, used) if at is not None and used is not None else None
+
+    reset = parse_timestamp(raw.get("reset")) if isinstance(raw, dict) else None
+    if reset is None:
+        return None
+    readings = raw.get("readings") if isinstance(raw.get("readings"), list) else []
+    kept = [r for r in map(reading, readings[-pace.MAX_READINGS:]) if r is not None]
+    return pace.WindowHistory(reset=reset, readings=tuple(sorted(kept, key=lambda r: r.at)),
+                              previous=reading(raw.get("previous")))
+
+
+STORED_TIME = st.one_of(
+    HISTORY_MOMENT.map(format_timestamp),                              # the canonical form
+    HISTORY_MOMENT.map(lambda moment: moment.isoformat()),             # an offset, fractions
+    st.integers(min_value=-10**13, max_value=10**13),                  # unix seconds or ms
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["", "2026-13-01T00:00:00Z", "soon", "12%", "1e3", None, True]))
+STORED_PERCENT = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
+                           st.integers(min_value=-1000, max_value=1000),
+                           st.sampled_from(["50", "50%", " 7.5 ", "x", None, False, [1]]))
+STORED_READING = st.one_of(st.lists(st.one_of(STORED_TIME, STORED_PERCENT), max_size=3),
+                           st.tuples(STORED_TIME, STORED_PERCENT).map(list),
+                           st.tuples(STORED_TIME, STORED_PERCENT).map(list),
+                           st.sampled_from([None, "x", {"at": 1}]))
+
+
+@settings(max_examples=500, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(raw=st.one_of(
+    st.fixed_dictionaries({"reset": STORED_TIME},
+                          optional={"readings": st.one_of(st.lists(STORED_READING, max_size=16),
+                                                          STORED_READING),
+                                    "previous": STORED_READING}),
+    st.sampled_from([None, [], "x", {}])))
+def test_history_from_json_gives_what_it_gave_before_it_packed_the_floats_itself(raw):
+    """Old (a Reading per reading) against new (floats packed straight) on generated stored
+    histories, junk included: the same history (compared by its packed floats), or None."""
+    raw = json.loads(json.dumps(raw))  # as read back from the file
+    before = _history_from_json_before(raw)
+    after = module._history_from_json(raw)
+    assert after == before
+    if before is not None:
+        assert (after.reset, after.readings, after.previous) == (
+            before.reset, before.readings, before.previous)
+
+
 # --- the spool: new entries written out as they come --------------------------------------------
 
 def entry_at(hours=0):
