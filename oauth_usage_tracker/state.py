@@ -611,10 +611,15 @@ _TAIL = b'},"version":%d}\n' % VERSION
 _PROVIDERS = frozenset(p.value for p in Provider)
 
 
+#: json.dumps(..., separators=(",", ":"), sort_keys=True), made once: json.dumps builds a new
+#: JSONEncoder for every call with arguments of its own. An encoder keeps no state between
+#: calls (each encode makes its own C encoder), so the workers share this one.
+_COMPACT = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+
+
 def _member(name: str, raw: Any) -> bytes:
     """One account's line (without its comma): `"name":{...}`, compact, keys sorted."""
-    return (json.dumps(name) + ":" + json.dumps(raw, separators=(",", ":"), sort_keys=True)
-            ).encode("utf-8")
+    return (json.dumps(name) + ":" + _COMPACT.encode(raw)).encode("utf-8")
 
 
 def _layout(names: AbstractSet[str], member_of: Callable[[str], bytes],

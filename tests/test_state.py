@@ -687,6 +687,23 @@ def test_history_from_json_gives_what_it_gave_before_it_packed_the_floats_itself
             before.reset, before.readings, before.previous)
 
 
+JSON_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.text(),
+              st.floats(allow_nan=True, allow_infinity=True)),
+    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                            st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(name=st.text(), raw=JSON_VALUES)
+def test_member_is_json_dumps_compact_with_sorted_keys(name, raw):
+    """The shared encoder writes what json.dumps wrote with the same arguments."""
+    assert module._member(name, raw) == (
+        json.dumps(name) + ":" + json.dumps(raw, separators=(",", ":"), sort_keys=True)
+    ).encode("utf-8")
+
+
 # --- the spool: new entries written out as they come --------------------------------------------
 
 def entry_at(hours=0):
