@@ -9,6 +9,7 @@ import sys
 import tempfile
 import threading
 from contextlib import contextmanager
+from types import FrameType
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -243,14 +244,25 @@ class Shutdown:
         self.raise_first = raise_first
         self.signal: Optional[int] = None
         self._noted = False
+        #: The first signal whose exception waits until the main thread has left the import
+        #: machinery and logging (see handle), retried by a SIGALRM every RETRY seconds.
+        self._deferred: Optional[int] = None
 
     @property
     def requested(self) -> bool:
         """True once a signal asked the run to stop."""
         return self.signal is not None
 
-    def handle(self, number: int, _frame: object) -> None:
-        """The signal handler: the first signal stops the run, later ones are only noted."""
+    def handle(self, number: int, frame: Optional[FrameType]) -> None:
+        """The signal handler: the first signal stops the run, later ones are only noted.
+
+        The exception that stops a one-shot run is never raised inside the import machinery or
+        logging (`frame`, the interrupted code, or one of its callers, is theirs): both take a
+        lock and release it in a `finally` they enter one step later, and an exception raised
+        between the two leaves the lock held for good. The main thread does not notice (those
+        locks are re-entrant), but a worker that then imports a module or logs a line waits
+        forever, and so does the run's end, which waits for its workers. There, the exception
+        is deferred: a SIGALRM every RETRY seconds tries again, and any later signal does too."""
         # Only plain assignments here: a handler that takes a lock the interrupted code holds
         # would deadlock.
         if self.signal is not None:
@@ -259,9 +271,20 @@ class Shutdown:
                 os.write(2, b"oauth-usage-tracker: still finishing token writes; "
                             b"not exiting yet\n")
             return
+        if self.raise_first and _holds_library_locks(frame):
+            if self._deferred is None:
+                self._deferred = number
+            signal.setitimer(signal.ITIMER_REAL, RETRY)
+            return
         self.signal = number
+        self._deferred = None
         if self.raise_first:
             raise _Terminated() if number == signal.SIGTERM else KeyboardInterrupt()
+
+    def _retry(self, _number: int, frame: Optional[FrameType]) -> None:
+        """The SIGALRM handler: handle the deferred signal now (or defer it again)."""
+        if self._deferred is not None and self.signal is None:
+            self.handle(self._deferred, frame)
 
     @contextmanager
     def installed(self, then_ignore: bool = False) -> Iterator[None]:
@@ -269,14 +292,44 @@ class Shutdown:
         restore the previous handlers or, with `then_ignore`, ignore both signals."""
         previous = {}
         if threading.current_thread() is threading.main_thread():
+            previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._retry)
             for number in (signal.SIGTERM, signal.SIGINT):
                 previous[number] = signal.signal(number, self.handle)
         try:
             yield
         finally:
             self.raise_first = False
+            if previous:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            if self.signal is None and self._deferred is not None:
+                self.signal = self._deferred  # received, never raised: the run still says so
             for number, handler in previous.items():
-                signal.signal(number, signal.SIG_IGN if then_ignore else handler)
+                if handler is None:  # installed outside Python: nothing to put back
+                    continue
+                if number == signal.SIGALRM:
+                    signal.signal(number, handler)
+                else:
+                    signal.signal(number, signal.SIG_IGN if then_ignore else handler)
+
+
+#: Seconds between retries of a signal whose exception was deferred (Shutdown.handle).
+RETRY = 0.005
+
+# The code an exception must not be raised into (Shutdown.handle): the import machinery and the
+# logging module, each of which holds a process-wide lock across steps that a signal can fall
+# between.
+_LOGGING_FILE = logging.__file__
+
+
+def _holds_library_locks(frame: Optional[FrameType]) -> bool:
+    """Given the frame a signal interrupted, return True when it or one of its callers is the
+    import machinery's or the logging module's."""
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if name.startswith("<frozen importlib") or name == _LOGGING_FILE:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:

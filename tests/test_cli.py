@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import threading
+import types
 
 import pytest
 
@@ -19,7 +20,8 @@ from oauth_usage_tracker.refresh import GUARD
 @pytest.fixture(autouse=True)
 def handlers_restored():
     """Every test leaves SIGTERM and SIGINT as it found them."""
-    before = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+    before = {number: signal.getsignal(number)
+              for number in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM)}
     yield
     for number, handler in before.items():
         assert signal.getsignal(number) is handler
@@ -276,3 +278,79 @@ def test_demo_fake_is_quiet_about_a_client_that_hung_up_but_not_about_its_own_fa
         except ValueError:
             server.handle_error(None, ("127.0.0.1", 1))
         assert "ValueError" in capsys.readouterr().err
+
+
+# --- a stopping signal never raised into the import machinery or logging ---------------------
+
+def frames(*names):
+    """A chain of stand-in frames, innermost first, running code from the files `names`."""
+    frame = None
+    for name in reversed(names):
+        frame = types.SimpleNamespace(f_code=types.SimpleNamespace(co_filename=name),
+                                      f_back=frame)
+    return frame
+
+
+@pytest.mark.parametrize("locked", ["<frozen importlib._bootstrap>",
+                                    "<frozen importlib._bootstrap_external>",
+                                    logging.__file__])
+def test_a_signal_inside_the_import_machinery_or_logging_is_deferred_then_raised(locked):
+    shutdown = module.Shutdown(raise_first=True)
+    inside = frames("/x/oauth_usage_tracker/run.py", locked, "/x/oauth_usage_tracker/cli.py")
+    try:
+        shutdown.handle(signal.SIGTERM, inside)  # does not raise
+        assert shutdown.signal is None and shutdown._deferred == signal.SIGTERM
+        assert signal.getitimer(signal.ITIMER_REAL)[0] > 0  # the retry is armed
+        shutdown.handle(signal.SIGINT, inside)  # a storm: still deferred, the first one kept
+        assert shutdown._deferred == signal.SIGTERM
+        shutdown._retry(signal.SIGALRM, inside)  # still inside: deferred again
+        assert shutdown.signal is None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    with pytest.raises(module._Terminated):
+        shutdown._retry(signal.SIGALRM, frames("/x/oauth_usage_tracker/run.py"))
+    assert shutdown.signal == signal.SIGTERM and shutdown._deferred is None
+    shutdown.handle(signal.SIGTERM, frames("/x/a.py"))  # later ones are only noted
+    assert shutdown.signal == signal.SIGTERM
+
+
+def test_watch_mode_never_defers_and_never_raises():
+    shutdown = module.Shutdown(raise_first=False)
+    shutdown.handle(signal.SIGINT, frames("<frozen importlib._bootstrap>"))
+    assert shutdown.signal == signal.SIGINT and shutdown._deferred is None
+
+
+def test_a_deferred_signal_still_counts_when_the_run_ends_first():
+    shutdown = module.Shutdown(raise_first=True)
+    with shutdown.installed():
+        shutdown.handle(signal.SIGTERM, frames(logging.__file__))
+        assert shutdown.signal is None
+    assert signal.getitimer(signal.ITIMER_REAL)[0] == 0  # the retry is disarmed
+    assert shutdown.signal == signal.SIGTERM
+
+
+def test_a_real_sigterm_during_an_import_is_raised_after_it_and_leaves_no_lock(
+        tmp_path, monkeypatch):
+    import _imp
+    import sys
+    import time
+    (tmp_path / "signals_itself.py").write_text(
+        "import os, signal, time\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "time.sleep(0.05)  # the handler runs here, inside the import\n"
+        "DONE = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    shutdown = module.Shutdown(raise_first=True)
+    started = time.monotonic()
+    try:
+        with pytest.raises(module._Terminated):
+            with shutdown.installed():
+                import signals_itself  # noqa: F401
+                time.sleep(5)  # the retry raises here, or just before, outside the import
+        # Raised inside the import, the exception would have failed it: no module.
+        assert sys.modules["signals_itself"].DONE is True
+        assert time.monotonic() - started < 2  # acted on within a few retries
+        assert shutdown.signal == signal.SIGTERM
+        assert not _imp.lock_held()
+    finally:
+        sys.modules.pop("signals_itself", None)
