@@ -386,11 +386,12 @@ class OAuthUsageTracker:
         once. Once close() has shut the pool down, submit() raises: the workers never
         submitted count as finished (`_drained`), so the batch still ends exactly once, by
         whichever thread ends its last worker."""
-        for submitted in range(batch.workers):
+        workers = batch.workers  # read once: each worker that ends counts it down
+        for submitted in range(workers):
             try:
                 future = pool.submit(self._drain, batch)
             except RuntimeError:  # close() shut the pool down meanwhile
-                for _ in range(batch.workers - submitted):
+                for _ in range(workers - submitted):
                     self._drained(batch, None)
                 return
             with self._lock:

@@ -604,23 +604,28 @@ def test_sort_by_key_gives_sort_keys_order_ties_included():
 class HeldPool:
     """Wraps the tracker's pool: its second submit() waits for the test (as starting a thread
     under load may take a while), and with `shut` every submit from the second on raises as a
-    pool that close() shut down does."""
+    pool that close() shut down does, once the first worker has ended (so the count of workers
+    left has already gone down when the submitting thread counts the ones it never started)."""
 
     def __init__(self, pool, shut=False):
         self.pool = pool
         self.shut = shut
         self.submits = 0
+        self.workers = None
         self.release = threading.Event()
         self.held = threading.Event()
 
-    def submit(self, *args, **kwargs):
+    def submit(self, fn, batch):
         self.submits += 1
+        if self.workers is None:
+            self.workers = batch.workers
         if self.submits >= 2:
             if self.shut:
+                assert wait_for(lambda: batch.workers < self.workers)  # the first one ended
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self.held.set()
             assert self.release.wait(WAIT), "test never released the second submit"
-        return self.pool.submit(*args, **kwargs)
+        return self.pool.submit(fn, batch)
 
     def __getattr__(self, name):
         return getattr(self.pool, name)
@@ -672,7 +677,7 @@ def test_workers_that_cannot_be_submitted_count_as_finished_and_the_batch_ends_o
     with make_tracker(fetcher, workers=4) as tracker:
         tracker.subscribe(recorder)
         hold_pool(tracker, monkeypatch, shut=True)
-        result = tracker.refresh_and_wait(accounts)
+        result = tracker.refresh(accounts).result(timeout=WAIT)
     assert sorted(u.id for u in result) == sorted(a.id for a in accounts)
     assert sorted(fetcher.calls) == sorted(a.id for a in accounts)
     finished = [accounts for accounts, refreshing in recorder.states if not refreshing]
