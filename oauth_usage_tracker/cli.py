@@ -292,14 +292,15 @@ class Shutdown:
         restore the previous handlers or, with `then_ignore`, ignore both signals."""
         previous = {}
         if threading.current_thread() is threading.main_thread():
-            previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._retry)
+            if self.raise_first:  # only a run that raises ever defers (handle)
+                previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._retry)
             for number in (signal.SIGTERM, signal.SIGINT):
                 previous[number] = signal.signal(number, self.handle)
         try:
             yield
         finally:
             self.raise_first = False
-            if previous:
+            if signal.SIGALRM in previous:
                 signal.setitimer(signal.ITIMER_REAL, 0)
             if self.signal is None and self._deferred is not None:
                 self.signal = self._deferred  # received, never raised: the run still says so

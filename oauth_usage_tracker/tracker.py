@@ -390,7 +390,14 @@ class OAuthUsageTracker:
         for submitted in range(workers):
             try:
                 future = pool.submit(self._drain, batch)
-            except RuntimeError:  # close() shut the pool down meanwhile
+            except RuntimeError as error:  # close() shut the pool down, or no thread starts
+                with self._lock:
+                    closed = self._closed
+                if not closed and not submitted:
+                    raise  # not one worker: the refresh cannot run at all
+                if not closed:
+                    logger.warning("Fetching with %d of %d workers: %s", submitted, workers,
+                                   error)
                 for _ in range(workers - submitted):
                     self._drained(batch, None)
                 return
@@ -404,9 +411,11 @@ class OAuthUsageTracker:
         entries of finished batches not saved yet laid over them. A spool closed while it was
         read has been saved meanwhile: the file is read again, so that its entries count."""
         while True:
-            stored = self.state.open_entries() if self.state is not None else StoredEntries()
+            # The spools first, then the file: a spool saved in between is closed by the time
+            # it is read (and the file is read again); one saved before is in the file.
             with self._lock:
                 spools = list(self._unsaved)  # published, perhaps not saved yet
+            stored = self.state.open_entries() if self.state is not None else StoredEntries()
             keys = [state_key(account) for account in accounts] if spools else []
             for spool in spools:
                 entries = spool.entries(keys)
@@ -476,7 +485,10 @@ class OAuthUsageTracker:
             # Each index is written by the one worker that took it.
             batch.usages[index], new_entry = result
             if new_entry is not None and batch.spool is not None:
-                batch.spool.add(state_key(result[0]), new_entry)
+                try:
+                    batch.spool.add(state_key(result[0]), new_entry)
+                except Exception as error:  # state is an optimisation: the worker goes on
+                    logger.warning("Cannot keep the state of %s (%s)", result[0].id, error)
 
     def _drained(self, batch: _Batch, _future: Optional[Future]) -> None:
         """A worker finished, was cancelled or never started (None); the last one publishes

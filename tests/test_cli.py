@@ -314,9 +314,12 @@ def test_a_signal_inside_the_import_machinery_or_logging_is_deferred_then_raised
     assert shutdown.signal == signal.SIGTERM
 
 
-def test_watch_mode_never_defers_and_never_raises():
+def test_watch_mode_never_defers_never_raises_and_leaves_sigalrm_alone():
     shutdown = module.Shutdown(raise_first=False)
-    shutdown.handle(signal.SIGINT, frames("<frozen importlib._bootstrap>"))
+    before = signal.getsignal(signal.SIGALRM)
+    with shutdown.installed():
+        assert signal.getsignal(signal.SIGALRM) is before
+        shutdown.handle(signal.SIGINT, frames("<frozen importlib._bootstrap>"))
     assert shutdown.signal == signal.SIGINT and shutdown._deferred is None
 
 

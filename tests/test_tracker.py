@@ -670,14 +670,18 @@ def test_the_first_worker_fetches_while_later_workers_are_still_being_started(mo
 
 
 def test_workers_that_cannot_be_submitted_count_as_finished_and_the_batch_ends_once(
-        monkeypatch):
+        monkeypatch, caplog):
     fetcher = GatedFetcher()
     accounts = [account("s%d@example.com" % n) for n in range(4)]
     recorder = Recorder()
     with make_tracker(fetcher, workers=4) as tracker:
         tracker.subscribe(recorder)
         hold_pool(tracker, monkeypatch, shut=True)
-        result = tracker.refresh(accounts).result(timeout=WAIT)
+        with caplog.at_level(logging.WARNING, logger="oauth_usage_tracker"):
+            result = tracker.refresh(accounts).result(timeout=WAIT)
+    # Not closed: a thread that would not start, said once.
+    assert [r.getMessage() for r in caplog.records] == [
+        "Fetching with 1 of 4 workers: cannot schedule new futures after shutdown"]
     assert sorted(u.id for u in result) == sorted(a.id for a in accounts)
     assert sorted(fetcher.calls) == sorted(a.id for a in accounts)
     finished = [accounts for accounts, refreshing in recorder.states if not refreshing]
@@ -707,3 +711,47 @@ def test_close_while_workers_are_being_started_ends_the_batch_superseded(monkeyp
     with pytest.raises(RefreshSuperseded):
         done["handle"].result(timeout=WAIT)
     assert fetcher.calls == [accounts[0].id]  # nothing started after close()
+
+
+def test_no_worker_at_all_is_an_error_of_the_refresh(monkeypatch):
+    fetcher = GatedFetcher()
+    with make_tracker(fetcher, workers=2) as tracker:
+        real = tracker._ensure_pool_locked
+
+        def ensure():
+            pool = real()
+
+            class NoThreads:
+                def submit(self, fn, batch):
+                    raise RuntimeError("can't start new thread")
+
+                def __getattr__(self, name):
+                    return getattr(pool, name)
+            return NoThreads()
+        monkeypatch.setattr(tracker, "_ensure_pool_locked", ensure)
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            tracker.refresh([account("n1@example.com"), account("n2@example.com")])
+    assert fetcher.calls == []
+
+
+def test_a_new_state_entry_that_cannot_be_kept_costs_only_its_state(tmp_path, monkeypatch,
+                                                                      caplog):
+    from oauth_usage_tracker import state
+    fetcher = GatedFetcher()
+    accounts = [account("k%d@example.com" % n) for n in range(4)]
+    real_add = state.Spool.add
+
+    def add(self, key, entry):
+        if key[1] == accounts[1].id:
+            raise ValueError("year 10000 is out of range")
+        real_add(self, key, entry)
+    monkeypatch.setattr(state.Spool, "add", add)
+    with caplog.at_level(logging.WARNING, logger="oauth_usage_tracker"):
+        with make_tracker(fetcher, workers=1, state_dir=str(tmp_path / "state")) as tracker:
+            result = tracker.refresh_and_wait(accounts)
+    assert sorted(u.id for u in result) == sorted(a.id for a in accounts)  # none lost
+    assert ["Cannot keep the state of %s (year 10000 is out of range)" % accounts[1].id] == [
+        r.getMessage() for r in caplog.records]
+    stored = state.StateStore(str(tmp_path / "state")).load()
+    assert sorted(key[1] for key in stored) == sorted(a.id for n, a in enumerate(accounts)
+                                                      if n != 1)
