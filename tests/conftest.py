@@ -52,6 +52,15 @@ def fresh_refresh_memory():
 
 
 @pytest.fixture
+def fake():
+    """The loopback fake of both providers that --demo uses, stopped afterwards (a module may
+    override it: with latency, or module-scoped)."""
+    from oauth_usage_tracker import demo
+    with demo.FakeProviders() as server:
+        yield server
+
+
+@pytest.fixture
 def session():
     """A session from the package's factory (two connections per host), closed afterwards."""
     from oauth_usage_tracker import http

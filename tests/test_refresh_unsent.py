@@ -110,12 +110,6 @@ def test_send_real_silence_after_the_request_is_an_unknown_outcome(session):
     assert caught.value.unsent is False
 
 
-@pytest.fixture
-def fake():
-    with demo.FakeProviders() as server:
-        yield server
-
-
 def test_connect_timeout_to_the_token_endpoint_does_not_stop_later_refreshes(
         tmp_path, fake, full_backlog, session):
     """As under --watch: one process, the same account, the token endpoint first unreachable

@@ -32,12 +32,6 @@ ALL_TOKENS = SECRETS + HEALTHY + bad_files.ODD_TOKENS
 
 
 @pytest.fixture
-def fake():
-    with demo.FakeProviders() as server:
-        yield server
-
-
-@pytest.fixture
 def healthy_dir(fake, auth_dir):
     """One healthy account of each provider, known to the fake."""
     fake.add_account(demo.FakeAccount("claude", "ok@example.com"), HEALTHY[0], HEALTHY[1])

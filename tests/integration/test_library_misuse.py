@@ -18,12 +18,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")
 
 
 @pytest.fixture
-def fake():
-    with demo.FakeProviders() as server:
-        yield server
-
-
-@pytest.fixture
 def found(fake, auth_dir):
     demo.populate(fake, str(auth_dir), claude=2, codex=2)
     return discover_accounts(str(auth_dir))

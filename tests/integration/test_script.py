@@ -23,12 +23,6 @@ NOW = datetime.now(timezone.utc)
 
 
 @pytest.fixture
-def fake():
-    with demo.FakeProviders() as server:
-        yield server
-
-
-@pytest.fixture
 def accounts(fake, auth_dir):
     """Two healthy accounts of each provider, registered with the fake."""
     demo.populate(fake, str(auth_dir), claude=2, codex=2)
