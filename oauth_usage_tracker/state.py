@@ -325,7 +325,7 @@ class StateStore:
         def visit(name: str, member: bytes, offset: Optional[int]) -> None:
             raw = _parse_member(member)  # a corrupt line makes the whole file corrupt, as in load
             if offset is not None:
-                spans[name] = offset << _SPAN_SHIFT | len(member)
+                spans[name] = _span(offset, len(member))
                 return
             key, entry = _key(name), _entry_from_json(raw)
             if key is not None and entry is not None:
@@ -402,6 +402,21 @@ class StateStore:
 _SPAN_SHIFT = 32
 
 
+def _span(offset: int, length: int) -> int:
+    """Pack a line's place in a file (where it starts, how long it is) into one int."""
+    return offset << _SPAN_SHIFT | length
+
+
+def _read_span(fd: int, span: int) -> bytes:
+    """Given the file open as `fd` and a line's packed place in it, return the line. Raise
+    OSError when the file no longer holds the whole of it."""
+    offset, length = span >> _SPAN_SHIFT, span & ((1 << _SPAN_SHIFT) - 1)
+    data = os.pread(fd, length, offset)
+    if len(data) != length:
+        raise OSError(errno.EIO, "the file is shorter than the line read from it")
+    return data
+
+
 class StoredEntries:
     """The stored account states a refresh starts from, read one at a time, as each account's
     turn comes (`pop`), from the state file kept open by `StateStore.open_entries`.
@@ -435,9 +450,8 @@ class StoredEntries:
             handle = self._handle
         if entry is not None or span is None or handle is None:
             return entry
-        offset, length = span >> _SPAN_SHIFT, span & ((1 << _SPAN_SHIFT) - 1)
         try:
-            member = os.pread(handle.fileno(), length, offset)
+            member = _read_span(handle.fileno(), span)
             raw = _parse_member(member)
             if _member_name(member) != _key_text(key):
                 raise ValueError("another account's line")
@@ -491,7 +505,7 @@ class Spool:
                 except OSError as error:  # a full disk: hold this one instead
                     logger.debug("Cannot spool state entries (%s); holding them", error)
                 else:
-                    self._spans[name] = self._size << _SPAN_SHIFT | len(member)
+                    self._spans[name] = _span(self._size, len(member))
                     self._size += len(member)
                     return
             self._held[name] = entry
@@ -542,11 +556,7 @@ class Spool:
         span = self._spans[name]
         if self._fd is None:
             raise OSError(errno.EBADF, "the spool is closed")
-        offset, length = span >> _SPAN_SHIFT, span & ((1 << _SPAN_SHIFT) - 1)
-        data = os.pread(self._fd, length, offset)
-        if len(data) != length:
-            raise OSError(errno.EIO, "the spool is shorter than what was written to it")
-        return data
+        return _read_span(self._fd, span)
 
     def entries(self, keys: Iterable[Key]) -> Optional[Dict[Key, AccountState]]:
         """Given keys, return the entries kept for those that have one; None once closed (its
