@@ -389,7 +389,7 @@ class OAuthUsageTracker:
         workers = batch.workers  # read once: each worker that ends counts it down
         for submitted in range(workers):
             try:
-                future = pool.submit(self._drain, batch)
+                future = pool.submit(self._work, batch)
             except RuntimeError as error:  # close() shut the pool down, or no thread starts
                 with self._lock:
                     closed = self._closed
@@ -403,7 +403,7 @@ class OAuthUsageTracker:
                 return
             with self._lock:
                 futures.append(future)
-            future.add_done_callback(partial(self._drained, batch))
+            future.add_done_callback(partial(self._cancelled, batch))
 
     def _stored_entries(self, accounts: Sequence[AuthAccount]) -> StoredEntries:
         """The stored states a refresh of `accounts` starts from: the state file's, read
@@ -466,6 +466,23 @@ class OAuthUsageTracker:
         return fetch_account(account, entry, fetch, self._session, self.settings,
                              self.state is not None, self.max_age)
 
+    def _work(self, batch: _Batch) -> None:
+        """One worker's whole life: drain the batch, then count itself finished (the last one
+        finishes the batch) on this pool thread. Counted here rather than by a done callback:
+        a callback attached after its future had finished would run on the thread attaching
+        it, and refresh(), which returns at once, would then publish and save (and wait for
+        the state file's lock) itself."""
+        try:
+            self._drain(batch)
+        finally:
+            self._drained(batch, None)
+
+    def _cancelled(self, batch: _Batch, future: Future) -> None:
+        """A worker's future is done: count it finished if it was cancelled before it ran
+        (one that ran counted itself, in _work)."""
+        if future.cancelled():
+            self._drained(batch, future)
+
     def _drain(self, batch: _Batch) -> None:
         """One worker: fetch the batch's accounts one after the other until none is left, none
         can start now (every proxy still waiting has its calls in flight: the workers making
@@ -491,8 +508,8 @@ class OAuthUsageTracker:
                     logger.warning("Cannot keep the state of %s (%s)", result[0].id, error)
 
     def _drained(self, batch: _Batch, _future: Optional[Future]) -> None:
-        """A worker finished, was cancelled or never started (None); the last one publishes
-        the batch, then saves it."""
+        """A worker finished (None), was cancelled (its future) or never started (None); the
+        last one publishes the batch, then saves it."""
         with batch.lock:
             batch.workers -= 1
             if batch.workers:
