@@ -92,7 +92,7 @@ def test_started_imports_the_tracker_and_turns_the_collector_back_on():
 def test_the_entry_point_imports_the_cli_with_the_collector_off(monkeypatch):
     import oauth_usage_tracker.__main__ as entry
     seen = []
-    monkeypatch.setattr(module, "run", lambda: seen.append(gc.isenabled()))
+    monkeypatch.setattr(module, "run", lambda **flags: seen.append(gc.isenabled()))
     try:
         entry.main()
     finally:
