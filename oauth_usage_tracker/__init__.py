@@ -2,6 +2,8 @@
 
 Importing the package does no I/O and configures no logging.
 """
+from __future__ import annotations
+
 import logging
 from typing import TYPE_CHECKING, Any
 

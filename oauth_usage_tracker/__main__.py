@@ -1,4 +1,6 @@
 """`python -m oauth_usage_tracker`: the same as the `oauth-usage-tracker` script."""
+from __future__ import annotations
+
 import gc
 
 

@@ -2,6 +2,8 @@
 (`state.plan_fetch`), the fetch runs, and its outcome becomes the account's result, state
 (`outcome`) and new stored entry (`state`). No threads, no locks: the tracker runs this on its
 pool."""
+from __future__ import annotations
+
 import logging
 import traceback
 from dataclasses import replace

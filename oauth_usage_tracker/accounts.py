@@ -1,4 +1,6 @@
 """Finding the accounts: the credential files in CLIProxyAPI's auth directory. Read-only."""
+from __future__ import annotations
+
 import logging
 import os
 import stat

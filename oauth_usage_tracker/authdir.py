@@ -45,6 +45,8 @@ directory at any moment, so a name is never trusted twice. The rules, and the ra
   (a sub-directory is entered component by component with `O_NOFOLLOW`); from then on the
   target's own name is used, relative to the directory that holds it.
 """
+from __future__ import annotations
+
 import contextlib
 import errno
 import os

@@ -1,5 +1,7 @@
 """The `oauth-usage-tracker` script: parse flags, configure logging, handle signals, build the
 run the flags describe (run.py), exit with its status."""
+from __future__ import annotations
+
 import argparse
 import atexit
 import gc

@@ -1,4 +1,6 @@
 """Settings: endpoints (with the https-or-loopback policy), user agents, timeout, workers. Pure."""
+from __future__ import annotations
+
 import ipaddress
 import os
 import re

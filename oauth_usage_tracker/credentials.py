@@ -5,6 +5,8 @@ CLIProxyAPI rewrites a file in place (truncate, then write), so a read may catch
 off; such a read is tried again before it is reported. Rewriting a file (the token refresh) is
 `refresh.py`'s alone.
 """
+from __future__ import annotations
+
 import json
 import os
 import re

@@ -16,6 +16,8 @@ Condition), rather than a timer thread per request: starting a thread costs more
 rest of a request's bookkeeping. It starts with the first deadline, and a forked child, where
 the parent's watchdog thread does not exist, gets a new one with its first deadline.
 """
+from __future__ import annotations
+
 import heapq
 import itertools
 import logging

@@ -5,6 +5,8 @@ the real endpoints where it matters: Claude refresh tokens are single-use and ro
 gets `400 invalid_grant`), access tokens are checked, and an account can be made to fail the way
 real ones do (a Cloudflare page, a 429, a dead token). Nothing here talks to the network.
 """
+from __future__ import annotations
+
 import itertools
 import json
 import os

@@ -1,4 +1,6 @@
 """The one small error tree. Every message is a sentence for a person and never holds a token."""
+from __future__ import annotations
+
 from typing import Optional
 
 

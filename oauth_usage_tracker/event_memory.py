@@ -4,6 +4,8 @@ Kept between runs in the state store's `events.json` (see `events.EventLedger`):
 and never a token. Reading it checks every field by type, since a damaged file must only cost a
 fresh start, never a run.
 """
+from __future__ import annotations
+
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Dict, Mapping, Optional, Tuple

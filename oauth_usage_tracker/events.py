@@ -20,6 +20,8 @@ closes its open episodes silently (whoever disabled it knows).
 `decide` is pure (`now` is a parameter). `EventLedger` keeps the memory (through a state store
 when it has one) and is the only part that touches a disk.
 """
+from __future__ import annotations
+
 import enum
 import threading
 from dataclasses import dataclass, field

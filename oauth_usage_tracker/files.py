@@ -1,6 +1,8 @@
 """Reading with a size cap, and atomic replacement of files that other programs read.
 
 No JSON, no locks."""
+from __future__ import annotations
+
 import errno
 import os
 import secrets

@@ -1,6 +1,8 @@
 """What a token endpoint gives back (TokenGrant): only a token refresh makes one, so a run that
 refreshes no token never creates this dataclass (Python 3.11 compiles each dataclass's generated
 methods from source: about a millisecond each). `credentials.TokenGrant` names it too."""
+from __future__ import annotations
+
 from dataclasses import dataclass, field
 from typing import Optional
 

@@ -4,6 +4,8 @@ Every call passes a timeout (a requests Session cannot hold one) and reads at mo
 bytes within that same timeout. Redirects are never followed: an API endpoint that redirects is
 an error, and the bearer token must not travel anywhere else.
 """
+from __future__ import annotations
+
 import email.utils
 import json
 import logging

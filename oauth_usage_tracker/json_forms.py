@@ -4,6 +4,8 @@ share it. Pure.
 Reading is defensive: a value of the wrong type reads as None (the state file is ours, but a
 damaged one must never break a run or a renderer).
 """
+from __future__ import annotations
+
 import sys
 from datetime import datetime
 from typing import Any, Dict, Optional

@@ -23,6 +23,8 @@ accounts left are then taken at once and fail without a request (a dead proxy co
 timeout). A probe that sends nothing (a cooldown, a bad account id) leaves the gate closed and
 the next account of that proxy becomes the probe.
 """
+from __future__ import annotations
+
 import threading
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple

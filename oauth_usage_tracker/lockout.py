@@ -11,6 +11,8 @@ Only a slow salted fingerprint of the proxy URL and the key is stored, never the
 (`rejected-keys.json`) beside the state file, rewritten atomically under a sidecar lock; without
 a state directory the memory lasts as long as the process.
 """
+from __future__ import annotations
+
 import hashlib
 import json
 import logging

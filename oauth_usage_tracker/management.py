@@ -12,6 +12,8 @@ minutes after 5 failed logins. Hence, per proxy and run:
 Newer proxies serve the API under `/v8/management` (`/credentials`, `/requests/api-call`) and
 still `/v0/management` for older clients; a v8-only proxy answers 404 on the v0 paths.
 """
+from __future__ import annotations
+
 import json
 import logging
 import os

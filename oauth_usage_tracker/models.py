@@ -1,4 +1,6 @@
 """The data model: frozen dataclasses, no I/O, never a token."""
+from __future__ import annotations
+
 import enum
 import sys
 from dataclasses import dataclass, field, replace

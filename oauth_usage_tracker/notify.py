@@ -14,6 +14,8 @@ a proxy, or a file, can make a run produce thousands of events, and thousands of
 pushes (or of 30-second waits for a hung hook) help nobody. The rest still go to the events log
 and to the library's callbacks, and one warning says how many the commands did not get.
 """
+from __future__ import annotations
+
 import json
 import logging
 import os

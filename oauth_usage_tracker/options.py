@@ -1,5 +1,7 @@
 """What a run of the script was asked to do, once the flags are parsed: a frozen value the run
 reads, never argparse's namespace. Pure."""
+from __future__ import annotations
+
 import argparse
 from dataclasses import dataclass
 from typing import FrozenSet, Optional, Tuple

@@ -5,6 +5,8 @@ The state is decided from what the failure carries (`unreadable`, `login_problem
 `token_expired`, `blocked`, the HTTP status), never from the sentence written for people:
 rewording a message must not turn a dead login into a passing fault.
 """
+from __future__ import annotations
+
 import logging
 from typing import Optional
 

@@ -20,6 +20,8 @@ Awkward cases, decided here once:
   no pace (as any reading that early) and is not stored as a reading, so it never skews the
   recent rate later. The figure itself is reported as the server sent it.
 """
+from __future__ import annotations
+
 from array import array
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone

@@ -2,6 +2,8 @@
 
 Nothing here does I/O or reads the clock: `now` is always passed in.
 """
+from __future__ import annotations
+
 import math
 import re
 import sys

@@ -1,5 +1,7 @@
 """The pool view: which accounts are usable now, in what order to show them, and when the next
 one frees up (SPEC §14). Pure: reads a Report, returns values."""
+from __future__ import annotations
+
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Dict, List, Optional, Sequence, Tuple

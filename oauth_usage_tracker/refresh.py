@@ -28,6 +28,8 @@ file beside the credential file (never a `*.json` name, which CLIProxyAPI would 
 credential file is never written in place, so it is never left cut off. Every file operation goes
 through `authdir.AuthDirectory` (descriptor-relative, no symlink followed).
 """
+from __future__ import annotations
+
 import hashlib
 import json
 import logging

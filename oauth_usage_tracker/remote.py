@@ -6,6 +6,8 @@ The proxy lists its credentials and relays a usage request with a credential's o
 refreshes one and never writes to the proxy: it only lists and reads, with the same request
 headers and the same interpretation of the answer as a local read.
 """
+from __future__ import annotations
+
 import logging
 import os
 import re

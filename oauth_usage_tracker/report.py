@@ -1,4 +1,6 @@
 """The report of one run, and the exit status it earns. Pure."""
+from __future__ import annotations
+
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Dict, Iterator, Optional, Tuple, Union

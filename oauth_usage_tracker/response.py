@@ -2,6 +2,8 @@
 imports this while its request is in flight (run._import_the_rest), not before the request goes
 out (Python 3.11 compiles each dataclass's generated methods from source: about a millisecond
 each). `http.HttpResponse` names it too."""
+from __future__ import annotations
+
 from dataclasses import dataclass
 from typing import Mapping
 

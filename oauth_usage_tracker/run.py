@@ -1,6 +1,8 @@
 """One configured invocation of the script: discover the accounts, refresh them once or on an
 interval, render and write the report, deliver the events; and on the way out, let running
 token writes finish."""
+from __future__ import annotations
+
 import logging
 import os
 import sys

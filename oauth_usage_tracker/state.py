@@ -8,6 +8,8 @@ One JSON file (`state.json`) in the state directory, rewritten atomically under 
 read-modify-write, so two processes that record at once both keep their entries. It holds one
 account per line and is read and written a line at a time: its size never sits in memory twice.
 """
+from __future__ import annotations
+
 import enum
 import errno
 import functools

@@ -1,4 +1,5 @@
 """Text from files and servers made safe to show: one function, used by every output. Pure."""
+from __future__ import annotations
 
 
 def _escape(char: str) -> str:

@@ -4,6 +4,8 @@ A plain thread-safe class for legacy synchronous code. Each `refresh()` takes a 
 number; pending fetches of older generations are cancelled, and whatever an older generation still
 returns is dropped: only the newest generation ever publishes.
 """
+from __future__ import annotations
+
 import contextlib
 import logging
 import os

@@ -1,4 +1,6 @@
 """`--watch`: refresh on an interval, and at once when the set of enabled accounts changes."""
+from __future__ import annotations
+
 import logging
 import os
 import time

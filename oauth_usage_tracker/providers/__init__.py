@@ -1,4 +1,6 @@
 """One module per service, with the same two functions: `parse_usage` (pure) and `fetch_usage`."""
+from __future__ import annotations
+
 from ..models import Provider
 from . import claude, codex
 

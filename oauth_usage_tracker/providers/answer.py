@@ -1,4 +1,6 @@
 """What both providers do with a usage answer that is not a token rejection. Pure."""
+from __future__ import annotations
+
 from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
 

@@ -3,6 +3,8 @@
 One fetch sends at most one token refresh: an expired token is refreshed before the read; a 401 or
 403 forces one refresh and one retry; a second rejection is the account's error.
 """
+from __future__ import annotations
+
 import logging
 import re
 from dataclasses import replace

@@ -1,5 +1,7 @@
 """Codex (ChatGPT) usage: `GET /backend-api/wham/usage`. Codex tokens are never refreshed here:
 CLIProxyAPI refreshes them days ahead."""
+from __future__ import annotations
+
 import re
 from dataclasses import replace
 from datetime import datetime, timedelta

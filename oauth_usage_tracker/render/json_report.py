@@ -1,4 +1,6 @@
 """The JSON report, version 1: keys are added, never renamed; times are UTC with `Z`."""
+from __future__ import annotations
+
 import json
 from typing import Any, Dict, Iterator
 

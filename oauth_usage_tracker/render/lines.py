@@ -1,5 +1,7 @@
 """The pool view for people: the summary that heads the table, and the `lines` layout (one line
 per account, 80 columns, for pools of dozens to hundreds of accounts and for cron mail)."""
+from __future__ import annotations
+
 import math
 import textwrap
 from datetime import datetime

@@ -6,6 +6,8 @@ a `name` label, so that two runs writing two files into one textfile directory n
 same series. Every credential file with a state has all nine `oauth_usage_account_state` series,
 so an alert on an account never resolves just because the account stopped being queried.
 """
+from __future__ import annotations
+
 from datetime import datetime
 from typing import Dict, List, Optional, Set, Tuple
 

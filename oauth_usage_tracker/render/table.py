@@ -3,6 +3,8 @@
 Every string that came from a file or a server (e-mails, file names, plans, titles, reasons,
 currencies, error sentences quoting them) goes through `text.printable` here, in colour and plain
 modes alike: the only control characters in the table are its own newlines and colour codes."""
+from __future__ import annotations
+
 from datetime import datetime, timedelta
 from typing import List, Optional
 
