@@ -7,7 +7,7 @@ import errno
 import os
 import secrets
 import stat
-from typing import BinaryIO, Iterable, Optional, Union
+from typing import BinaryIO, Callable, Iterable, Iterator, List, Mapping, Optional, Union
 
 #: A new `--output` report: it names e-mails and plans, so the owner and group read it, no one else.
 REPORT_MODE = 0o640
@@ -16,6 +16,8 @@ METRICS_MODE = 0o644
 _MAX_LINKS = 8
 #: Seconds a device or FIFO may take to accept what is written into it before the write fails.
 WRITE_DEADLINE = 5.0
+#: atomic_write gathers byte chunks into writes of at least this many bytes.
+WRITE_SIZE = 64 * 1024
 
 
 class FileTooLarge(OSError):
@@ -49,13 +51,19 @@ def read_capped(path: str, limit: int, dir_fd: Optional[int] = None,
 
 def atomic_write(path: str, data: Union[bytes, Iterable[bytes]], default_mode: int = 0o600,
                  preserve_owner: bool = False, mode: Optional[int] = None,
-                 dir_fd: Optional[int] = None) -> None:
+                 dir_fd: Optional[int] = None,
+                 attributes: Optional[Callable[[], Mapping[str, bytes]]] = None) -> None:
     """Given a path (a name relative to `dir_fd` when given) and bytes (or an iterable of byte
-    chunks, written as they come, so that a large document is never held whole), replace the
-    file atomically: write a temporary file in the same directory, fsync it, then rename it over
-    the name, so a reader sees the old file or the new one, never a part. The file keeps its
-    permission bits (`default_mode` for a new file), or gets exactly `mode` when it is given;
-    the umask never applies.
+    chunks, written as they come, gathered into writes of WRITE_SIZE bytes, so that a large
+    document is never held whole), replace the file atomically: write a temporary file in the
+    same directory, fsync it, then rename it over the name, so a reader sees the old file or the
+    new one, never a part. The file keeps its permission bits (`default_mode` for a new file),
+    or gets exactly `mode` when it is given; the umask never applies.
+
+    `attributes`, when given, is called once every chunk is written, and the extended
+    attributes it returns (name: value) are set on the new file before it is renamed: a
+    reader sees them with the data they were made from. Where the file system keeps none
+    (or refuses one), the file is written without it.
 
     Every step is relative to one descriptor of the directory and follows no symlink: the
     temporary file is created with O_EXCL | O_NOFOLLOW (a name planted in advance makes the
@@ -68,18 +76,19 @@ def atomic_write(path: str, data: Union[bytes, Iterable[bytes]], default_mode: i
     raised (root refreshing the proxy user's file must not leave it unreadable to the proxy).
     """
     if dir_fd is not None:
-        _atomic_write_at(dir_fd, path, data, default_mode, preserve_owner, mode)
+        _atomic_write_at(dir_fd, path, data, default_mode, preserve_owner, mode, attributes)
         return
     directory, name = os.path.split(os.path.abspath(path))
     dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        _atomic_write_at(dir_fd, name, data, default_mode, preserve_owner, mode)
+        _atomic_write_at(dir_fd, name, data, default_mode, preserve_owner, mode, attributes)
     finally:
         os.close(dir_fd)
 
 
 def _atomic_write_at(dir_fd: int, name: str, data: Union[bytes, Iterable[bytes]],
-                     default_mode: int, preserve_owner: bool, mode: Optional[int]) -> None:
+                     default_mode: int, preserve_owner: bool, mode: Optional[int],
+                     attributes: Optional[Callable[[], Mapping[str, bytes]]]) -> None:
     try:
         existing: Optional[os.stat_result] = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
@@ -98,10 +107,12 @@ def _atomic_write_at(dir_fd: int, name: str, data: Union[bytes, Iterable[bytes]]
                     (existing.st_uid, existing.st_gid) != (os.geteuid(), os.getegid()):
                 os.fchown(fd, existing.st_uid, existing.st_gid)
             os.fchmod(fd, mode)
-            for chunk in [data] if isinstance(data, bytes) else data:
+            for chunk in [data] if isinstance(data, bytes) else _gathered(data):
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(fd, view):]
+            if attributes is not None:
+                _set_attributes(fd, attributes())
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -117,6 +128,48 @@ def _atomic_write_at(dir_fd: int, name: str, data: Union[bytes, Iterable[bytes]]
         os.fsync(dir_fd)
     except OSError:
         pass
+
+
+def _gathered(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Given byte chunks, yield them joined into pieces of WRITE_SIZE bytes or more (the last
+    may be shorter): a state file comes as one chunk per account, and a write per chunk cost a
+    system call per account."""
+    pending: List[bytes] = []
+    size = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        size += len(chunk)
+        if size >= WRITE_SIZE:
+            yield b"".join(pending)
+            pending, size = [], 0
+    if pending:
+        yield b"".join(pending)
+
+
+def _set_attributes(fd: int, attributes: Mapping[str, bytes]) -> None:
+    """Set each extended attribute on the file open as `fd`. One that cannot be set (a file
+    system without them, no room for them, not Linux) is left out: an attribute is extra."""
+    setxattr = getattr(os, "setxattr", None)
+    if setxattr is None:
+        return
+    for name, value in attributes.items():
+        try:
+            setxattr(fd, name, value)
+        except OSError:
+            pass
+
+
+def read_attribute(fd: int, name: str) -> Optional[bytes]:
+    """Given the file open as `fd` and an extended attribute's name, return its value; None
+    when it has none by that name or it cannot be read (a file system without them, not
+    Linux)."""
+    getxattr = getattr(os, "getxattr", None)
+    if getxattr is None:
+        return None
+    try:
+        return bytes(getxattr(fd, name))
+    except OSError:
+        return None
 
 
 def why(error: BaseException) -> str:

@@ -256,6 +256,73 @@ def test_atomic_write_chunks_that_raise_midway_leave_the_old_file(tmp_path):
     assert os.listdir(tmp_path) == ["report.json"]
 
 
+def test_atomic_write_gathers_small_chunks_into_writes_of_write_size(tmp_path, monkeypatch):
+    path = tmp_path / "state.json"
+    chunks = [bytes([65 + n % 26]) * 1000 for n in range(200)]  # a state file: a chunk a line
+    sizes = []
+    real_write = os.write
+
+    def counting_write(fd, data):
+        sizes.append(len(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", counting_write)
+    module.atomic_write(str(path), iter(chunks))
+    assert path.read_bytes() == b"".join(chunks)
+    assert len(sizes) == 4 and all(size >= module.WRITE_SIZE for size in sizes[:-1])
+
+
+@pytest.mark.parametrize("lengths", [[], [0], [1, 0, 2], [65536], [65535, 1, 1],
+                                     [70000, 3, 65533, 5], [10] * 7000])
+def test_gathered_keeps_every_byte_in_order_in_pieces_of_write_size(lengths):
+    chunks = [bytes([n % 251]) * length for n, length in enumerate(lengths)]
+    pieces = list(module._gathered(iter(chunks)))
+    assert b"".join(pieces) == b"".join(chunks)
+    assert all(len(piece) >= module.WRITE_SIZE for piece in pieces[:-1])
+    assert len(pieces) <= 1 + sum(lengths) // module.WRITE_SIZE
+
+
+def test_atomic_write_sets_attributes_made_from_the_data_before_the_rename(tmp_path):
+    path = tmp_path / "state.json"
+    written = []
+
+    def chunks():
+        for chunk in (b"one\n", b"two\n"):
+            written.append(chunk)
+            yield chunk
+
+    def attributes():
+        return {"user.test": b"".join(written)}  # asked for once every chunk is written
+
+    module.atomic_write(str(path), chunks(), attributes=attributes)
+    try:
+        value = os.getxattr(path, "user.test")
+    except OSError:
+        pytest.skip("this file system keeps no user attributes")
+    assert value == b"one\ntwo\n"
+    with open(path, "rb") as handle:
+        assert module.read_attribute(handle.fileno(), "user.test") == b"one\ntwo\n"
+        assert module.read_attribute(handle.fileno(), "user.absent") is None
+
+
+def test_atomic_write_without_attribute_support_writes_the_file_without_them(tmp_path,
+                                                                              monkeypatch):
+    path = tmp_path / "state.json"
+
+    def refused(*_args):
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(os, "setxattr", refused)
+    module.atomic_write(str(path), [b"data"], attributes=lambda: {"user.test": b"x"})
+    assert path.read_bytes() == b"data"
+    monkeypatch.delattr(os, "setxattr")
+    monkeypatch.delattr(os, "getxattr")
+    module.atomic_write(str(path), [b"more"], attributes=lambda: {"user.test": b"x"})
+    assert path.read_bytes() == b"more"
+    with open(path, "rb") as handle:
+        assert module.read_attribute(handle.fileno(), "user.test") is None
+
+
 # --- write_output, in process (the script's runs through it are in integration/) -------------
 
 def test_write_output_new_file_gets_exactly_the_new_mode_whatever_the_umask(tmp_path):
