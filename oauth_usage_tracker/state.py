@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import errno
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -277,11 +278,26 @@ class StateStore:
 
     def _visit_open(self, handle: BinaryIO,
                     visit: Callable[[str, bytes, Optional[int]], None],
-                    wanted: Callable[[str], bool] = lambda name: True) -> bool:
-        """_each_member for the state file open as `handle`, offsets passed on."""
+                    wanted: Callable[[str], bool] = lambda name: True,
+                    held: Optional[Callable[[], Iterable[bytes]]] = None) -> bool:
+        """_each_member for the state file open as `handle`, offsets passed on.
+
+        With `held` (which gives the lines visited, as the caller holds them), every line
+        visited is also checked to be one JSON member, so that a corrupt line makes the whole
+        file corrupt (load() finds it by parsing each). A file whose seal (SEAL_ATTRIBUTE)
+        matches its lines is not parsed for that: the save that sealed it wrote it whole, of
+        lines it had made or checked. A file without a seal has each line parsed as it is read;
+        one whose seal does not match (edited in place) has the held lines parsed at the end."""
+        seal = files.read_attribute(handle.fileno(), SEAL_ATTRIBUTE) if held else None
+        digest = hashlib.sha256() if seal is not None else None
         try:
-            for name, member, offset in _members(handle, MAX_STATE_BYTES, wanted):
+            for name, member, offset in _members(handle, MAX_STATE_BYTES, wanted, digest):
+                if held is not None and digest is None and offset is not None:
+                    _parse_member(member)
                 visit(name, member, offset)
+            if held is not None and digest is not None and digest.digest() != seal:
+                for member in held():
+                    _parse_member(member)
         except OSError as error:
             logger.warning("Ignoring the state file %s (%s); it will be rewritten", self.path,
                            error.strerror or error)
@@ -325,14 +341,16 @@ class StateStore:
         parsed: Dict[Key, AccountState] = {}
 
         def visit(name: str, member: bytes, offset: Optional[int]) -> None:
-            raw = _parse_member(member)  # a corrupt line makes the whole file corrupt, as in load
-            if offset is not None:
+            if offset is not None:  # checked by _visit_open: a corrupt line, a corrupt file
                 spans[name] = _span(offset, len(member))
                 return
-            key, entry = _key(name), _entry_from_json(raw)
+            key, entry = _key(name), _entry_from_json(_parse_member(member))
             if key is not None and entry is not None:
                 parsed[key] = entry
-        if not self._visit_open(handle, visit):
+
+        def held() -> Iterator[bytes]:
+            return (_read_span(handle.fileno(), span) for span in spans.values())
+        if not self._visit_open(handle, visit, held=held):
             handle.close()
             return StoredEntries()
         if not spans:
@@ -366,13 +384,17 @@ class StateStore:
                                   LOCK_TIMEOUT) as dir_fd:
                 kept: Dict[str, bytes] = {}
 
+                # Only the lines kept are parsed, to check them: hashing every line to match
+                # the seal would cost more whenever this save replaces most of them.
                 def visit(name: str, member: bytes) -> None:
                     _parse_member(member)
                     kept[name] = member
                 if not self._each_member(visit, lambda name: name not in names, dir_fd):
                     kept.clear()
-                files.atomic_write(STATE_FILE, _layout(names, member_of, kept),
-                                   default_mode=0o600, dir_fd=dir_fd)
+                digest = hashlib.sha256()
+                files.atomic_write(STATE_FILE, _layout(names, member_of, kept, digest),
+                                   default_mode=0o600, dir_fd=dir_fd,
+                                   attributes=lambda: {SEAL_ATTRIBUTE: digest.digest()})
         except Exception as error:  # state is an optimisation: never fail a run for it
             logger.warning("Cannot write the state file %s (%s)", self.path, files.why(error))
 
@@ -620,6 +642,11 @@ def _read_object(path: str, dir_fd: Optional[int] = None) -> Dict[str, Any]:
 # with sorted keys, but one account per line, so that it is read and written line by line.
 _HEAD = b'{"accounts":{\n'
 _TAIL = b'},"version":%d}\n' % VERSION
+#: The extended attribute a save sets on the state file it writes: the SHA-256 of the file's
+#: member lines as written (every line but the first and the last). A reader whose lines hash
+#: to it knows the file is the one a save wrote whole, and need not parse every line to find a
+#: corrupt one (`StateStore._visit_open`). The file's bytes are what they were without it.
+SEAL_ATTRIBUTE = "user.oauth_usage_tracker.lines_sha256"
 _PROVIDERS = frozenset(p.value for p in Provider)
 
 
@@ -635,23 +662,27 @@ def _member(name: str, raw: Any) -> bytes:
 
 
 def _layout(names: AbstractSet[str], member_of: Callable[[str], bytes],
-            kept: Dict[str, bytes]) -> Iterator[bytes]:
+            kept: Dict[str, bytes], digest: Any) -> Iterator[bytes]:
     """Yield the state file in pieces: the new entries (`names`, each one's line given by
-    member_of) and the kept members, by name."""
+    member_of) and the kept members, by name; each member line is also fed to `digest` (a
+    hashlib object: the file's seal)."""
     yield _HEAD
     ordered = sorted(names | kept.keys() if kept else names)
     for position, name in enumerate(ordered):
         member = kept[name] if name in kept else member_of(name)
-        yield member + (b",\n" if position + 1 < len(ordered) else b"\n")
+        line = member + (b",\n" if position + 1 < len(ordered) else b"\n")
+        digest.update(line)
+        yield line
     yield _TAIL
 
 
-def _members(handle: BinaryIO, limit: int, wanted: Callable[[str], bool]
+def _members(handle: BinaryIO, limit: int, wanted: Callable[[str], bool], digest: Any = None
              ) -> Iterator[Tuple[str, bytes, Optional[int]]]:
     """Given the state file open for reading, yield (name, member bytes, offset) for every
     stored account whose name is `wanted`, a line at a time in the layout `save` writes, without
-    parsing the entries (only their names); `offset` is where the member starts in the file. A
-    file in another layout (an older version's one line, or a file edited by hand) is parsed
+    parsing the entries (only their names); `offset` is where the member starts in the file.
+    Every member line (wanted or not) is fed to `digest` when one is given (a hashlib object).
+    A file in another layout (an older version's one line, or a file edited by hand) is parsed
     whole, and its members have no offset (None). Raise ValueError or RecursionError if it is
     not a state file, FileTooLarge past `limit` bytes."""
     first = handle.readline(limit + 1)
@@ -677,6 +708,8 @@ def _members(handle: BinaryIO, limit: int, wanted: Callable[[str], bool]
             return
         if not line.endswith(b"\n") or not line.startswith(b'"'):
             raise ValueError("not a line of the state file")
+        if digest is not None:
+            digest.update(line)
         member = line[:-2] if line.endswith(b",\n") else line[:-1]
         name = _member_name(member)
         if wanted(name):

@@ -1,4 +1,5 @@
 """State across runs (SPEC §10): cooldown arithmetic, the store, stale values in the tracker."""
+import hashlib
 import json
 import logging
 import os
@@ -325,6 +326,109 @@ def test_open_entries_laid_over_entries_win_over_the_files_lines(tmp_path):
     newer = module.next_state(None, NOW + timedelta(hours=1), windows=[WINDOW])
     entries.update({("codex", "codex-a.json"): newer})
     assert popped(entries, "codex-a.json") == [newer]
+
+
+def seal_of(path):
+    """The state file's seal, or skip the test where the file system keeps no attributes."""
+    try:
+        return os.getxattr(path, module.SEAL_ATTRIBUTE)
+    except OSError:
+        pytest.skip("this file system keeps no user attributes")
+
+
+def counting_parses(monkeypatch):
+    """Count the members parsed from now on (module._parse_member calls)."""
+    calls = []
+    real = module._parse_member
+
+    def counting(member):
+        calls.append(member)
+        return real(member)
+
+    monkeypatch.setattr(module, "_parse_member", counting)
+    return calls
+
+
+def test_store_save_seals_the_file_with_the_sha256_of_its_member_lines(tmp_path):
+    store = module.StateStore(str(tmp_path / "state"))
+    saved(store, "codex-b.json", "codex-a.json")
+    path = tmp_path / "state" / "state.json"
+    lines = path.read_bytes().splitlines(keepends=True)
+    assert seal_of(path) == hashlib.sha256(b"".join(lines[1:-1])).digest()
+    saved(store, "codex-c.json")  # each save seals what it wrote, kept lines included
+    lines = path.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 5 and seal_of(path) == hashlib.sha256(b"".join(lines[1:-1])).digest()
+
+
+def test_open_entries_of_a_sealed_file_parse_each_line_only_when_it_is_popped(tmp_path,
+                                                                            monkeypatch):
+    store = module.StateStore(str(tmp_path / "state"))
+    saved(store, "codex-a.json", "codex-b.json", "codex-c.json")
+    seal_of(tmp_path / "state" / "state.json")
+    loaded = store.load()
+    parses = counting_parses(monkeypatch)
+    entries = store.open_entries()
+    assert parses == []
+    assert popped(entries, "codex-b.json", "codex-a.json") == [
+        loaded[("codex", "codex-b.json")], loaded[("codex", "codex-a.json")]]
+    assert len(parses) == 2
+
+
+def test_open_entries_of_an_unsealed_file_parse_every_line_at_once(tmp_path, monkeypatch):
+    store = module.StateStore(str(tmp_path / "state"))
+    saved(store, "codex-a.json", "codex-b.json", "codex-c.json")
+    path = tmp_path / "state" / "state.json"
+    seal_of(path)
+    os.removexattr(path, module.SEAL_ATTRIBUTE)  # as a copy, or an older version, leaves it
+    loaded = store.load()
+    parses = counting_parses(monkeypatch)
+    entries = store.open_entries()
+    assert len(parses) == 3
+    assert popped(entries, "codex-c.json") == [loaded[("codex", "codex-c.json")]]
+
+
+@pytest.mark.parametrize("sealed", [True, False])
+def test_open_entries_and_save_of_a_file_with_a_corrupt_line_ignore_it_whole(tmp_path, caplog,
+                                                                             sealed):
+    # In place, as an editor may write it: a seal the save set stays, and no longer matches.
+    store = module.StateStore(str(tmp_path / "state"))
+    saved(store, "codex-a.json", "codex-b.json", "codex-c.json")
+    path = tmp_path / "state" / "state.json"
+    seal_of(path)
+    if not sealed:
+        os.removexattr(path, module.SEAL_ATTRIBUTE)
+    lines = path.read_bytes().splitlines()
+    lines[2] = b'"codex/codex-b.json":{"windows":[{"key":}'
+    with open(path, "r+b") as handle:
+        handle.write(b"\n".join(lines) + b"\n")
+        handle.truncate()
+    with caplog.at_level(logging.WARNING):
+        assert popped(store.open_entries(), "codex-a.json", "codex-b.json") == [None, None]
+    assert "corrupt state file" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        saved(store, "codex-c.json")  # keeps nothing of a corrupt file
+    assert "corrupt state file" in caplog.text
+    assert list(store.load()) == [("codex", "codex-c.json")]
+
+
+def test_open_entries_of_a_sealed_file_with_a_line_that_is_no_json_lose_only_that_entry(
+        tmp_path, caplog):
+    # A seal that matches a broken line (none of our saves writes one): the line is found at
+    # its account's turn and costs that account its stored state, as a line edited meanwhile.
+    store = module.StateStore(str(tmp_path / "state"))
+    saved(store, "codex-a.json", "codex-b.json")
+    path = tmp_path / "state" / "state.json"
+    seal_of(path)
+    loaded = store.load()
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[1] = b'"codex/codex-a.json":{"windows":[{"key":},\n'
+    path.write_bytes(b"".join(lines))
+    os.setxattr(path, module.SEAL_ATTRIBUTE, hashlib.sha256(b"".join(lines[1:-1])).digest())
+    with caplog.at_level(logging.WARNING):
+        assert popped(store.open_entries(), "codex-a.json", "codex-b.json") == [
+            None, loaded[("codex", "codex-b.json")]]
+    assert "codex/codex-a.json" in caplog.text and "corrupt state file" not in caplog.text
 
 
 def test_store_file_over_the_cap_is_ignored_with_warning(tmp_path, caplog, monkeypatch):
