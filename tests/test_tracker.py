@@ -429,6 +429,44 @@ def test_refresh_every_result_and_left_out_account_carries_a_state(tmp_path):
     assert fetcher.calls.count(limited.id) == 1
 
 
+
+def test_refresh_nobody_listens_to_makes_placeholders_only_for_a_reader(monkeypatch):
+    fetcher = GatedFetcher()
+    accounts = [account("x@example.com"), account("y@example.com", Provider.CLAUDE)]
+    gates = [fetcher.gate(a) for a in accounts]
+    made = []
+    real = module.placeholders
+    monkeypatch.setattr(module, "placeholders", lambda loading: made.append(1) or real(loading))
+    with make_tracker(fetcher) as tracker:
+        handle = tracker.refresh([accounts[0]], [accounts[1]])
+        assert made == [] and tracker.is_refreshing is True
+        # What a listener would have been given, made by the first reader, once.
+        assert [(u.id, u.provider, u.email, u.is_loading, u.windows) for u in tracker.accounts] \
+            == [(accounts[1].id, Provider.CLAUDE, "y@example.com", True, ()),
+                (accounts[0].id, Provider.CODEX, "x@example.com", True, ())]
+        assert tracker.accounts == tracker.accounts and made == [1]
+        for gate in gates:
+            gate.set()
+        result = handle.result(timeout=WAIT)
+        assert tracker.accounts == result and not tracker.is_refreshing
+        # A refresh whose results come before anyone reads: no placeholder is ever made.
+        assert [u.id for u in tracker.refresh_and_wait(accounts, [])] == [
+            accounts[1].id, accounts[0].id]
+    assert made == [1]
+
+
+def test_placeholders_of_a_superseded_refresh_are_not_published():
+    fetcher = GatedFetcher()
+    tracker = make_tracker(fetcher)
+    try:
+        with tracker._lock:
+            generation = tracker._generation
+            tracker._generation += 1  # a newer refresh got in before the placeholders
+        tracker._publish_loading(generation, [account("x@example.com")])
+        assert tracker.accounts == [] and tracker.is_refreshing is False
+    finally:
+        tracker.close()
+
 # --- lifetime ---------------------------------------------------------------------------------
 
 def test_close_leaves_no_tracker_threads_and_refuses_refresh():
@@ -473,6 +511,7 @@ def test_close_waits_for_running_fetch_and_supersedes_its_refresh():
     assert fetcher.calls == [running.id]
     assert tracker_threads() == []
     assert all(u.is_loading for u in tracker.accounts)  # nothing of the closed run published
+
 
 
 def test_close_racing_a_starting_refresh_leaves_no_threads():
