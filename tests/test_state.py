@@ -412,6 +412,24 @@ def test_open_entries_and_save_of_a_file_with_a_corrupt_line_ignore_it_whole(tmp
     assert list(store.load()) == [("codex", "codex-c.json")]
 
 
+def test_open_entries_of_a_sealed_file_edited_in_place_into_valid_lines_read_them(tmp_path,
+                                                                                  monkeypatch):
+    # The seal no longer matches: every line is parsed to check it, and the edit counts.
+    store = module.StateStore(str(tmp_path / "state"))
+    saved(store, "codex-a.json", "codex-b.json")
+    path = tmp_path / "state" / "state.json"
+    seal_of(path)
+    with open(path, "r+b") as handle:
+        data = handle.read().replace(b'"used_percent":40.0', b'"used_percent":55.0')
+        handle.seek(0)
+        handle.write(data)
+    parses = counting_parses(monkeypatch)
+    entries = store.open_entries()
+    assert len(parses) == 2
+    a, b = popped(entries, "codex-a.json", "codex-b.json")
+    assert a.windows[0].used_percent == b.windows[0].used_percent == 55.0
+
+
 def test_open_entries_of_a_sealed_file_with_a_line_that_is_no_json_lose_only_that_entry(
         tmp_path, caplog):
     # A seal that matches a broken line (none of our saves writes one): the line is found at
