@@ -17,19 +17,22 @@ from .errors import (
     TokenRefreshError,
     UsageTrackerError,
 )
-from .models import AccountUsage, AuthAccount, Discovery, Provider, Skipped, UsageWindow
+from .models import AuthAccount, Discovery, Provider, Skipped
 
 __version__ = "0.1.0"
 
-# Imported on first use, so that `--version`, `--help` and a bad flag do not pay for requests.
+# Imported on first use, so that `--version`, `--help` and a bad flag do not pay for requests,
+# and a run's request goes out before an answer's classes exist (`models` defers those).
 _LAZY = {"OAuthUsageTracker": "tracker", "RefreshHandle": "tracker",
          "discover_accounts": "accounts", "discover_remote": "remote", "Event": "events",
-         "EventType": "events", "Thresholds": "events"}
+         "EventType": "events", "Thresholds": "events", "AccountUsage": "models",
+         "UsageWindow": "models"}
 
 
 if TYPE_CHECKING:  # what the lazy names below are, for type checkers and editors
     from .accounts import discover_accounts
     from .events import Event, EventType, Thresholds
+    from .models import AccountUsage, UsageWindow
     from .remote import discover_remote
     from .tracker import OAuthUsageTracker, RefreshHandle
 

@@ -8,12 +8,12 @@ import logging
 import traceback
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Any, Callable, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple
 
-from . import outcome, pace
+from . import models, outcome, pace
 from .config import Settings
 from .errors import UsageTrackerError
-from .models import LOCAL_SOURCE, AccountUsage, AuthAccount
+from .models import LOCAL_SOURCE, AuthAccount
 from .models import AccountState as State
 from .state import (
     AccountState,
@@ -25,11 +25,14 @@ from .state import (
     plan_fetch,
 )
 
+if TYPE_CHECKING:  # made once an answer arrives (result.py): looked up through models when made
+    from .models import AccountUsage
+
 logger = logging.getLogger(__name__)
 
 #: A provider's fetch: (account, session, settings) -> AccountUsage, raising UsageTrackerError.
-Fetcher = Callable[..., AccountUsage]
-Outcome = Tuple[AccountUsage, Optional[AccountState]]
+Fetcher = Callable[..., "AccountUsage"]
+Outcome = Tuple["AccountUsage", Optional[AccountState]]
 
 
 def account_name(account: AuthAccount) -> str:
@@ -93,7 +96,7 @@ def _unexpected(account: AuthAccount, error: Exception) -> AccountUsage:
     logger.error("%s: unexpected %s while fetching usage", account.id, type(error).__name__)
     logger.debug("%s: raised at\n%s", account.id,
                  "".join(traceback.format_tb(error.__traceback__)).rstrip())
-    return AccountUsage(id=account.id, provider=account.provider, email=account.email,
-                        state=State.ERROR,
-                        error="Unexpected error while fetching usage (%s); run with -vv for "
+    return models.AccountUsage(id=account.id, provider=account.provider, email=account.email,
+                               state=State.ERROR,
+                               error="Unexpected error while fetching usage (%s); run with -vv for "
                               "details" % type(error).__name__)

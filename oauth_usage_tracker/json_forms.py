@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import sys
 from datetime import datetime
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
-from .models import AccountDetails, Credits, ExtraUsage, Pace, SpendLimit, UsageWindow
+from . import models
 from .parsing import clamp_percent, format_timestamp, number_value, parse_timestamp
+
+if TYPE_CHECKING:  # created when first used (usage.py): looked up through models when made
+    from .models import AccountDetails, Credits, ExtraUsage, Pace, SpendLimit, UsageWindow
 
 Json = Dict[str, Any]
 
@@ -71,12 +74,13 @@ def window_from_json(raw: Any) -> Optional[UsageWindow]:
         return None
     length = number_value(raw.get("length_seconds"))
     # Keys and titles repeat across accounts: one string object each.
-    return UsageWindow(sys.intern(raw["key"]), sys.intern(raw["title"]),
-                       clamp_percent(number_value(raw.get("used_percent"))),
-                       parse_timestamp(raw.get("reset_date")),
-                       is_active=_flag(raw, "is_active"),
-                       length_seconds=length if length is not None and length > 0 else None,
-                       severity=_text(raw, "severity"), locked_reason=_text(raw, "locked_reason"))
+    return models.UsageWindow(sys.intern(raw["key"]), sys.intern(raw["title"]),
+                              clamp_percent(number_value(raw.get("used_percent"))),
+                              parse_timestamp(raw.get("reset_date")),
+                              is_active=_flag(raw, "is_active"),
+                              length_seconds=length if length is not None and length > 0
+                              else None, severity=_text(raw, "severity"),
+                              locked_reason=_text(raw, "locked_reason"))
 
 
 # --- account details ------------------------------------------------------------------------------
@@ -119,29 +123,31 @@ def details_to_json(details: AccountDetails) -> Json:
 def _spend_from_json(raw: Any) -> Optional[SpendLimit]:
     if not isinstance(raw, dict):
         return None
-    return SpendLimit(limit=number_value(raw.get("limit")), used=number_value(raw.get("used")),
-                      remaining=number_value(raw.get("remaining")),
-                      used_percent=clamp_percent(number_value(raw.get("used_percent"))),
-                      reset_date=parse_timestamp(raw.get("reset_date")))
+    return models.SpendLimit(limit=number_value(raw.get("limit")),
+                             used=number_value(raw.get("used")),
+                             remaining=number_value(raw.get("remaining")),
+                             used_percent=clamp_percent(number_value(raw.get("used_percent"))),
+                             reset_date=parse_timestamp(raw.get("reset_date")))
 
 
 def details_from_json(raw: Any) -> AccountDetails:
     """Given the JSON form of account details (details_to_json), return them; parts of the
     wrong type are left out."""
     if not isinstance(raw, dict):
-        return AccountDetails()
+        return models.AccountDetails()
     credits = raw.get("credits")
     extra = raw.get("extra_usage")
     plan = _text(raw, "plan")
-    return AccountDetails(
+    return models.AccountDetails(
         plan=plan,
-        credits=Credits(balance=number_value(credits.get("balance")),
-                        unlimited=_flag(credits, "unlimited"),
-                        has_credits=_flag(credits, "has_credits"),
-                        spend_limit=_spend_from_json(credits.get("spend_limit")),
-                        reported="balance" in credits) if isinstance(credits, dict) else None,
-        extra_usage=ExtraUsage(used=number_value(extra.get("used")),
-                               limit=number_value(extra.get("limit")),
-                               currency=_text(extra, "currency"),
-                               utilization=number_value(extra.get("utilization")))
+        credits=models.Credits(balance=number_value(credits.get("balance")),
+                               unlimited=_flag(credits, "unlimited"),
+                               has_credits=_flag(credits, "has_credits"),
+                               spend_limit=_spend_from_json(credits.get("spend_limit")),
+                               reported="balance" in credits)
+        if isinstance(credits, dict) else None,
+        extra_usage=models.ExtraUsage(used=number_value(extra.get("used")),
+                                      limit=number_value(extra.get("limit")),
+                                      currency=_text(extra, "currency"),
+                                      utilization=number_value(extra.get("utilization")))
         if isinstance(extra, dict) else None)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import enum
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 if TYPE_CHECKING:
     from .remote import RemoteAccount
@@ -73,169 +73,32 @@ FIVE_HOUR_TITLE = "5-hour"
 WEEKLY_TITLE = "Weekly"
 
 
-@dataclass(frozen=True, **SLOTS)
-class Pace:
-    """How fast a window is being used against how much of it has elapsed (SPEC §14)."""
+#: The classes only an answer needs, created when first used (see usage.py and result.py): their
+#: module by name. Imported by __getattr__ below; every name stays `models.<name>`.
+_DEFERRED = {"Pace": "usage", "UsageWindow": "usage", "SpendLimit": "usage", "Credits": "usage",
+             "ExtraUsage": "usage", "AccountDetails": "usage", "AccountUsage": "result"}
 
-    expected_used_percent: float
-    """The elapsed share of the window, as a percentage."""
-    delta_percent: float
-    """Used minus expected: positive means ahead of an even pace."""
-    projected_exhaustion: Optional[datetime] = None
-    """When the window reaches 100 % at the rate the projection uses (None: usage is 0)."""
-    runs_out_before_reset: bool = False
-    """True when `projected_exhaustion` comes before the window resets."""
-    basis: str = "window"
-    """`window` (rate since the window started) or `recent` (rate from stored readings)."""
-
-
-@dataclass(frozen=True, **SLOTS)
-class UsageWindow:
-    """One quota window of one account."""
-
-    key: str
-    """Machine name, stable for scripts and metrics: `five_hour`, `primary_window`…"""
-    title: str
-    """What people read: "5-hour", "Weekly", "Weekly (Opus)"…"""
-    used_percent: Optional[float] = None
-    """Percentage used, 0–100, or None when the server did not say."""
-    reset_date: Optional[datetime] = None
-    """When the window resets, timezone-aware UTC, or None."""
-    reset_text: Optional[str] = None
-    """The reset moment for people, relative and absolute."""
-    severity: Optional[str] = None
-    """What the server thinks of the usage: `normal`, `warning`, `critical` (Claude limits)."""
-    is_active: Optional[bool] = None
-    """Whether this limit is the one currently binding (Claude limits)."""
-    locked_reason: Optional[str] = None
-    """Why the server locked this window, when it says."""
-    pace: Optional[Pace] = field(default=None, compare=False)
-    """The pace projection, when the window's length is known (set by the tracker after the
-    fetch, from the reading and the state store's earlier readings)."""
-    length_seconds: Optional[float] = field(default=None, compare=False)
-    """How long one period of the window lasts (18000 for 5-hour, 604800 for weekly, Codex
-    `limit_window_seconds`), or None when unknown. Set by the parsers."""
-    rolled_over: bool = field(default=False, compare=False)
-    """True when this is a stored window whose reset has passed since it was read: it shows
-    0 % used by assumption, not by a reading (`parsing.roll_over`)."""
-
-    @property
-    def remaining_percent(self) -> Optional[float]:
-        """Percentage left (never below 0), or None when the used share is unknown."""
-        if self.used_percent is None:
-            return None
-        return max(0.0, 100.0 - self.used_percent)
+if TYPE_CHECKING:  # what the deferred names are, for type checkers and editors
+    from .result import AccountUsage as AccountUsage
+    from .usage import AccountDetails as AccountDetails
+    from .usage import Credits as Credits
+    from .usage import ExtraUsage as ExtraUsage
+    from .usage import Pace as Pace
+    from .usage import SpendLimit as SpendLimit
+    from .usage import UsageWindow as UsageWindow
 
 
-@dataclass(frozen=True, **SLOTS)
-class SpendLimit:
-    """A Codex team member's spend cap (`spend_control.individual_limit`)."""
-
-    limit: Optional[float] = None
-    used: Optional[float] = None
-    remaining: Optional[float] = None
-    used_percent: Optional[float] = None
-    """Percentage of the cap spent, 0–100."""
-    reset_date: Optional[datetime] = None
-    """When the cap resets (aware UTC), or None."""
-
-
-@dataclass(frozen=True, **SLOTS)
-class Credits:
-    """Codex credits."""
-
-    balance: Optional[float] = None
-    """The balance as a number, or None when the server gave none that reads as one."""
-    unlimited: Optional[bool] = None
-    has_credits: Optional[bool] = None
-    spend_limit: Optional[SpendLimit] = None
-    reported: bool = True
-    """True when the server sent a `credits` object (`balance` is then part of the JSON form,
-    null or not); False when only a spend limit was sent."""
-
-
-@dataclass(frozen=True, **SLOTS)
-class ExtraUsage:
-    """Claude extra usage (pay as you go beyond the plan), in major currency units."""
-
-    used: Optional[float] = None
-    limit: Optional[float] = None
-    """The monthly limit."""
-    currency: Optional[str] = None
-    utilization: Optional[float] = None
-    """Percentage of the limit used, as the server says."""
-
-
-@dataclass(frozen=True, **SLOTS)
-class AccountDetails:
-    """What a usage answer says about the account besides its windows (SPEC §3): parsed by
-    the providers, kept in the state store with the last good windows, shown by the renderers.
-    Their JSON form has one home: `json_forms.details_to_json` / `details_from_json`."""
-
-    plan: Optional[str] = None
-    """The subscription plan the server reports (Codex `plan_type`)."""
-    credits: Optional[Credits] = None
-    extra_usage: Optional[ExtraUsage] = None
-
-    def apply(self, usage: "AccountUsage") -> "AccountUsage":
-        """Given an account's result, return it carrying these details."""
-        return replace(usage, plan=self.plan, credits=self.credits,
-                       extra_usage=self.extra_usage)
-
-
-@dataclass(frozen=True, **SLOTS)
-class AccountUsage:
-    """The result of one account's fetch (or its loading placeholder)."""
-
-    id: str
-    """The credential file's name."""
-    provider: Provider
-    email: Optional[str] = None
-    is_loading: bool = False
-    windows: Tuple[UsageWindow, ...] = ()
-    error: Optional[str] = None
-    """A sentence for people when the fetch failed, else None."""
-    updated_at: Optional[datetime] = None
-    token_refreshed: bool = False
-    """True when this fetch rotated the account's tokens and wrote them back."""
-    stale: bool = False
-    """True when `windows` are the last good values from an earlier fetch, not fresh ones."""
-    fetched_at: Optional[datetime] = None
-    """When `windows` were fetched (the same as `updated_at` for fresh data)."""
-    login_problem: bool = False
-    """True when `error` says the login itself is broken: the user must act."""
-    plan: Optional[str] = None
-    """The subscription plan the server reports (Codex `plan_type`)."""
-    credits: Optional[Credits] = None
-    """Codex credits, when the server reports them."""
-    extra_usage: Optional[ExtraUsage] = None
-    """Claude extra usage, when enabled."""
-    state: Optional[AccountState] = None
-    """The account's state in this run (None while loading)."""
-    source: str = LOCAL_SOURCE
-    """Where the account comes from: `local`, or a remote proxy's host:port."""
-    cooldown_until: Optional[datetime] = None
-    """While requests for this account are paused after a 429: until when (aware UTC)."""
-
-    @property
-    def details(self) -> AccountDetails:
-        """The account details this result carries."""
-        return AccountDetails(self.plan, self.credits, self.extra_usage)
-
-    @property
-    def account_wide_windows(self) -> Tuple[UsageWindow, ...]:
-        """The windows that limit the whole account and carry a reading: account-wide keys
-        with a known percentage, rolled-over stale windows left out (their 0 % used is an
-        assumption: the window reset, but nobody has read it since)."""
-        return tuple(w for w in self.windows if w.key in ACCOUNT_WIDE_KEYS
-                     and w.remaining_percent is not None and not w.rolled_over)
-
-    @property
-    def effective_remaining_percent(self) -> Optional[float]:
-        """The least remaining percent over the account-wide windows, or None when none is
-        known: what is really left to use (a model-scoped window alone never decides it)."""
-        values = [w.remaining_percent for w in self.account_wide_windows]
-        return min(v for v in values if v is not None) if values else None
+def __getattr__(name: str) -> Any:
+    """A deferred class (`_DEFERRED`), its module imported on first use; every name of that
+    module is then kept here, so that later uses are plain lookups."""
+    module_name = _DEFERRED.get(name)
+    if module_name is None:
+        raise AttributeError("module %r has no attribute %r" % (__name__, name))
+    import importlib
+    module = importlib.import_module("." + module_name, __package__)
+    globals().update({deferred: getattr(module, deferred)
+                      for deferred, home in _DEFERRED.items() if home == module_name})
+    return globals()[name]
 
 
 @dataclass(frozen=True, **SLOTS)

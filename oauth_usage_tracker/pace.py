@@ -23,11 +23,14 @@ Awkward cases, decided here once:
 from __future__ import annotations
 
 from array import array
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from .models import SLOTS, Pace, UsageWindow
+from . import models
+
+if TYPE_CHECKING:  # made once an answer arrives (usage.py): looked up through models when used
+    from .models import Pace, UsageWindow
+    from .usage import Reading
 
 #: Below this elapsed share of a window, a projection says nothing useful.
 MIN_ELAPSED_SHARE = 0.05
@@ -43,14 +46,6 @@ SAME_PERIOD_SECONDS = 300.0
 ARTEFACT_TOLERANCE = 0.5
 #: Projections further than this many window lengths away are no projection at all.
 MAX_PROJECTION_LENGTHS = 100
-
-
-@dataclass(frozen=True, **SLOTS)
-class Reading:
-    """One stored reading of a window: when, and how much was used."""
-
-    at: datetime
-    used_percent: float
 
 
 class WindowHistory:
@@ -97,7 +92,8 @@ class WindowHistory:
     def readings(self) -> Tuple[Reading, ...]:
         """The readings of this period, oldest first."""
         packed = self._packed
-        return tuple(Reading(moment(packed[i]), packed[i + 1])
+        reading = _reading_class()
+        return tuple(reading(moment(packed[i]), packed[i + 1])
                      for i in range(2, 2 + 2 * int(packed[1]), 2))
 
     @property
@@ -105,7 +101,8 @@ class WindowHistory:
         """The last reading of the period before, or None."""
         packed = self._packed
         start = 2 + 2 * int(packed[1])
-        return Reading(moment(packed[start]), packed[start + 1]) if len(packed) > start else None
+        return _reading_class()(moment(packed[start]), packed[start + 1]) \
+            if len(packed) > start else None
 
     def as_seconds(self) -> Tuple[float, List[Tuple[float, float]], Optional[Tuple[float, float]]]:
         """Return the reset, the readings (oldest first) and the previous period's last reading
@@ -126,6 +123,21 @@ class WindowHistory:
     def __repr__(self) -> str:
         return "WindowHistory(reset=%r, readings=%r, previous=%r)" % (
             self.reset, self.readings, self.previous)
+
+
+def _reading_class() -> "type[Reading]":
+    """Reading, from usage.py (imported by the first use)."""
+    from .usage import Reading
+    return Reading
+
+
+def __getattr__(name: str) -> Any:
+    """`pace.Reading`, from usage.py on first use: a run's request goes out before any Reading
+    is made (stored histories are packed floats), and each dataclass costs about half a
+    millisecond to create."""
+    if name == "Reading":
+        return _reading_class()
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
 
 
 def moment(seconds: float) -> datetime:
@@ -220,10 +232,10 @@ def pace(window: UsageWindow, at: datetime,
         seconds = (100.0 - used) / rate
         if seconds <= MAX_PROJECTION_LENGTHS * length:
             projected = at + timedelta(seconds=seconds)
-    return Pace(expected_used_percent=expected, delta_percent=used - expected,
-                projected_exhaustion=projected,
-                runs_out_before_reset=projected is not None and projected < window.reset_date,
-                basis=basis)
+    return models.Pace(expected_used_percent=expected, delta_percent=used - expected,
+                       projected_exhaustion=projected, basis=basis,
+                       runs_out_before_reset=projected is not None
+                       and projected < window.reset_date)
 
 
 def attach(windows: Iterable[UsageWindow], at: datetime,
@@ -238,11 +250,12 @@ def _with_pace(window: UsageWindow, value: Optional[Pace]) -> UsageWindow:
     """`dataclasses.replace(window, pace=value)` without replace's walk over the fields on every
     call (every window of every account goes through here; test_pace checks that each field is
     carried over)."""
-    return UsageWindow(key=window.key, title=window.title, used_percent=window.used_percent,
-                       reset_date=window.reset_date, reset_text=window.reset_text,
-                       severity=window.severity, is_active=window.is_active,
-                       locked_reason=window.locked_reason, pace=value,
-                       length_seconds=window.length_seconds, rolled_over=window.rolled_over)
+    return models.UsageWindow(key=window.key, title=window.title,
+                              used_percent=window.used_percent, reset_date=window.reset_date,
+                              reset_text=window.reset_text, severity=window.severity,
+                              is_active=window.is_active, locked_reason=window.locked_reason,
+                              pace=value, length_seconds=window.length_seconds,
+                              rolled_over=window.rolled_over)
 
 
 def remember(history: Optional[WindowHistory], window: UsageWindow,

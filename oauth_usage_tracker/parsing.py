@@ -9,9 +9,13 @@ import re
 import sys
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
-from .models import FIVE_HOUR_TITLE, FIVE_HOURS, ONE_WEEK, WEEKLY_TITLE, UsageWindow
+from . import models
+from .models import FIVE_HOUR_TITLE, FIVE_HOURS, ONE_WEEK, WEEKLY_TITLE
+
+if TYPE_CHECKING:  # made once an answer arrives (usage.py): looked up through models when made
+    from .models import UsageWindow
 
 # Epoch numbers above this are milliseconds (10**10 s is the year 2286).
 _MILLISECONDS_ABOVE = 10 ** 10
@@ -171,9 +175,9 @@ def make_window(key: str, title: str, used_percent: Optional[float],
         reset_date, text = _shared_reset(reset_date, now)
     # Interned: every account repeats the same few keys, titles and lengths (decoded afresh
     # from each answer), and a pool of thousands keeps them all.
-    return UsageWindow(key=sys.intern(key), title=sys.intern(title), used_percent=used,
-                       reset_date=reset_date, reset_text=text,
-                       length_seconds=shared_length(length_seconds))
+    return models.UsageWindow(key=sys.intern(key), title=sys.intern(title), used_percent=used,
+                              reset_date=reset_date, reset_text=text,
+                              length_seconds=shared_length(length_seconds))
 
 
 #: The reset moment the last window was made with, the `now` it was made at, and its text. The
@@ -251,10 +255,10 @@ def roll_over(window: UsageWindow, now: datetime) -> UsageWindow:
     has passed since it was fetched has reset, so it reads 0 % used with a past-tense text."""
     if window.reset_date is None or window.reset_date > now:
         return window
-    return UsageWindow(key=window.key, title=window.title, used_percent=0.0,
-                       reset_date=window.reset_date,
-                       reset_text="reset " + reset_text(window.reset_date, now),
-                       length_seconds=window.length_seconds, rolled_over=True)
+    return models.UsageWindow(key=window.key, title=window.title, used_percent=0.0,
+                              reset_date=window.reset_date,
+                              reset_text="reset " + reset_text(window.reset_date, now),
+                              length_seconds=window.length_seconds, rolled_over=True)
 
 
 # --- the generic parser (for bodies of a shape we do not know) ---------------------------------

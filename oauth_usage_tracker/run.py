@@ -226,8 +226,9 @@ class Run:
 
 
 def _import_the_rest(handle: "RefreshHandle") -> None:
-    """Import what the end of a run needs (the renderers, and the class of the HTTP answer each
-    request comes back as) while the fetches are in flight: workers waiting on their sockets
+    """Import what the end of a run needs (the renderers, the class of the HTTP answer each
+    request comes back as, and the classes an answer is read into: usage.py, result.py) while
+    the fetches are in flight: workers waiting on their sockets
     leave the interpreter free, so the time these imports take is spent during the network's
     latency, not after the answers. First the workers get the interpreter to themselves for a
     moment (SEND_HEAD_START, or until the refresh is done): each needs it for a millisecond or
@@ -235,7 +236,7 @@ def _import_the_rest(handle: "RefreshHandle") -> None:
     the first request back by about the imports' own duration (measured: the request left about
     3 ms later)."""
     handle.wait(SEND_HEAD_START)
-    from . import render, response  # noqa: F401
+    from . import render, response, result, usage  # noqa: F401
 
 
 def _notifier(options: Options, tracker: "OAuthUsageTracker") -> "Notifier":

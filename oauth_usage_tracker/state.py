@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from operator import itemgetter
 from typing import (
+    TYPE_CHECKING,
     AbstractSet,
     Any,
     BinaryIO,
@@ -39,7 +40,7 @@ from typing import (
     Union,
 )
 
-from . import files, pace
+from . import files, models, pace
 from .authdir import LOCK_SUFFIX, locked_directory
 from .json_forms import (
     details_from_json,
@@ -48,15 +49,7 @@ from .json_forms import (
     window_from_json,
     window_to_json,
 )
-from .models import (
-    LOCAL_SOURCE,
-    SLOTS,
-    AccountDetails,
-    AccountUsage,
-    AuthAccount,
-    Provider,
-    UsageWindow,
-)
+from .models import LOCAL_SOURCE, SLOTS, AuthAccount, Provider
 from .pace import WindowHistory
 from .parsing import (
     clamp_percent,
@@ -66,6 +59,9 @@ from .parsing import (
     reset_text,
     roll_over,
 )
+
+if TYPE_CHECKING:  # made once an answer arrives (usage.py): looked up through models when made
+    from .models import AccountDetails, AccountUsage, UsageWindow
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +108,7 @@ class AccountState:
     cooldown_until: Optional[datetime] = None
     cooldown_seconds: Optional[float] = None
     """The length of the running (or last) 429 cooldown, for doubling."""
-    details: AccountDetails = field(default_factory=AccountDetails)
+    details: AccountDetails = field(default_factory=lambda: models.AccountDetails())
     """Account details from the last good fetch (plan, credits…)."""
     readings: Dict[str, WindowHistory] = field(default_factory=dict)
     """Earlier readings of each window's current period, by window key, for the pace."""
@@ -757,7 +753,8 @@ def next_state(previous: Optional[AccountState], now: datetime,
     previous = previous or AccountState()
     windows = tuple(windows or ())
     if windows:
-        return AccountState(windows=windows, fetched_at=now, details=details or AccountDetails(),
+        return AccountState(windows=windows, fetched_at=now,
+                            details=details or models.AccountDetails(),
                             readings=pace.record(previous.readings, windows, now))
     if rate_limited:
         seconds = cooldown_seconds(retry_after, previous.cooldown_seconds)
@@ -809,7 +806,7 @@ def from_store(account: AuthAccount, entry: AccountState, now: datetime, stale: 
     windows = entry.windows_at(now)
     if entry.fetched_at is not None:
         windows = pace.attach(windows, entry.fetched_at, entry.readings)
-    return entry.details.apply(AccountUsage(
+    return entry.details.apply(models.AccountUsage(
         id=account.id, provider=account.provider, email=account.email, windows=windows,
         error=error, updated_at=entry.fetched_at, token_refreshed=token_refreshed,
         stale=stale and bool(entry.windows), fetched_at=entry.fetched_at,

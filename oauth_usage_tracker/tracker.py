@@ -29,13 +29,13 @@ from typing import (
     Union,
 )
 
-from . import http, outcome
+from . import http, models, outcome
 from .account_fetch import Fetcher, fetch_account
 from .accounts import select_accounts
 from .config import DEFAULT_TIMEOUT, DEFAULT_WORKERS, Settings
 from .errors import RefreshSuperseded
 from .lanes import Lanes, interleaved
-from .models import AccountUsage, AuthAccount, Provider, Skipped
+from .models import AuthAccount, Provider, Skipped
 from .state import (
     AccountState,
     Spool,
@@ -48,12 +48,14 @@ from .state import (
 if TYPE_CHECKING:
     import requests
 
+    from .models import AccountUsage  # made by the first result (result.py)
+
 if TYPE_CHECKING:  # imported by the first subscribe_events()
     from .events import Event, EventLedger, Thresholds
 
 logger = logging.getLogger(__name__)
 
-Listener = Callable[[List[AccountUsage], bool], None]
+Listener = Callable[[List["AccountUsage"], bool], None]
 #: An account whose loading placeholder is published but not made yet: (id, provider, e-mail,
 #: source), what the placeholder shows.
 Loading = Tuple[str, Provider, Optional[str], str]
@@ -80,9 +82,9 @@ def sort_by_key(usages: List[AccountUsage]) -> None:
 def placeholders(loading: Sequence[Loading]) -> List[AccountUsage]:
     """Given accounts as (id, provider, e-mail, source), return their loading placeholders in
     sort_key's order."""
-    return sorted((AccountUsage(id=id_, provider=provider, email=email, is_loading=True,
-                                source=source) for id_, provider, email, source in loading),
-                  key=sort_key)
+    return sorted((models.AccountUsage(id=id_, provider=provider, email=email, is_loading=True,
+                                       source=source)
+                   for id_, provider, email, source in loading), key=sort_key)
 
 
 class RefreshHandle:

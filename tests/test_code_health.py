@@ -55,6 +55,22 @@ def test_lazy_public_names_have_their_real_types_for_a_type_checker(tmp_path):
         assert PACKAGE + "." in line, (name, line)
 
 
+def test_the_answers_deferred_classes_have_their_real_types_for_a_type_checker(tmp_path):
+    from oauth_usage_tracker import models
+    names = sorted(models._DEFERRED)
+    program = tmp_path / "uses_deferred_names.py"
+    program.write_text("from oauth_usage_tracker.models import %s\n" % ", ".join(names)
+                       + "from oauth_usage_tracker.pace import Reading\n"
+                       + "".join("reveal_type(%s)\n" % name for name in names + ["Reading"]))
+    result = run_module("mypy", "--no-incremental", str(program))
+    assert result.returncode == 0, result.stdout + result.stderr
+    revealed = [line for line in result.stdout.splitlines() if "Revealed type" in line]
+    assert len(revealed) == len(names) + 1, result.stdout
+    for name, line in zip(names + ["Reading"], revealed):
+        assert line.startswith("%s:" % program) and '"def (' in line, (name, line)
+        assert line.endswith(') -> %s.%s.%s"' % (PACKAGE, "result" if name == "AccountUsage"
+                                                  else "usage", name)), (name, line)
+
 def test_ci_runs_exactly_the_readme_test_command_with_a_coverage_gate():
     marked = [line for line in (ROOT / "README.md").read_text().splitlines()
               if line.endswith("# the tests (what CI runs)")]

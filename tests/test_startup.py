@@ -44,7 +44,6 @@ with demo.FakeProviders() as fake, tempfile.TemporaryDirectory() as tmp:
 print(json.dumps({"status": status, "modules": sorted(sys.modules)}))
 """
 
-
 def imported_by(code):
     """Run `code` in a fresh interpreter; return what it printed last, parsed as JSON."""
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -75,6 +74,25 @@ def test_plain_one_account_json_run_never_imports_refresh_events_remote_or_watch
     assert "oauth_usage_tracker.tracker" in ran["modules"]  # it did fetch
     assert "oauth_usage_tracker.response" in ran["modules"]  # and read an answer
     assert [name for name in NEVER_IN_A_PLAIN_RUN if name in ran["modules"]] == []
+
+
+def test_the_answers_classes_keep_their_names_and_are_made_once():
+    modules = imported_by(
+        "import json, sys\n"
+        "import oauth_usage_tracker.models as models, oauth_usage_tracker.pace as pace\n"
+        "before = 'oauth_usage_tracker.usage' in sys.modules\n"
+        "from oauth_usage_tracker import AccountUsage, UsageWindow\n"
+        "from oauth_usage_tracker.models import Pace\n"
+        "same = [models.UsageWindow is UsageWindow, models.AccountUsage is AccountUsage,\n"
+        "        pace.Reading is sys.modules['oauth_usage_tracker.usage'].Reading,\n"
+        "        models.Pace is Pace, 'UsageWindow' in vars(models)]\n"
+        "print(json.dumps({'before': before, 'same': same}))")
+    assert modules == {"before": False, "same": [True] * 5}
+    from oauth_usage_tracker import models, pace
+    with pytest.raises(AttributeError, match="NoSuchName"):
+        getattr(models, "NoSuchName")
+    with pytest.raises(AttributeError, match="NoSuchName"):
+        getattr(pace, "NoSuchName")
 
 
 def test_started_imports_the_tracker_and_turns_the_collector_back_on():

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from .. import http
+from .. import http, models
 from ..errors import ProviderError
-from ..models import AccountDetails, AccountUsage, AuthAccount, UsageWindow
+from ..models import AuthAccount
+
+if TYPE_CHECKING:  # made once an answer arrives (usage.py): looked up through models when made
+    from ..models import AccountDetails, AccountUsage, UsageWindow
 
 NO_WINDOWS = "Usage response did not include quota windows"
 
@@ -24,6 +27,6 @@ def usage_from_answer(account: AuthAccount, response: "http.HttpResponse", what:
     windows = parse_usage(payload, now)
     if not windows:
         raise ProviderError(NO_WINDOWS)
-    return parse_details(payload).apply(AccountUsage(
+    return parse_details(payload).apply(models.AccountUsage(
         id=account.id, provider=account.provider, email=account.email, windows=tuple(windows),
         updated_at=now))

@@ -14,16 +14,17 @@ from urllib.parse import quote
 
 import requests
 
-from .. import http
+from .. import http, models
 from ..config import CLAUDE_CLIENT_ID, Settings
 from ..credentials import read_json_object, token_field
 from ..errors import CredentialError, ProviderError, TokenRefreshError, UsageTrackerError
-from ..models import AccountDetails, AccountUsage, AuthAccount, ExtraUsage, UsageWindow
+from ..models import AuthAccount
 from ..parsing import make_window, number_value, parse_timestamp, slug, title_length, unique_keys
 from .answer import usage_from_answer
 
-if TYPE_CHECKING:  # imported by the first refresh: most runs refresh no token
-    from ..grant import TokenGrant
+if TYPE_CHECKING:
+    from ..grant import TokenGrant  # imported by the first refresh: most runs refresh no token
+    from ..models import AccountDetails, AccountUsage, UsageWindow  # made once an answer arrives
     from ..refresh import RefreshResult
 
 logger = logging.getLogger(__name__)
@@ -160,12 +161,12 @@ def parse_details(payload: Any) -> AccountDetails:
     (when enabled) with its amounts in major units (minor units / 10**decimal_places, default 2)."""
     extra = payload.get("extra_usage") if isinstance(payload, dict) else None
     if not isinstance(extra, dict) or extra.get("is_enabled") is not True:
-        return AccountDetails()
+        return models.AccountDetails()
     places = number_value(extra.get("decimal_places"))
     scale = 10 ** int(places) if places is not None and 0 <= places <= 8 else 100
     used, limit = number_value(extra.get("used_credits")), number_value(extra.get("monthly_limit"))
     currency = extra.get("currency")
-    return AccountDetails(extra_usage=ExtraUsage(
+    return models.AccountDetails(extra_usage=models.ExtraUsage(
         used=None if used is None else round(used / scale, 8),
         limit=None if limit is None else round(limit / scale, 8),
         currency=currency if isinstance(currency, str) else None,

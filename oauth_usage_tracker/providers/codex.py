@@ -5,15 +5,15 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any, Dict, List, Optional, Set
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set
 
 import requests
 
-from .. import http
+from .. import http, models
 from ..config import Settings
 from ..credentials import read_json_object, token_field
 from ..errors import CredentialError, ProviderError
-from ..models import AccountDetails, AccountUsage, AuthAccount, Credits, SpendLimit, UsageWindow
+from ..models import AuthAccount
 from ..parsing import (
     clamp_percent,
     make_window,
@@ -26,6 +26,9 @@ from ..parsing import (
     window_title,
 )
 from .answer import usage_from_answer
+
+if TYPE_CHECKING:  # made once an answer arrives (usage.py): looked up through models when made
+    from ..models import AccountDetails, AccountUsage, UsageWindow
 
 WHAT = "Codex usage"
 _WINDOWS = (("primary_window", "5-hour"), ("secondary_window", "Weekly"))
@@ -91,12 +94,12 @@ def parse_details(payload: Any) -> AccountDetails:
     `plan_type`) and `credits` (`balance` as a number, `unlimited`, `has_credits`, and
     `spend_limit` from `spend_control.individual_limit`)."""
     if not isinstance(payload, dict):
-        return AccountDetails()
+        return models.AccountDetails()
     plan = payload.get("plan_type")
     raw = payload.get("credits")
     spend = payload.get("spend_control")
     limit = spend.get("individual_limit") if isinstance(spend, dict) else None
-    spend_limit = SpendLimit(
+    spend_limit = models.SpendLimit(
         limit=number_value(limit.get("limit")), used=number_value(limit.get("used")),
         remaining=number_value(limit.get("remaining")),
         used_percent=clamp_percent(number_value(limit.get("used_percent"))),
@@ -104,14 +107,14 @@ def parse_details(payload: Any) -> AccountDetails:
     credits = None
     if isinstance(raw, dict):
         unlimited, has_credits = raw.get("unlimited"), raw.get("has_credits")
-        credits = Credits(balance=number_value(raw.get("balance")),
-                          unlimited=unlimited if isinstance(unlimited, bool) else None,
-                          has_credits=has_credits if isinstance(has_credits, bool) else None,
-                          spend_limit=spend_limit)
+        credits = models.Credits(balance=number_value(raw.get("balance")),
+                                 unlimited=unlimited if isinstance(unlimited, bool) else None,
+                                 has_credits=has_credits if isinstance(has_credits, bool) else None,
+                                 spend_limit=spend_limit)
     elif spend_limit is not None:
-        credits = Credits(spend_limit=spend_limit, reported=False)
-    return AccountDetails(plan=plan.strip() if isinstance(plan, str) and plan.strip() else None,
-                          credits=credits)
+        credits = models.Credits(spend_limit=spend_limit, reported=False)
+    return models.AccountDetails(
+        plan=plan.strip() if isinstance(plan, str) and plan.strip() else None, credits=credits)
 
 
 def _rejected(response: "http.HttpResponse") -> ProviderError:
