@@ -18,6 +18,7 @@ from .models import AccountState as State
 from .state import (
     AccountState,
     Plan,
+    Stored,
     after_failure,
     cooldown_message,
     from_store,
@@ -40,7 +41,7 @@ def account_name(account: AuthAccount) -> str:
     return account.id if account.source == LOCAL_SOURCE else "%s/%s" % (account.source, account.id)
 
 
-def fetch_account(account: AuthAccount, entry: Optional[AccountState], fetch: Fetcher,
+def fetch_account(account: AuthAccount, entry: Optional[Stored], fetch: Fetcher,
                   session: Any, settings: Settings, keep_state: bool,
                   max_age: float) -> Outcome:
     """Given an account, its stored entry (None: none), the fetch that reads it, the session
@@ -57,7 +58,7 @@ def fetch_account(account: AuthAccount, entry: Optional[AccountState], fetch: Fe
     return usage, new_entry
 
 
-def _fetch_with_state(account: AuthAccount, entry: Optional[AccountState], fetch: Fetcher,
+def _fetch_with_state(account: AuthAccount, entry: Optional[Stored], fetch: Fetcher,
                       session: Any, settings: Settings, keep_state: bool,
                       max_age: float) -> Outcome:
     now = datetime.now(timezone.utc)

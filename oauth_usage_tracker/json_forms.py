@@ -66,11 +66,17 @@ def window_to_json(window: UsageWindow, report: bool = False) -> Json:
     return data
 
 
+def is_window_json(raw: Any) -> bool:
+    """True when `raw` reads as a stored window (window_from_json gives one): an object with a
+    string key and title. Tells whether windows are stored without making any."""
+    return isinstance(raw, dict) and isinstance(raw.get("key"), str) \
+        and isinstance(raw.get("title"), str)
+
+
 def window_from_json(raw: Any) -> Optional[UsageWindow]:
     """Given a stored window's JSON form, return the window, or None when it has no string key
     and title."""
-    if not isinstance(raw, dict) or not isinstance(raw.get("key"), str) \
-            or not isinstance(raw.get("title"), str):
+    if not is_window_json(raw):
         return None
     length = number_value(raw.get("length_seconds"))
     # Keys and titles repeat across accounts: one string object each.

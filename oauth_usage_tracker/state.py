@@ -33,6 +33,7 @@ from typing import (
     Dict,
     Iterable,
     Iterator,
+    List,
     Mapping,
     Optional,
     Tuple,
@@ -45,6 +46,7 @@ from .authdir import LOCK_SUFFIX, locked_directory
 from .json_forms import (
     details_from_json,
     details_to_json,
+    is_window_json,
     time_json,
     window_from_json,
     window_to_json,
@@ -117,12 +119,95 @@ class AccountState:
         """True while a cooldown is running."""
         return self.cooldown_until is not None and now < self.cooldown_until
 
+    @property
+    def has_windows(self) -> bool:
+        """True when windows are stored."""
+        return bool(self.windows)
+
     def windows_at(self, now: datetime) -> Tuple[UsageWindow, ...]:
         """The stored windows as they stand now: reset texts recomputed, passed resets rolled
         over to 0 % used."""
         return tuple(roll_over(replace(window, reset_text=reset_text(window.reset_date, now)
                                        if window.reset_date else None), now)
                      for window in self.windows)
+
+
+class StoredEntry:
+    """One account's stored entry as its line reads (a JSON object), each part parsed when a
+    path asks for it, and once: deciding whether to ask (`plan_fetch`) needs only the moments
+    and whether windows are stored, a success only the readings (`next_state`), a reuse, a
+    cooldown or a failure the whole entry (`whole`). Before its request goes out, a run makes
+    none of an answer's objects (windows, details) for it, nor their classes (usage.py).
+
+    Read as an AccountState is (the same attributes and methods), and equal to the AccountState
+    it reads as. One account's worker owns it: not thread-safe."""
+
+    __slots__ = ("_raw", "fetched_at", "cooldown_until", "cooldown_seconds", "_readings",
+                 "_whole")
+
+    def __init__(self, raw: Dict[str, Any]) -> None:
+        self._raw = raw
+        self.fetched_at = parse_timestamp(raw.get("fetched_at"))
+        self.cooldown_until = parse_timestamp(raw.get("cooldown_until"))
+        self.cooldown_seconds = number_value(raw.get("cooldown_seconds"))
+        self._readings: Optional[Dict[str, WindowHistory]] = None
+        self._whole: Optional[AccountState] = None
+
+    def cooling_down(self, now: datetime) -> bool:
+        """True while a cooldown is running."""
+        return self.cooldown_until is not None and now < self.cooldown_until
+
+    @property
+    def has_windows(self) -> bool:
+        """True when windows are stored (told from the JSON: none is made)."""
+        if self._whole is not None:
+            return bool(self._whole.windows)
+        return any(map(is_window_json, _stored_windows(self._raw)))
+
+    @property
+    def readings(self) -> Dict[str, WindowHistory]:
+        """The stored readings by window key (parsed by the first ask)."""
+        if self._readings is None:
+            self._readings = _readings_from_json(self._raw)
+        return self._readings
+
+    def whole(self) -> AccountState:
+        """The whole entry, as load() reads it (parsed by the first ask; the readings once)."""
+        if self._whole is None:
+            raw = self._raw
+            self._whole = AccountState(
+                windows=tuple(w for w in map(window_from_json, _stored_windows(raw))
+                              if w is not None),
+                fetched_at=self.fetched_at, cooldown_until=self.cooldown_until,
+                cooldown_seconds=self.cooldown_seconds,
+                details=details_from_json(raw.get("extra")), readings=self.readings)
+        return self._whole
+
+    @property
+    def windows(self) -> Tuple[UsageWindow, ...]:
+        """The stored windows (the whole entry parsed)."""
+        return self.whole().windows
+
+    @property
+    def details(self) -> AccountDetails:
+        """The stored account details (the whole entry parsed)."""
+        return self.whole().details
+
+    def windows_at(self, now: datetime) -> Tuple[UsageWindow, ...]:
+        """AccountState.windows_at of the whole entry."""
+        return self.whole().windows_at(now)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, StoredEntry):
+            other = other.whole()
+        return self.whole() == other if isinstance(other, AccountState) else NotImplemented
+
+    def __repr__(self) -> str:
+        return "StoredEntry(%r)" % (self.whole(),)
+
+
+#: An account's stored state: parsed whole (AccountState), or as its line reads (StoredEntry).
+Stored = Union[AccountState, StoredEntry]
 
 
 @functools.lru_cache(maxsize=64)
@@ -184,21 +269,29 @@ def _history_from_json(raw: Any) -> Optional[WindowHistory]:
     return WindowHistory._packed_from(array("d", values))
 
 
-def _entry_from_json(raw: Any) -> Optional[AccountState]:
-    if not isinstance(raw, dict):
-        return None
+def _stored_windows(raw: Dict[str, Any]) -> List[Any]:
+    """An entry's stored windows as JSON (none when they are not a list)."""
     windows = raw.get("windows")
-    windows = windows if isinstance(windows, list) else []
+    return windows if isinstance(windows, list) else []
+
+
+def _readings_from_json(raw: Dict[str, Any]) -> Dict[str, WindowHistory]:
+    """An entry's stored histories by window key; those that do not read as one left out."""
     readings: Dict[Any, Any] = raw["readings"] if isinstance(raw.get("readings"), dict) else {}
     histories = {sys.intern(key): _history_from_json(value) for key, value in readings.items()
                  if isinstance(key, str)}
-    return AccountState(
-        windows=tuple(w for w in map(window_from_json, windows) if w is not None),
-        fetched_at=parse_timestamp(raw.get("fetched_at")),
-        cooldown_until=parse_timestamp(raw.get("cooldown_until")),
-        cooldown_seconds=number_value(raw.get("cooldown_seconds")),
-        details=details_from_json(raw.get("extra")),
-        readings={key: value for key, value in histories.items() if value is not None})
+    return {key: value for key, value in histories.items() if value is not None}
+
+
+def _stored_entry(raw: Any) -> Optional[StoredEntry]:
+    """An entry's JSON as a StoredEntry, its parts parsed when asked for; None when it is no
+    JSON object."""
+    return StoredEntry(raw) if isinstance(raw, dict) else None
+
+
+def _entry_from_json(raw: Any) -> Optional[AccountState]:
+    entry = _stored_entry(raw)
+    return entry.whole() if entry is not None else None
 
 
 def _entry_to_json(entry: AccountState) -> Dict[str, Any]:
@@ -461,9 +554,11 @@ class StoredEntries:
         with self._lock:
             self._parsed.update(entries)
 
-    def pop(self, key: Key) -> Optional[AccountState]:
+    def pop(self, key: Key) -> Optional[Stored]:
         """Return the stored state of `key` (None: none, or its line no longer reads as its
-        entry) and forget it: each account asks once."""
+        entry) and forget it: each account asks once. A line is read and checked now (one JSON
+        member, of this account), and given as a StoredEntry: its parts are parsed as the
+        account's turn needs them."""
         with self._lock:
             entry = self._parsed.pop(key, None)
             span = self._spans.pop(_key_text(key), None)
@@ -479,7 +574,7 @@ class StoredEntries:
             logger.warning("Ignoring the stored state of %s: the state file %s changed while it "
                            "was read", _key_text(key), self._path)
             return None
-        return _entry_from_json(raw)
+        return _stored_entry(raw)
 
     def close(self) -> None:
         """Forget every entry and close the file (pop() returns None from now on)."""
@@ -743,19 +838,22 @@ def _check_size(size: int, limit: int) -> None:
         raise files.FileTooLarge("larger than %d KiB" % (limit // 1024))
 
 
-def next_state(previous: Optional[AccountState], now: datetime,
+def next_state(previous: Optional[Stored], now: datetime,
                windows: Optional[Iterable[UsageWindow]] = None,
                details: Optional[AccountDetails] = None, rate_limited: bool = False,
                retry_after: Optional[float] = None) -> AccountState:
     """Given an account's previous state and the outcome of a fetch, return its new state:
-    good windows replace the stored ones and end any cooldown; a 429 starts (or doubles) one;
-    any other failure keeps what was stored."""
-    previous = previous or AccountState()
+    good windows replace the stored ones and end any cooldown (only the stored readings are
+    read then); a 429 starts (or doubles) one; any other failure keeps what was stored."""
     windows = tuple(windows or ())
     if windows:
+        readings = previous.readings if previous is not None else {}
         return AccountState(windows=windows, fetched_at=now,
                             details=details or models.AccountDetails(),
-                            readings=pace.record(previous.readings, windows, now))
+                            readings=pace.record(readings, windows, now))
+    if isinstance(previous, StoredEntry):
+        previous = previous.whole()
+    previous = previous or AccountState()
     if rate_limited:
         seconds = cooldown_seconds(retry_after, previous.cooldown_seconds)
         return AccountState(previous.windows, previous.fetched_at,
@@ -775,13 +873,14 @@ class Plan(enum.Enum):
     """Send nothing: a 429 cooldown is running (the stored windows, if any, are shown stale)."""
 
 
-def plan_fetch(entry: Optional[AccountState], now: datetime, max_age: float) -> Plan:
+def plan_fetch(entry: Optional[Stored], now: datetime, max_age: float) -> Plan:
     """Given an account's stored state (None: nothing stored, or no store), now, and the age
     under which a stored result is reused (0: never), return what to do: reuse windows fetched
-    less than `max_age` seconds ago, else hold back while a cooldown runs, else ask."""
+    less than `max_age` seconds ago, else hold back while a cooldown runs, else ask. Only the
+    entry's moments are read, and whether it has windows (a StoredEntry makes none)."""
     if entry is None:
         return Plan.ASK
-    if max_age and entry.windows and entry.fetched_at is not None \
+    if max_age and entry.has_windows and entry.fetched_at is not None \
             and (now - entry.fetched_at).total_seconds() < max_age:
         return Plan.REUSE
     if entry.cooling_down(now):
@@ -789,7 +888,7 @@ def plan_fetch(entry: Optional[AccountState], now: datetime, max_age: float) -> 
     return Plan.ASK
 
 
-def after_failure(previous: Optional[AccountState], now: datetime, status: Optional[int],
+def after_failure(previous: Optional[Stored], now: datetime, status: Optional[int],
                   retry_after: Optional[float]) -> AccountState:
     """Given an account's stored state, now, and a failed fetch's HTTP status and Retry-After
     (None when it had none), return the state to store: a 429 starts or doubles a cooldown,
@@ -797,7 +896,7 @@ def after_failure(previous: Optional[AccountState], now: datetime, status: Optio
     return next_state(previous, now, rate_limited=status == 429, retry_after=retry_after)
 
 
-def from_store(account: AuthAccount, entry: AccountState, now: datetime, stale: bool,
+def from_store(account: AuthAccount, entry: Stored, now: datetime, stale: bool,
                error: Optional[str] = None, login_problem: bool = False,
                token_refreshed: bool = False) -> AccountUsage:
     """Given an account and its stored state, return the AccountUsage that shows the stored
@@ -813,7 +912,7 @@ def from_store(account: AuthAccount, entry: AccountState, now: datetime, stale: 
         login_problem=login_problem))
 
 
-def cooldown_message(entry: AccountState) -> str:
+def cooldown_message(entry: Stored) -> str:
     """The sentence for an account whose requests are paused after a 429."""
     until = entry.cooldown_until
     return ("Rate limited (429) earlier; no request for this account until %s (cooldown)"

@@ -40,6 +40,7 @@ from .state import (
     AccountState,
     Spool,
     StateStore,
+    Stored,
     StoredEntries,
     default_state_dir,
     state_key,
@@ -151,7 +152,7 @@ class _Batch:
         self.workers = 0
         self.lock = threading.Lock()
 
-    def take(self) -> Optional[Tuple[int, AuthAccount, Optional[AccountState]]]:
+    def take(self) -> Optional[Tuple[int, AuthAccount, Optional[Stored]]]:
         """The next account to fetch with its stored state, or None when none can start now."""
         item = self.lanes.take()
         if item is None:
@@ -487,7 +488,7 @@ class OAuthUsageTracker:
             self._session = http.make_session(size)
         return self._pool
 
-    def _fetch_one(self, generation: int, account: AuthAccount, entry: Optional[AccountState]
+    def _fetch_one(self, generation: int, account: AuthAccount, entry: Optional[Stored]
                    ) -> Optional[Tuple[AccountUsage, Optional[AccountState]]]:
         """Fetch one account (or reuse or fall back to its stored state); return its usage and
         its new state, or None when this generation was superseded before it started. Never

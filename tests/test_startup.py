@@ -44,6 +44,38 @@ with demo.FakeProviders() as fake, tempfile.TemporaryDirectory() as tmp:
 print(json.dumps({"status": status, "modules": sorted(sys.modules)}))
 """
 
+# The classes a usage answer is read into (usage.py: windows, pace, readings, account details):
+# created while a run's request is in flight or once its answer is read, never before the request
+# goes out, even when a stored entry (windows, details, readings) is read first.
+NOT_BEFORE_THE_REQUEST = ("oauth_usage_tracker.usage",)
+
+# The same plain run, but with an entry stored by an earlier run (in a process of its own, so that
+# this one starts fresh); the modules imported when the run's socket connects, and at its end.
+RUN_WITH_A_STORED_ENTRY = """\
+import json, os, subprocess, sys, tempfile
+from oauth_usage_tracker import demo
+at_connect = []
+def hook(event, args):
+    if event == "socket.connect" and not at_connect:
+        at_connect.append(sorted(sys.modules))
+with demo.FakeProviders() as fake, tempfile.TemporaryDirectory() as tmp:
+    auth = os.path.join(tmp, "auth")
+    os.mkdir(auth)
+    demo.populate(fake, auth, claude=1, codex=0)
+    os.environ.update(fake.environ(), XDG_STATE_HOME=os.path.join(tmp, "state"))
+    flags = ["--auth-dir", auth, "--json", "-q", "--output", os.path.join(tmp, "report.json")]
+    subprocess.run([sys.executable, "-m", "oauth_usage_tracker"] + flags, check=True)
+    stored = os.path.exists(os.path.join(tmp, "state", "oauth-usage-tracker", "state.json"))
+    with open(os.path.join(tmp, "report.json")) as handle:
+        windows = len(json.load(handle)["accounts"][0]["windows"])
+    sys.addaudithook(hook)
+    from oauth_usage_tracker import cli
+    status = cli.main(flags)
+print(json.dumps({"status": status, "stored": stored, "windows": windows,
+                  "at_connect": at_connect[0], "modules": sorted(sys.modules)}))
+"""
+
+
 def imported_by(code):
     """Run `code` in a fresh interpreter; return what it printed last, parsed as JSON."""
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -74,6 +106,15 @@ def test_plain_one_account_json_run_never_imports_refresh_events_remote_or_watch
     assert "oauth_usage_tracker.tracker" in ran["modules"]  # it did fetch
     assert "oauth_usage_tracker.response" in ran["modules"]  # and read an answer
     assert [name for name in NEVER_IN_A_PLAIN_RUN if name in ran["modules"]] == []
+
+
+def test_a_run_with_a_stored_entry_sends_its_request_before_an_answers_classes_exist():
+    ran = imported_by(RUN_WITH_A_STORED_ENTRY)
+    assert ran["status"] == 0
+    assert ran["stored"] and ran["windows"] > 0  # an earlier run stored windows to read
+    assert "oauth_usage_tracker.state" in ran["at_connect"]  # the stored entry was read
+    assert [name for name in NOT_BEFORE_THE_REQUEST if name in ran["at_connect"]] == []
+    assert [name for name in NOT_BEFORE_THE_REQUEST if name not in ran["modules"]] == []
 
 
 def test_the_answers_classes_keep_their_names_and_are_made_once():

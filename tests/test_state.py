@@ -449,6 +449,106 @@ def test_open_entries_of_a_sealed_file_with_a_line_that_is_no_json_lose_only_tha
     assert "codex/codex-a.json" in caplog.text and "corrupt state file" not in caplog.text
 
 
+@pytest.fixture
+def parsed_parts(monkeypatch):
+    """How many times each part of a stored entry was parsed: windows, details, histories."""
+    counts = {"windows": 0, "details": 0, "histories": 0}
+
+    def counting(name, function):
+        def wrapper(raw):
+            counts[name] += 1
+            return function(raw)
+        return wrapper
+    monkeypatch.setattr(module, "window_from_json", counting("windows", module.window_from_json))
+    monkeypatch.setattr(module, "details_from_json", counting("details", module.details_from_json))
+    monkeypatch.setattr(module, "_history_from_json",
+                        counting("histories", module._history_from_json))
+    return counts
+
+
+def stored_twice(tmp_path):
+    """A store holding codex-a.json's entry after two good fetches (a window, a reading, a
+    plan), and that entry as load() reads it."""
+    store = module.StateStore(str(tmp_path / "state"))
+    first = module.next_state(None, NOW, windows=[WINDOW],
+                              details=module.models.AccountDetails(plan="pro"))
+    later = module.next_state(first, NOW + timedelta(minutes=30),
+                              windows=[WINDOW], details=first.details)
+    store.save([(("codex", "codex-a.json"), later)])
+    return store, store.load()[("codex", "codex-a.json")]
+
+
+def test_a_popped_entry_parses_each_part_when_asked_and_once(tmp_path, parsed_parts):
+    store, loaded = stored_twice(tmp_path)
+    assert loaded.readings and loaded.details.plan == "pro"
+    parsed_parts.update(windows=0, details=0, histories=0)
+    entry, = popped(store.open_entries(), "codex-a.json")
+    assert isinstance(entry, module.StoredEntry)
+    # The plan reads the moments and whether windows are stored: nothing else is made.
+    assert module.plan_fetch(entry, NOW + timedelta(minutes=31), 3600) is module.Plan.REUSE
+    assert module.plan_fetch(entry, NOW + timedelta(minutes=31), 0) is module.Plan.ASK
+    assert (entry.fetched_at, entry.cooldown_until, entry.has_windows) == (
+        loaded.fetched_at, None, True)
+    assert parsed_parts == {"windows": 0, "details": 0, "histories": 0}
+    # A success reads the readings alone, once.
+    assert entry.readings == loaded.readings and entry.readings is entry.readings
+    assert parsed_parts == {"windows": 0, "details": 0, "histories": 1}
+    # The whole entry (a reuse, a cooldown, a failure) parses the rest, once.
+    assert entry.whole() == loaded and entry.whole() is entry.whole()
+    assert entry.windows == loaded.windows and entry.details == loaded.details
+    assert entry.has_windows and entry.windows_at(NOW) == loaded.windows_at(NOW)
+    assert parsed_parts == {"windows": 1, "details": 1, "histories": 1}
+    assert entry == loaded and loaded == entry and entry == module.StoredEntry(
+        {"windows": [module.window_to_json(WINDOW)], "fetched_at": "2026-11-24T14:30:00Z",
+         "extra": {"plan": "pro"}, "readings": module._entry_to_json(loaded)["readings"]})
+    assert entry != module.AccountState() and entry != "an entry"
+    assert repr(entry) == "StoredEntry(%r)" % (loaded,)
+
+
+def test_a_popped_entry_on_each_path_gives_what_the_whole_entry_gives(tmp_path, parsed_parts):
+    store, loaded = stored_twice(tmp_path)
+    later = NOW + timedelta(hours=1)
+
+    def popped_entry():
+        return popped(store.open_entries(), "codex-a.json")[0]
+    parsed_parts.update(windows=0, details=0, histories=0)
+    success = module.next_state(popped_entry(), later, windows=[WINDOW])
+    assert success == module.next_state(loaded, later, windows=[WINDOW])
+    assert parsed_parts == {"windows": 0, "details": 0, "histories": 1}  # readings alone
+    for status in (429, 502, None):
+        assert module.after_failure(popped_entry(), later, status, 120) == \
+            module.after_failure(loaded, later, status, 120)
+    assert type(module.after_failure(popped_entry(), later, 502, None)) is module.AccountState
+    cooling = module.after_failure(loaded, later, 429, 600)
+    store.save([(("codex", "codex-a.json"), cooling)])
+    entry = popped_entry()
+    assert module.plan_fetch(entry, later, 0) is module.Plan.COOL_DOWN
+    assert module.cooldown_message(entry) == module.cooldown_message(cooling)
+    account = module.AuthAccount("codex-a.json", Provider.CODEX, None, "codex-a.json", "p")
+    assert module.from_store(account, entry, later, stale=True) == \
+        module.from_store(account, cooling, later, stale=True)
+
+
+def test_only_windows_that_read_as_windows_count_as_stored(tmp_path):
+    directory = tmp_path / "state"
+    directory.mkdir()
+    entries = {"codex/codex-a.json": {"windows": [{"key": 1, "title": "t"}, "x"],
+                                      "fetched_at": "2026-11-24T14:00:00Z"},
+               "codex/codex-b.json": {"windows": {"key": "k"}, "fetched_at": "2026-11-24T14:00:00Z"},
+               "codex/codex-c.json": {"windows": [{"key": "k", "title": "t"}],
+                                      "fetched_at": "2026-11-24T14:00:00Z"}}
+    body = b",\n".join(module._member(name, raw) for name, raw in sorted(entries.items()))
+    (directory / "state.json").write_bytes(module._HEAD + body + b"\n" + module._TAIL)
+    a, b, c = popped(module.StateStore(str(directory)).open_entries(),
+                     "codex-a.json", "codex-b.json", "codex-c.json")
+    later = NOW + timedelta(minutes=1)
+    assert [entry.has_windows for entry in (a, b, c)] == [False, False, True]
+    assert [module.plan_fetch(entry, later, 3600) for entry in (a, b, c)] == [
+        module.Plan.ASK, module.Plan.ASK, module.Plan.REUSE]
+    assert [bool(entry.whole().windows) for entry in (a, b, c)] == [False, False, True]
+    assert [entry.has_windows for entry in (a, b, c)] == [False, False, True]
+
+
 def test_store_file_over_the_cap_is_ignored_with_warning(tmp_path, caplog, monkeypatch):
     store = module.StateStore(str(tmp_path / "state"))
     saved(store, *["codex-%03d.json" % index for index in range(20)])
