@@ -44,10 +44,11 @@ with demo.FakeProviders() as fake, tempfile.TemporaryDirectory() as tmp:
 print(json.dumps({"status": status, "modules": sorted(sys.modules)}))
 """
 
-# The classes a usage answer is read into (usage.py: windows, pace, readings, account details):
-# created while a run's request is in flight or once its answer is read, never before the request
-# goes out, even when a stored entry (windows, details, readings) is read first.
-NOT_BEFORE_THE_REQUEST = ("oauth_usage_tracker.usage",)
+# The classes a usage answer is read into (usage.py: windows, pace, readings, account details;
+# result.py: an account's result): created while a run's request is in flight or once its answer
+# is read, never before the request goes out, even when a stored entry (windows, details,
+# readings) is read first and the tracker publishes its accounts as loading (nobody listens).
+NOT_BEFORE_THE_REQUEST = ("oauth_usage_tracker.usage", "oauth_usage_tracker.result")
 
 # The same plain run, but with an entry stored by an earlier run (in a process of its own, so that
 # this one starts fresh); the modules imported when the run's socket connects, and at its end.
