@@ -65,6 +65,8 @@ _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _O_NOCTTY = getattr(os, "O_NOCTTY", 0)
 _OUTSIDE = ("The credential file is now a symlink that does not point to a regular file in the "
             "auth directory")
+#: What AuthDirectory.read asks for at a time once a file has grown past the size it had.
+READ_CHUNK = 64 * 1024
 
 
 class UnsafeFile(CredentialError):
@@ -184,15 +186,20 @@ class AuthDirectory:
         """Given a name, open it as `open_regular_at` does in this directory."""
         return open_regular_at(self.fd, name, flags, single_link)
 
-    def read(self, fd: int, limit: int) -> bytes:
-        """Given an open file, return up to `limit` + 1 of its bytes from the start."""
-        chunks, size = [], 0
-        while size <= limit:
-            chunk = os.pread(fd, limit + 1 - size, size)
+    def read(self, fd: int, limit: int, size: int) -> bytes:
+        """Given an open file, a byte limit and the size its fstat gave, return up to `limit` + 1
+        of its bytes from the start. The first read asks for that size and one byte more, so
+        that a file that has not grown is read whole and its end seen in two small reads (a
+        buffer of the limit's size, 1 MiB for a credential file, was mapped and unmapped for
+        every file read); a file that grew meanwhile is read on, READ_CHUNK bytes at a time."""
+        chunks, got = [], 0
+        while got <= limit:
+            want = size + 1 - got if got <= size else READ_CHUNK
+            chunk = os.pread(fd, min(limit + 1 - got, want), got)
             if not chunk:
                 break
             chunks.append(chunk)
-            size += len(chunk)
+            got += len(chunk)
         return b"".join(chunks)
 
     def lock(self, name: str, mode: int, owner: Tuple[int, int], timeout: float) -> int:

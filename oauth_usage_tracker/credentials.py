@@ -65,9 +65,9 @@ def read_capped(path: str, limit: int, directory: Optional[DirectoryId] = None) 
 def read_in(auth: AuthDirectory, name: str, limit: int) -> bytes:
     """Given an open auth directory (which `resolve` may move), a name in it and a byte limit,
     return the regular file's bytes (see read_capped)."""
-    fd, _ = auth.open_regular(auth.resolve(name), single_link=False)
+    fd, info = auth.open_regular(auth.resolve(name), single_link=False)
     try:
-        data = auth.read(fd, limit)
+        data = auth.read(fd, limit, info.st_size)
     finally:
         os.close(fd)
     if len(data) > limit:

@@ -237,7 +237,7 @@ def _read(auth: AuthDirectory, name: str) -> Tuple[Dict[str, Any], bytes, os.sta
     def read_once(_: str) -> Tuple[Dict[str, Any], bytes, os.stat_result]:
         fd, info = auth.open_regular(name)
         try:
-            data = auth.read(fd, MAX_FILE_BYTES)
+            data = auth.read(fd, MAX_FILE_BYTES, info.st_size)
         finally:
             os.close(fd)
         if len(data) > MAX_FILE_BYTES:

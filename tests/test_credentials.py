@@ -1,8 +1,10 @@
 """credentials: tolerant reads of credential files (SPEC §6); the writer is tested in test_refresh."""
 import json
+import os
 
 import pytest
 
+from oauth_usage_tracker import authdir
 from oauth_usage_tracker import credentials as module
 from oauth_usage_tracker.errors import CredentialError
 
@@ -163,3 +165,37 @@ def test_token_field_refuses_characters_no_token_has_without_quoting_them(value)
 
 def test_token_field_returns_a_plain_token():
     assert module.token_field({"access_token": CLAUDE_REFRESH}, "access_token") == CLAUDE_REFRESH
+
+
+@pytest.mark.parametrize("length", [0, 1, 245, 4096, 64 * 1024 + 3, 200_000])
+@pytest.mark.parametrize("hint", ["exact", "smaller", "zero", "larger"])
+def test_a_read_through_the_directory_gives_the_file_capped_whatever_size_it_was_told(
+        tmp_path, length, hint):
+    # The size fstat gave only shapes the reads: a file that grew (or shrank) since is still
+    # read whole, up to one byte past the limit.
+    data = bytes(index % 251 for index in range(length))
+    (tmp_path / "x.json").write_bytes(data)
+    size = {"exact": length, "smaller": length // 3, "zero": 0, "larger": length + 999}[hint]
+    for limit in (100, 150_000, 1024 * 1024):
+        with authdir.AuthDirectory(str(tmp_path)) as auth:
+            fd, _ = auth.open_regular("x.json")
+            try:
+                assert auth.read(fd, limit, size) == data[:limit + 1]
+            finally:
+                os.close(fd)
+
+
+def test_a_credential_file_is_read_without_a_buffer_the_size_of_the_limit(tmp_path, monkeypatch):
+    path = tmp_path / "claude-a.json"
+    write_compact(path, claude_credentials())
+    asked = []
+    real_pread = os.pread
+
+    def pread(fd, length, offset):
+        asked.append(length)
+        return real_pread(fd, length, offset)
+    monkeypatch.setattr(authdir.os, "pread", pread)
+    data = module.read_capped(str(path), module.MAX_FILE_BYTES)
+    assert json.loads(data) == claude_credentials()
+    # The file's size and one byte more, then one byte to see its end.
+    assert asked == [len(data) + 1, 1]
