@@ -15,16 +15,8 @@ from .config import Settings
 from .errors import UsageTrackerError
 from .models import LOCAL_SOURCE, AuthAccount
 from .models import AccountState as State
-from .state import (
-    AccountState,
-    Plan,
-    Stored,
-    after_failure,
-    cooldown_message,
-    from_store,
-    next_state,
-    plan_fetch,
-)
+from .state import Plan, after_failure, cooldown_message, from_store, next_state, plan_fetch
+from .stored import AccountState, Stored
 
 if TYPE_CHECKING:  # made once an answer arrives (result.py): looked up through models when made
     from .models import AccountUsage

@@ -36,15 +36,9 @@ from .config import DEFAULT_TIMEOUT, DEFAULT_WORKERS, Settings
 from .errors import RefreshSuperseded
 from .lanes import Lanes, interleaved
 from .models import AuthAccount, Provider, Skipped
-from .state import (
-    AccountState,
-    Spool,
-    StateStore,
-    Stored,
-    StoredEntries,
-    default_state_dir,
-    state_key,
-)
+from .state import StateStore, default_state_dir, state_key
+from .state_file import Spool, StoredEntries
+from .stored import AccountState, Stored
 
 if TYPE_CHECKING:
     import requests

@@ -12,6 +12,8 @@ import pytest
 from freezegun import freeze_time
 
 from oauth_usage_tracker import state as module
+from oauth_usage_tracker import state_file
+from oauth_usage_tracker import stored as stored_module
 from oauth_usage_tracker.errors import ProviderError
 from oauth_usage_tracker.models import AccountState, AccountUsage, AuthAccount, Provider, \
     UsageWindow
@@ -337,15 +339,16 @@ def seal_of(path):
 
 
 def counting_parses(monkeypatch):
-    """Count the members parsed from now on (module._parse_member calls)."""
+    """Count the members parsed from now on (module.parse_member calls)."""
     calls = []
-    real = module._parse_member
+    real = module.parse_member
 
     def counting(member):
         calls.append(member)
         return real(member)
 
-    monkeypatch.setattr(module, "_parse_member", counting)
+    monkeypatch.setattr(module, "parse_member", counting)
+    monkeypatch.setattr(state_file, "parse_member", counting)
     return calls
 
 
@@ -459,10 +462,10 @@ def parsed_parts(monkeypatch):
             counts[name] += 1
             return function(raw)
         return wrapper
-    monkeypatch.setattr(module, "window_from_json", counting("windows", module.window_from_json))
-    monkeypatch.setattr(module, "details_from_json", counting("details", module.details_from_json))
-    monkeypatch.setattr(module, "_history_from_json",
-                        counting("histories", module._history_from_json))
+    monkeypatch.setattr(stored_module, "window_from_json", counting("windows", stored_module.window_from_json))
+    monkeypatch.setattr(stored_module, "details_from_json", counting("details", stored_module.details_from_json))
+    monkeypatch.setattr(stored_module, "_history_from_json",
+                        counting("histories", stored_module._history_from_json))
     return counts
 
 
@@ -499,8 +502,8 @@ def test_a_popped_entry_parses_each_part_when_asked_and_once(tmp_path, parsed_pa
     assert entry.has_windows and entry.windows_at(NOW) == loaded.windows_at(NOW)
     assert parsed_parts == {"windows": 1, "details": 1, "histories": 1}
     assert entry == loaded and loaded == entry and entry == module.StoredEntry(
-        {"windows": [module.window_to_json(WINDOW)], "fetched_at": "2026-11-24T14:30:00Z",
-         "extra": {"plan": "pro"}, "readings": module._entry_to_json(loaded)["readings"]})
+        {"windows": [stored_module.window_to_json(WINDOW)], "fetched_at": "2026-11-24T14:30:00Z",
+         "extra": {"plan": "pro"}, "readings": module.entry_to_json(loaded)["readings"]})
     assert entry != module.AccountState() and entry != "an entry"
     assert repr(entry) == "StoredEntry(%r)" % (loaded,)
 
@@ -537,8 +540,8 @@ def test_only_windows_that_read_as_windows_count_as_stored(tmp_path):
                "codex/codex-b.json": {"windows": {"key": "k"}, "fetched_at": "2026-11-24T14:00:00Z"},
                "codex/codex-c.json": {"windows": [{"key": "k", "title": "t"}],
                                       "fetched_at": "2026-11-24T14:00:00Z"}}
-    body = b",\n".join(module._member(name, raw) for name, raw in sorted(entries.items()))
-    (directory / "state.json").write_bytes(module._HEAD + body + b"\n" + module._TAIL)
+    body = b",\n".join(module.member_bytes(name, raw) for name, raw in sorted(entries.items()))
+    (directory / "state.json").write_bytes(state_file._HEAD + body + b"\n" + state_file._TAIL)
     a, b, c = popped(module.StateStore(str(directory)).open_entries(),
                      "codex-a.json", "codex-b.json", "codex-c.json")
     later = NOW + timedelta(minutes=1)
@@ -847,8 +850,8 @@ def test_history_json_is_what_its_readings_and_moments_give(reset, points, previ
                 "readings": [[format_timestamp(r.at), r.used_percent] for r in history.readings],
                 "previous": [format_timestamp(history.previous.at), history.previous.used_percent]
                 if history.previous else None}
-    assert module._history_to_json(history) == expected
-    stored = module._history_from_json(json.loads(json.dumps(expected)))
+    assert stored_module._history_to_json(history) == expected
+    stored = stored_module._history_from_json(json.loads(json.dumps(expected)))
     assert stored.reset == history.reset.replace(microsecond=0)
     assert [r.used_percent for r in stored.readings] == [r.used_percent for r in history.readings]
 
@@ -902,7 +905,7 @@ def test_history_from_json_gives_what_it_gave_before_it_packed_the_floats_itself
     histories, junk included: the same history (compared by its packed floats), or None."""
     raw = json.loads(json.dumps(raw))  # as read back from the file
     before = _history_from_json_before(raw)
-    after = module._history_from_json(raw)
+    after = stored_module._history_from_json(raw)
     assert after == before
     if before is not None:
         assert (after.reset, after.readings, after.previous) == (
@@ -921,7 +924,7 @@ JSON_VALUES = st.recursive(
 @given(name=st.text(), raw=JSON_VALUES)
 def test_member_is_json_dumps_compact_with_sorted_keys(name, raw):
     """The shared encoder writes what json.dumps wrote with the same arguments."""
-    assert module._member(name, raw) == (
+    assert module.member_bytes(name, raw) == (
         json.dumps(name) + ":" + json.dumps(raw, separators=(",", ":"), sort_keys=True)
     ).encode("utf-8")
 
@@ -977,13 +980,13 @@ def test_spool_holds_entries_in_memory_where_it_cannot_make_its_file(tmp_path, c
 def test_spool_holds_an_entry_it_cannot_write_and_reads_back_the_others(tmp_path, monkeypatch):
     spool = module.Spool(str(tmp_path / "state"))
     spool.add(("codex", "codex-a.json"), entry_at(0))
-    real = module._write_at
+    real = state_file._write_at
 
     def full(fd, data, offset):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(module, "_write_at", full)
+    monkeypatch.setattr(state_file, "_write_at", full)
     spool.add(("codex", "codex-b.json"), entry_at(1))
-    monkeypatch.setattr(module, "_write_at", real)
+    monkeypatch.setattr(state_file, "_write_at", real)
     spool.add(("codex", "codex-c.json"), entry_at(2))
     try:
         assert spool.entries([("codex", "codex-%s.json" % x) for x in "abc"]) == {

@@ -1,0 +1,360 @@
+"""The state file's layout and the readers and writers that keep it off the heap: one JSON
+object (`{"accounts": {...}, "version": 1}`, what older versions read) with one account per
+line, read by offset (`StoredEntries`: one int per account until its turn), new entries
+spooled to an unnamed file as they come (`Spool`), written back in pieces with a seal that
+spares the next reader a check of every line. No policy: state.py decides what to keep."""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import sys
+import threading
+from typing import (
+    AbstractSet,
+    Any,
+    BinaryIO,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    Mapping,
+    Optional,
+    Tuple,
+)
+
+from . import files
+from .models import Provider
+from .stored import (
+    AccountState,
+    Stored,
+    entry_from_json,
+    entry_to_json,
+    stored_entry,
+)
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+VERSION = 1
+MAX_STATE_BYTES = 16 * 1024 * 1024
+
+Key = Tuple[str, str]  # (provider value, credential file id)
+
+
+def key_to_name(key: Key) -> str:
+    """Given a store key, return its name in the file: `<provider>/<file id>`."""
+    return "%s/%s" % key
+
+
+#: A stored member's place in the state file, packed in one int: offset << _SPAN_SHIFT | length.
+_SPAN_SHIFT = 32
+
+
+def pack_span(offset: int, length: int) -> int:
+    """Pack a line's place in a file (where it starts, how long it is) into one int."""
+    return offset << _SPAN_SHIFT | length
+
+
+def read_packed(fd: int, span: int) -> bytes:
+    """Given the file open as `fd` and a line's packed place in it, return the line. Raise
+    OSError when the file no longer holds the whole of it."""
+    offset, length = span >> _SPAN_SHIFT, span & ((1 << _SPAN_SHIFT) - 1)
+    data = os.pread(fd, length, offset)
+    if len(data) != length:
+        raise OSError(errno.EIO, "the file is shorter than the line read from it")
+    return data
+
+
+class StoredEntries:
+    """The stored account states a refresh starts from, read one at a time, as each account's
+    turn comes (`pop`), from the state file kept open by `StateStore.open_entries`.
+
+    Thousands of accounts' entries are never parsed and held at once: only where each one's line
+    starts and how long it is (one int per account). The open descriptor keeps reading the file
+    that was checked: a save by another process replaces the file (a new inode, `os.replace`)
+    and leaves this one as it was. A file edited in place meanwhile (truncated, rewritten by
+    hand) can only cost the accounts whose lines changed their stored state, with a warning.
+    Entries laid over with `update` (saved by nobody yet) win over the file's. Thread-safe."""
+
+    def __init__(self, handle: Optional[BinaryIO] = None, spans: Optional[Dict[str, int]] = None,
+                 parsed: Optional[Dict[Key, AccountState]] = None, path: str = ""):
+        self._handle = handle
+        self._spans = spans or {}
+        self._parsed = parsed or {}
+        self._path = path
+        self._lock = threading.Lock()
+
+    def update(self, entries: Mapping[Key, AccountState]) -> None:
+        """Lay `entries` over the stored ones: pop() returns these for their keys."""
+        with self._lock:
+            self._parsed.update(entries)
+
+    def pop(self, key: Key) -> Optional[Stored]:
+        """Return the stored state of `key` (None: none, or its line no longer reads as its
+        entry) and forget it: each account asks once. A line is read and checked now (one JSON
+        member, of this account), and given as a StoredEntry: its parts are parsed as the
+        account's turn needs them."""
+        with self._lock:
+            entry = self._parsed.pop(key, None)
+            span = self._spans.pop(key_to_name(key), None)
+            handle = self._handle
+        if entry is not None or span is None or handle is None:
+            return entry
+        try:
+            member = read_packed(handle.fileno(), span)
+            raw = parse_member(member)
+            if _member_name(member) != key_to_name(key):
+                raise ValueError("another account's line")
+        except (OSError, ValueError, RecursionError):
+            logger.warning("Ignoring the stored state of %s: the state file %s changed while it "
+                           "was read", key_to_name(key), self._path)
+            return None
+        return stored_entry(raw)
+
+    def close(self) -> None:
+        """Forget every entry and close the file (pop() returns None from now on)."""
+        with self._lock:
+            handle, self._handle = self._handle, None
+            self._spans, self._parsed = {}, {}
+        if handle is not None:
+            handle.close()
+
+
+class Spool:
+    """A refresh's new entries, written out as each account's result comes in and stored
+    together by `StateStore.save_spool` when the refresh ends: thousands of accounts' new
+    entries are never held at once, only where each one's line is (one int per account).
+
+    The lines go, in the state file's own form, to an unnamed temporary file in the state
+    directory (O_TMPFILE: nothing to clean up, nothing another process can open by name); where
+    none can be made (another system, a directory that cannot be created or written), the
+    entries are held in memory instead. Thread-safe; close() lets the file go."""
+
+    def __init__(self, directory: str) -> None:
+        self._directory = directory
+        self._lock = threading.Lock()
+        self._fd: Optional[int] = None
+        self._tried = False
+        self._closed = False
+        self._size = 0
+        self._spans: Dict[str, int] = {}
+        self._held: Dict[str, AccountState] = {}
+
+    def add(self, key: Key, entry: AccountState) -> None:
+        """Given an account's key and new entry, keep the entry (a later one for the same key
+        replaces it)."""
+        name = key_to_name(key)
+        member = member_bytes(name, entry_to_json(entry))
+        with self._lock:
+            self._spans.pop(name, None)
+            self._held.pop(name, None)
+            fd = self._file_locked()
+            if fd is not None:
+                try:
+                    _write_at(fd, member, self._size)
+                except OSError as error:  # a full disk: hold this one instead
+                    logger.debug("Cannot spool state entries (%s); holding them", error)
+                else:
+                    self._spans[name] = pack_span(self._size, len(member))
+                    self._size += len(member)
+                    return
+            self._held[name] = entry
+
+    def _file_locked(self) -> Optional[int]:
+        """The spool file's descriptor, made by the first entry (None: none can be made)."""
+        if self._fd is None and not self._tried and not self._closed:
+            self._tried = True
+            try:
+                os.makedirs(self._directory, mode=0o700, exist_ok=True)
+                # Without O_TMPFILE (not Linux) this opens a directory for writing: EISDIR.
+                self._fd = os.open(self._directory,
+                                   getattr(os, "O_TMPFILE", 0) | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            except OSError as error:
+                logger.debug("Cannot spool state entries in %s (%s); holding them",
+                             self._directory, error)
+        return self._fd
+
+    def __len__(self) -> int:
+        """How many entries are kept."""
+        with self._lock:
+            return len(self._spans) + len(self._held)
+
+    def __iter__(self) -> Iterator[Tuple[Key, AccountState]]:
+        """Yield (key, state) for every entry kept, read back one at a time (save() takes the
+        spool itself: its lines are copied, never parsed again)."""
+        for name in sorted(self.names()):
+            key = name_to_key(name)
+            entry = entry_from_json(parse_member(self.member(name)))
+            if key is not None and entry is not None:
+                yield key, entry
+
+    def names(self) -> AbstractSet[str]:
+        """The names (`claude/<file id>`) of the entries kept (once the refresh has ended: no
+        copy of them is made when every entry is spooled)."""
+        with self._lock:
+            return self._spans.keys() | self._held.keys() if self._held else self._spans.keys()
+
+    def member(self, name: str) -> bytes:
+        """The state file's line (without its comma) for the entry named `name`. Raise KeyError
+        for another name, OSError if the spool cannot be read (or was closed)."""
+        with self._lock:
+            return self._member_locked(name)
+
+    def _member_locked(self, name: str) -> bytes:
+        if name in self._held:
+            return member_bytes(name, entry_to_json(self._held[name]))
+        span = self._spans[name]
+        if self._fd is None:
+            raise OSError(errno.EBADF, "the spool is closed")
+        return read_packed(self._fd, span)
+
+    def entries(self, keys: Iterable[Key]) -> Optional[Dict[Key, AccountState]]:
+        """Given keys, return the entries kept for those that have one; None once closed (its
+        entries are in the state file by then, unless its save failed)."""
+        found: Dict[Key, AccountState] = {}
+        with self._lock:
+            if self._closed:
+                return None
+            for key in keys:
+                name = key_to_name(key)
+                if name in self._held:
+                    found[key] = self._held[name]
+                elif name in self._spans:
+                    entry = entry_from_json(parse_member(self._member_locked(name)))
+                    if entry is not None:
+                        found[key] = entry
+        return found
+
+    def close(self) -> None:
+        """Let the entries and the spool file go."""
+        with self._lock:
+            fd, self._fd, self._closed = self._fd, None, True
+            self._spans, self._held = {}, {}
+        if fd is not None:
+            os.close(fd)
+
+
+def _write_at(fd: int, data: bytes, offset: int) -> None:
+    """Write all of `data` at `offset` of the file open as `fd`. Raise OSError."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+
+# The layout `save` writes: still one JSON object, {"accounts": {name: entry, ...}, "version": 1}
+# with sorted keys, but one account per line, so that it is read and written line by line.
+_HEAD = b'{"accounts":{\n'
+
+
+_TAIL = b'},"version":%d}\n' % VERSION
+
+
+#: The extended attribute a save sets on the state file it writes: the SHA-256 of the file's
+#: member lines as written (every line but the first and the last). A reader whose lines hash
+#: to it knows the file is the one a save wrote whole, and need not parse every line to find a
+#: corrupt one (`StateStore._visit_open`). The file's bytes are what they were without it.
+SEAL_ATTRIBUTE = "user.oauth_usage_tracker.lines_sha256"
+
+
+_PROVIDERS = frozenset(p.value for p in Provider)
+
+
+#: json.dumps(..., separators=(",", ":"), sort_keys=True), made once: json.dumps builds a new
+#: JSONEncoder for every call with arguments of its own. An encoder keeps no state between
+#: calls (each encode makes its own C encoder), so the workers share this one.
+_COMPACT = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+
+
+def member_bytes(name: str, raw: Any) -> bytes:
+    """One account's line (without its comma): `"name":{...}`, compact, keys sorted."""
+    return (json.dumps(name) + ":" + _COMPACT.encode(raw)).encode("utf-8")
+
+
+def layout_lines(names: AbstractSet[str], member_of: Callable[[str], bytes],
+            kept: Dict[str, bytes], digest: Any) -> Iterator[bytes]:
+    """Yield the state file in pieces: the new entries (`names`, each one's line given by
+    member_of) and the kept members, by name; each member line is also fed to `digest` (a
+    hashlib object: the file's seal)."""
+    yield _HEAD
+    ordered = sorted(names | kept.keys() if kept else names)
+    for position, name in enumerate(ordered):
+        member = kept[name] if name in kept else member_of(name)
+        line = member + (b",\n" if position + 1 < len(ordered) else b"\n")
+        digest.update(line)
+        yield line
+    yield _TAIL
+
+
+def iter_members(handle: BinaryIO, limit: int, wanted: Callable[[str], bool], digest: Any = None
+             ) -> Iterator[Tuple[str, bytes, Optional[int]]]:
+    """Given the state file open for reading, yield (name, member bytes, offset) for every
+    stored account whose name is `wanted`, a line at a time in the layout `save` writes, without
+    parsing the entries (only their names); `offset` is where the member starts in the file.
+    Every member line (wanted or not) is fed to `digest` when one is given (a hashlib object).
+    A file in another layout (an older version's one line, or a file edited by hand) is parsed
+    whole, and its members have no offset (None). Raise ValueError or RecursionError if it is
+    not a state file, FileTooLarge past `limit` bytes."""
+    first = handle.readline(limit + 1)
+    if first != _HEAD:
+        data = first + handle.read(limit + 1 - len(first))
+        _check_size(len(data), limit)
+        parsed = json.loads(data)
+        if not isinstance(parsed, dict) or not isinstance(parsed.get("accounts"), dict):
+            raise ValueError("not a state object")
+        for name, raw in parsed["accounts"].items():
+            if wanted(name):
+                yield name, member_bytes(name, raw), None
+        return
+    size = len(first)
+    while True:
+        offset = size
+        line = handle.readline(limit + 1 - size)
+        size += len(line)
+        _check_size(size, limit)
+        if line.startswith(b"}"):  # the last line closes the accounts and holds the version
+            if not isinstance(json.loads(b'{"accounts":{' + line), dict) or handle.read(1):
+                raise ValueError("not a state object")
+            return
+        if not line.endswith(b"\n") or not line.startswith(b'"'):
+            raise ValueError("not a line of the state file")
+        if digest is not None:
+            digest.update(line)
+        member = line[:-2] if line.endswith(b",\n") else line[:-1]
+        name = _member_name(member)
+        if wanted(name):
+            yield name, member, offset
+
+
+def _member_name(member: bytes) -> str:
+    """Given a member's bytes (`"name":{...}`), return its name without parsing the entry.
+    Raise ValueError if it does not start with a JSON string and a colon."""
+    text = member.decode("utf-8")
+    # scanstring is the json module's own string reader; the type stubs leave it out.
+    name, end = json.decoder.scanstring(text, 1)  # type: ignore[attr-defined]
+    if not text.startswith(":", end):
+        raise ValueError("not a line of the state file")
+    return str(name)
+
+
+def parse_member(member: bytes) -> Any:
+    """Given a member's bytes (`"name":{...}`), return its entry as JSON. Raise ValueError or
+    RecursionError if it is not one JSON member."""
+    parsed = json.loads(b"{" + member + b"}")
+    if len(parsed) != 1:
+        raise ValueError("not one member")
+    return next(iter(parsed.values()))
+
+
+def name_to_key(name: str) -> Optional[Key]:
+    """The key of a stored name (`claude/<file id>`), or None when it names no account."""
+    provider, _, file_id = name.partition("/")
+    return (sys.intern(provider), file_id) if provider in _PROVIDERS and file_id else None
+
+
+def _check_size(size: int, limit: int) -> None:
+    if size > limit:
+        raise files.FileTooLarge("larger than %d KiB" % (limit // 1024))
