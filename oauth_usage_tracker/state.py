@@ -51,8 +51,8 @@ from .state_file import (
     name_to_key,
     pack_span,
     parse_member,
-    read_packed,
 )
+from .state_file import VERSION as VERSION  # state.VERSION, as it was before the split
 from .stored import AccountState, Stored, StoredEntry, entry_from_json, entry_to_json
 
 if TYPE_CHECKING:  # made once an answer arrives (usage.py): looked up through models when made
@@ -221,7 +221,11 @@ class StateStore:
                 parsed[key] = entry
 
         def held() -> Iterator[bytes]:
-            return (read_packed(handle.fileno(), span) for span in spans.values())
+            # Every line again, from the start: `spans` keeps one line per name, and an earlier
+            # line of a name that comes twice must be checked too.
+            handle.seek(0)
+            return (member for _, member, _ in iter_members(handle, MAX_STATE_BYTES,
+                                                             lambda name: True))
         if not self._visit_open(handle, visit, held=held):
             handle.close()
             return StoredEntries()

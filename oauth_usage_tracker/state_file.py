@@ -275,7 +275,7 @@ def member_bytes(name: str, raw: Any) -> bytes:
 
 
 def layout_lines(names: AbstractSet[str], member_of: Callable[[str], bytes],
-            kept: Dict[str, bytes], digest: Any) -> Iterator[bytes]:
+                 kept: Dict[str, bytes], digest: Any) -> Iterator[bytes]:
     """Yield the state file in pieces: the new entries (`names`, each one's line given by
     member_of) and the kept members, by name; each member line is also fed to `digest` (a
     hashlib object: the file's seal)."""
@@ -289,8 +289,8 @@ def layout_lines(names: AbstractSet[str], member_of: Callable[[str], bytes],
     yield _TAIL
 
 
-def iter_members(handle: BinaryIO, limit: int, wanted: Callable[[str], bool], digest: Any = None
-             ) -> Iterator[Tuple[str, bytes, Optional[int]]]:
+def iter_members(handle: BinaryIO, limit: int, wanted: Callable[[str], bool],
+                 digest: Any = None) -> Iterator[Tuple[str, bytes, Optional[int]]]:
     """Given the state file open for reading, yield (name, member bytes, offset) for every
     stored account whose name is `wanted`, a line at a time in the layout `save` writes, without
     parsing the entries (only their names); `offset` is where the member starts in the file.

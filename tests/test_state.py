@@ -415,6 +415,27 @@ def test_open_entries_and_save_of_a_file_with_a_corrupt_line_ignore_it_whole(tmp
     assert list(store.load()) == [("codex", "codex-c.json")]
 
 
+@pytest.mark.parametrize("sealed", [True, False])
+def test_a_corrupt_line_of_a_name_that_comes_twice_makes_the_whole_file_ignored(tmp_path, caplog,
+                                                                               sealed):
+    # An edit in place puts a broken line before a good one of the same name: the reader keeps
+    # one line per name, yet the broken one is checked too, with the seal kept or not.
+    store = module.StateStore(str(tmp_path / "state"))
+    saved(store, "codex-a.json", "codex-b.json")
+    path = tmp_path / "state" / "state.json"
+    seal_of(path)
+    if not sealed:
+        os.removexattr(path, module.SEAL_ATTRIBUTE)
+    lines = path.read_bytes().splitlines()
+    lines.insert(1, b'"codex/codex-a.json":{"fetched_at": BROKEN},')
+    with open(path, "r+b") as handle:
+        handle.write(b"\n".join(lines) + b"\n")
+        handle.truncate()
+    with caplog.at_level(logging.WARNING):
+        assert popped(store.open_entries(), "codex-a.json", "codex-b.json") == [None, None]
+    assert "corrupt state file" in caplog.text
+
+
 def test_open_entries_of_a_sealed_file_edited_in_place_into_valid_lines_read_them(tmp_path,
                                                                                   monkeypatch):
     # The seal no longer matches: every line is parsed to check it, and the edit counts.
