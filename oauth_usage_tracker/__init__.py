@@ -5,7 +5,7 @@ Importing the package does no I/O and configures no logging.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, List
 
 from .config import Settings
 from .errors import (
@@ -45,6 +45,11 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     raise AttributeError("module %r has no attribute %r" % (__name__, name))
+
+
+def __dir__() -> List[str]:
+    """The package's names, the lazily loaded ones among them."""
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [

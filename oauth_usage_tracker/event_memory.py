@@ -95,6 +95,5 @@ def memory_from_json(raw: Any) -> Memory:
     return dict(pair for pair in pairs if pair is not None)
 
 
-
 def _stamp(moment: Optional[datetime]) -> Optional[str]:
     return format_timestamp(moment) if moment is not None else None

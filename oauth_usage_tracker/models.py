@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import enum
+import os
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 if TYPE_CHECKING:
     from .remote import RemoteAccount
@@ -101,6 +102,24 @@ def __getattr__(name: str) -> Any:
     return globals()[name]
 
 
+def __dir__() -> List[str]:
+    """The module's names, the deferred classes among them."""
+    return sorted(set(globals()) | set(_DEFERRED))
+
+
+def _make_deferred_before_fork() -> None:
+    """Before the process forks, finish making the deferred classes: a child forked while
+    another thread was importing their module would wait forever for that import's lock. Costs
+    nothing once they are made."""
+    import importlib
+    for module_name in sorted(set(_DEFERRED.values())):
+        importlib.import_module("." + module_name, __package__)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_make_deferred_before_fork)
+
+
 @dataclass(frozen=True, **SLOTS)
 class AuthAccount:
     """One credential file of a Claude or Codex account. Tokens are read when needed, never held."""
@@ -166,3 +185,8 @@ class Discovery:
         return Discovery(codex=self.codex + other.codex, claude=self.claude + other.claude,
                          skipped=self.skipped + other.skipped,
                          auth_dir=self.auth_dir or other.auth_dir)
+
+
+#: What `from oauth_usage_tracker.models import *` gives: every public name, as before the
+#: answer's classes were deferred, those included (the import makes them).
+__all__ = sorted({name for name in globals() if not name.startswith("_")} | set(_DEFERRED))

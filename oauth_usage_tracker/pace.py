@@ -140,10 +140,14 @@ def __getattr__(name: str) -> Any:
     raise AttributeError("module %r has no attribute %r" % (__name__, name))
 
 
+def __dir__() -> List[str]:
+    """The module's names, Reading among them."""
+    return sorted(set(globals()) | {"Reading"})
+
+
 def moment(seconds: float) -> datetime:
     """Given unix seconds as a history keeps them, return the aware UTC datetime they stand for."""
     return datetime.fromtimestamp(seconds, tz=timezone.utc)
-
 
 
 def elapsed_share(window: UsageWindow, at: datetime) -> Optional[float]:

@@ -14,7 +14,7 @@ from . import models
 from .models import ACCOUNT_WIDE_KEYS, LOCAL_SOURCE, SLOTS, AccountState, Provider
 
 if TYPE_CHECKING:
-    from .usage import AccountDetails, Credits, ExtraUsage, UsageWindow
+    from .usage import AccountDetails, UsageWindow
 
 
 @dataclass(frozen=True, **SLOTS)
@@ -26,7 +26,9 @@ class AccountUsage:
     provider: Provider
     email: Optional[str] = None
     is_loading: bool = False
-    windows: Tuple[UsageWindow, ...] = ()
+    # The answer's classes are named through models (made there on first use), so that
+    # typing.get_type_hints(AccountUsage) finds them and this module does not import usage.py.
+    windows: Tuple[models.UsageWindow, ...] = ()
     error: Optional[str] = None
     """A sentence for people when the fetch failed, else None."""
     updated_at: Optional[datetime] = None
@@ -40,9 +42,9 @@ class AccountUsage:
     """True when `error` says the login itself is broken: the user must act."""
     plan: Optional[str] = None
     """The subscription plan the server reports (Codex `plan_type`)."""
-    credits: Optional[Credits] = None
+    credits: Optional[models.Credits] = None
     """Codex credits, when the server reports them."""
-    extra_usage: Optional[ExtraUsage] = None
+    extra_usage: Optional[models.ExtraUsage] = None
     """Claude extra usage, when enabled."""
     state: Optional[AccountState] = None
     """The account's state in this run (None while loading)."""

@@ -320,7 +320,6 @@ def _read_object(path: str, dir_fd: Optional[int] = None) -> Dict[str, Any]:
     return parsed
 
 
-
 def next_state(previous: Optional[Stored], now: datetime,
                windows: Optional[Iterable[UsageWindow]] = None,
                details: Optional[AccountDetails] = None, rate_limited: bool = False,

@@ -244,7 +244,6 @@ def _write_at(fd: int, data: bytes, offset: int) -> None:
         view, offset = view[written:], offset + written
 
 
-
 # The layout `save` writes: still one JSON object, {"accounts": {name: entry, ...}, "version": 1}
 # with sorted keys, but one account per line, so that it is read and written line by line.
 _HEAD = b'{"accounts":{\n'

@@ -41,13 +41,13 @@ if TYPE_CHECKING:  # made once an answer arrives (usage.py): looked up through m
 class AccountState:
     """What is remembered about one account."""
 
-    windows: Tuple[UsageWindow, ...] = ()
+    windows: Tuple[models.UsageWindow, ...] = ()
     fetched_at: Optional[datetime] = None
     """When `windows` were fetched (None: never)."""
     cooldown_until: Optional[datetime] = None
     cooldown_seconds: Optional[float] = None
     """The length of the running (or last) 429 cooldown, for doubling."""
-    details: AccountDetails = field(default_factory=lambda: models.AccountDetails())
+    details: models.AccountDetails = field(default_factory=lambda: models.AccountDetails())
     """Account details from the last good fetch (plan, credits…)."""
     readings: Dict[str, WindowHistory] = field(default_factory=dict)
     """Earlier readings of each window's current period, by window key, for the pace."""

@@ -1,5 +1,8 @@
 """The data model (SPEC §2): providers, windows, results, accounts. No I/O here."""
 import dataclasses
+import os
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -242,3 +245,85 @@ def test_effective_remaining_percent_ignores_rolled_over_stale_windows():
     assert both.effective_remaining_percent == 60.0
     alone = AccountUsage(id="a.json", provider=Provider.CLAUDE, windows=(five,), stale=True)
     assert alone.effective_remaining_percent is None
+
+
+def test_every_dataclass_field_type_resolves_with_get_type_hints():
+    # Annotations are strings in every module (PEP 563); tools that read a result's fields
+    # (cattrs, dacite, pydantic) resolve them with typing.get_type_hints, which must find every
+    # name, the answer's classes made on first use included.
+    import dataclasses
+    import importlib
+    import pkgutil
+    import typing
+
+    import oauth_usage_tracker
+
+    checked = []
+    for info in pkgutil.walk_packages(oauth_usage_tracker.__path__, "oauth_usage_tracker."):
+        module = importlib.import_module(info.name)
+        for value in list(vars(module).values()):
+            if isinstance(value, type) and dataclasses.is_dataclass(value) \
+                    and value.__module__ == module.__name__:
+                localns = {}
+                if value.__name__ == "AuthAccount":  # its proxy record lives with the proxy client
+                    from oauth_usage_tracker.remote import RemoteAccount
+                    localns = {"RemoteAccount": RemoteAccount}
+                hints = typing.get_type_hints(value, localns=localns)
+                assert set(hints) >= {field.name for field in dataclasses.fields(value)}
+                checked.append(value.__name__)
+    assert {"AccountUsage", "UsageWindow", "AccountDetails", "Settings", "AccountState"} \
+        <= set(checked)
+
+
+FORK_WHILE_MAKING = r'''
+import importlib.abc, importlib.machinery, os, signal, sys, threading, time
+class Slow(importlib.abc.MetaPathFinder):
+    """Makes usage.py's import take half a second, so that a fork lands inside it."""
+    def find_spec(self, name, path, target=None):
+        if name != "oauth_usage_tracker.usage":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        real = spec.loader.exec_module
+        def exec_module(module):
+            time.sleep(0.5)
+            real(module)
+        spec.loader.exec_module = exec_module
+        return spec
+sys.meta_path.insert(0, Slow())
+from oauth_usage_tracker import models
+assert "oauth_usage_tracker.usage" not in sys.modules
+threading.Thread(target=lambda: models.UsageWindow("k", "t")).start()
+time.sleep(0.1)
+pid = os.fork()
+if pid == 0:
+    signal.alarm(5)
+    models.UsageWindow("k", "t")
+    models.AccountUsage("a.json", models.Provider.CLAUDE)
+    os._exit(0)
+print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+'''
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_process_forked_while_a_thread_makes_the_answers_classes_can_make_them():
+    # The first worker to get an answer imports usage.py; a library that forks meanwhile (a
+    # pre-fork server, multiprocessing) must not leave its child waiting on that import's lock.
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", FORK_WHILE_MAKING],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0"]  # the child made both; -14 would be its alarm
+
+
+def test_the_deferred_classes_are_listed_and_star_imported():
+    code = ("import oauth_usage_tracker as package, sys\n"
+            "from oauth_usage_tracker import models, pace\n"
+            "assert 'oauth_usage_tracker.usage' not in sys.modules\n"
+            "assert {'UsageWindow', 'AccountUsage', 'Pace'} <= set(dir(models))\n"
+            "assert 'Reading' in dir(pace) and 'AccountUsage' in dir(package)\n"
+            "names = {}\n"
+            "exec('from oauth_usage_tracker.models import *', names)\n"
+            "assert names['UsageWindow'] is models.UsageWindow\n"
+            "assert names['AccountUsage'] is package.AccountUsage\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr

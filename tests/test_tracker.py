@@ -429,7 +429,6 @@ def test_refresh_every_result_and_left_out_account_carries_a_state(tmp_path):
     assert fetcher.calls.count(limited.id) == 1
 
 
-
 def test_refresh_nobody_listens_to_makes_placeholders_only_for_a_reader(monkeypatch):
     fetcher = GatedFetcher()
     accounts = [account("x@example.com"), account("y@example.com", Provider.CLAUDE)]
@@ -511,7 +510,6 @@ def test_close_waits_for_running_fetch_and_supersedes_its_refresh():
     assert fetcher.calls == [running.id]
     assert tracker_threads() == []
     assert all(u.is_loading for u in tracker.accounts)  # nothing of the closed run published
-
 
 
 def test_close_racing_a_starting_refresh_leaves_no_threads():
