@@ -164,9 +164,13 @@ def _absolute(date: datetime) -> str:
 
 def make_window(key: str, title: str, used_percent: Optional[float],
                 reset_date: Optional[datetime], now: datetime,
-                length_seconds: Optional[float] = None) -> Optional[UsageWindow]:
+                length_seconds: Optional[float] = None, *, severity: Optional[str] = None,
+                is_active: Optional[bool] = None,
+                locked_reason: Optional[str] = None) -> Optional[UsageWindow]:
     """Given a window's parts, return the UsageWindow (percentage clamped, reset text made), or
-    None when it has neither a usable percentage nor a reset moment."""
+    None when it has neither a usable percentage nor a reset moment. The flags a provider reads
+    beside the reading (a limit's severity and activity, a lock's reason) are given here, so the
+    window is made once, not made and then copied by `dataclasses.replace`."""
     used = clamp_percent(used_percent)
     if used is None and reset_date is None:
         return None
@@ -177,7 +181,8 @@ def make_window(key: str, title: str, used_percent: Optional[float],
     # from each answer), and a pool of thousands keeps them all.
     return models.UsageWindow(key=sys.intern(key), title=sys.intern(title), used_percent=used,
                               reset_date=reset_date, reset_text=text,
-                              length_seconds=shared_length(length_seconds))
+                              length_seconds=shared_length(length_seconds), severity=severity,
+                              is_active=is_active, locked_reason=locked_reason)
 
 
 #: The reset moment the last window was made with, the `now` it was made at, and its text. The

@@ -27,6 +27,9 @@ def usage_from_answer(account: AuthAccount, response: "http.HttpResponse", what:
     windows = parse_usage(payload, now)
     if not windows:
         raise ProviderError(NO_WINDOWS)
-    return parse_details(payload).apply(models.AccountUsage(
+    details = parse_details(payload)
+    # Made once with its details (what `details.apply(...)` would give, without the copy).
+    return models.AccountUsage(
         id=account.id, provider=account.provider, email=account.email, windows=tuple(windows),
-        updated_at=now))
+        updated_at=now, plan=details.plan, credits=details.credits,
+        extra_usage=details.extra_usage)

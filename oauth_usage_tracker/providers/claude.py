@@ -57,12 +57,11 @@ def parse_bucket(key: str, title: str, raw: Any, now: datetime) -> Optional[Usag
     used = number_value(raw.get("utilization"))
     if used is None:
         return None
-    window = make_window(key, title, used, parse_timestamp(raw.get("resets_at")), now,
-                         title_length(title))
     locked = raw.get("locked_reason")
-    if window is not None and isinstance(locked, str) and locked.strip():
-        window = replace(window, locked_reason=locked.strip())
-    return window
+    return make_window(key, title, used, parse_timestamp(raw.get("resets_at")), now,
+                       title_length(title),
+                       locked_reason=locked.strip() if isinstance(locked, str) and locked.strip()
+                       else None)
 
 
 def codename_title(key: str) -> str:
@@ -82,16 +81,21 @@ def _words(key: str) -> str:
 def _limit_window(entry: Dict[str, Any], key: str, title: str,
                   now: datetime) -> Optional[UsageWindow]:
     """One `limits[]` entry as a window; `percent` is already a percentage."""
-    window = make_window(key, title, number_value(entry.get("percent")),
-                         parse_timestamp(entry.get("resets_at")), now, title_length(title))
-    return window and _with_limit_flags(window, entry)
+    return make_window(key, title, number_value(entry.get("percent")),
+                       parse_timestamp(entry.get("resets_at")), now, title_length(title),
+                       **_limit_flags(entry))
+
+
+def _limit_flags(entry: Dict[str, Any]) -> Dict[str, Any]:
+    """A `limits[]` entry's severity and activity, as UsageWindow's fields (None: not said)."""
+    severity = entry.get("severity")
+    active = entry.get("is_active")
+    return {"severity": severity if isinstance(severity, str) else None,
+            "is_active": active if isinstance(active, bool) else None}
 
 
 def _with_limit_flags(window: UsageWindow, entry: Dict[str, Any]) -> UsageWindow:
-    severity = entry.get("severity")
-    active = entry.get("is_active")
-    return replace(window, severity=severity if isinstance(severity, str) else None,
-                   is_active=active if isinstance(active, bool) else None)
+    return replace(window, **_limit_flags(entry))
 
 
 def _scoped_name(entry: Dict[str, Any]) -> Optional[str]:
@@ -299,4 +303,5 @@ def fetch_usage(account: AuthAccount, session: requests.Session,
     except UsageTrackerError as error:
         error.token_refreshed = rotated
         raise
-    return replace(usage, token_refreshed=rotated)
+    # usage_from_response made it with token_refreshed False: copied only when that changes.
+    return replace(usage, token_refreshed=True) if rotated else usage

@@ -3,7 +3,6 @@ CLIProxyAPI refreshes them days ahead."""
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set
 
@@ -35,9 +34,11 @@ _WINDOWS = (("primary_window", "5-hour"), ("secondary_window", "Weekly"))
 _HEADER_SAFE = re.compile(r"[\x20-\x7e]+")
 
 
-def parse_window(key: str, fallback_title: str, raw: Any, now: datetime) -> Optional[UsageWindow]:
+def parse_window(key: str, fallback_title: str, raw: Any, now: datetime,
+                 title_prefix: str = "") -> Optional[UsageWindow]:
     """Given one `*_window` object of a rate limit, return its UsageWindow, or None when it is
-    null or tells nothing. `used_percent` is already a percentage."""
+    null or tells nothing. `used_percent` is already a percentage. Its title is `title_prefix`
+    and the title its length gives (the length is still told from the latter)."""
     if not isinstance(raw, dict):
         return None
     seconds = number_value(raw.get("limit_window_seconds"))
@@ -49,7 +50,8 @@ def parse_window(key: str, fallback_title: str, raw: Any, now: datetime) -> Opti
         after = number_value(raw.get("reset_after_seconds"))
         if after is not None and 0 <= after < 10 ** 9:
             reset = now + timedelta(seconds=after)
-    return make_window(key, title, number_value(raw.get("used_percent")), reset, now, length)
+    return make_window(key, title_prefix + title, number_value(raw.get("used_percent")), reset,
+                       now, length)
 
 
 def _rate_limit_windows(rate_limit: Any, now: datetime, key_prefix: str = "",
@@ -58,9 +60,9 @@ def _rate_limit_windows(rate_limit: Any, now: datetime, key_prefix: str = "",
         return []
     windows = []
     for key, title in _WINDOWS:
-        window = parse_window(key_prefix + key, title, rate_limit.get(key), now)
+        window = parse_window(key_prefix + key, title, rate_limit.get(key), now, title_prefix)
         if window is not None:
-            windows.append(replace(window, title=title_prefix + window.title))
+            windows.append(window)
     return windows
 
 
