@@ -24,6 +24,14 @@ _MILLISECONDS_ABOVE = 10 ** 10
 # rather than the general pattern below (the same datetime, or None where datetime() refuses
 # the fields). Hours up to 23 only: newer Pythons' fromisoformat take 24:00 as the next midnight.
 _CANONICAL_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-9]{2}:[0-9]{2}Z")
+# RFC 3339 with a fraction of 3 or 6 digits and `Z` or an offset, as the usage endpoints write
+# their reset moments: also read by the C parser (a `Z` given as `+00:00`, which every
+# supported Python's fromisoformat takes), the same moment the general pattern below gives.
+# Offsets whose fields datetime would refuse, other fraction lengths, spaces and the rest still
+# go through the general pattern.
+_OFFSET_ISO_RE = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-9]{2}:[0-9]{2}"
+    r"(?:\.[0-9]{3}(?:[0-9]{3})?)?(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])")
 _ISO_RE = re.compile(
     r"^\s*(\d{4})-(\d{2})-(\d{2})"
     r"(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?)?"
@@ -66,6 +74,13 @@ def parse_timestamp(value: Any) -> Optional[datetime]:
             try:
                 return datetime.fromisoformat(value[:19] + "+00:00")
             except ValueError:
+                return None
+        if _OFFSET_ISO_RE.fullmatch(value):
+            try:
+                return datetime.fromisoformat(
+                    value[:-1] + "+00:00" if value[-1] == "Z" else value
+                ).astimezone(timezone.utc)
+            except (ValueError, OverflowError):
                 return None
         match = _ISO_RE.match(value)
         if match:

@@ -1,8 +1,10 @@
 """The success path makes each window and each result once (issue 19): a window is made with
 its flags (a limit's severity and activity, a lock's reason, a Codex limit's title prefix), and
 the result with its details, instead of being made and then copied by `dataclasses.replace`.
-These properties check the new code against the code it replaced, kept here as written, on
-arbitrary answers shaped like the providers' and on every recorded payload."""
+Claude's parse_usage also keeps its known keys and title order as constants rather than making
+them on every answer. These properties check the new code against the code it replaced, kept
+here as written, on arbitrary answers shaped like the providers' and on every recorded
+payload."""
 import json
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -82,10 +84,48 @@ def same(new, old):
 
 
 def old_claude_windows(payload, now):
-    with mock.patch.object(claude, "parse_bucket", old_parse_bucket), \
-            mock.patch.object(claude, "_limit_window", old_limit_window), \
-            mock.patch.object(claude, "_with_limit_flags", old_with_limit_flags):
-        return claude.parse_usage(payload, now)
+    if not isinstance(payload, dict):
+        return []
+    windows = {}
+    for key, title in claude.BUCKETS:
+        window = old_parse_bucket(key, title, payload.get(key), now)
+        if window is not None:
+            windows[title] = window
+    limits = payload.get("limits")
+    for entry in limits if isinstance(limits, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        kind = entry.get("kind")
+        name = claude._scoped_name(entry) if kind == "weekly_scoped" else None
+        if kind == "session":
+            key, title = "five_hour", "5-hour"
+        elif kind == "weekly_all":
+            key, title = "seven_day", "Weekly"
+        elif name:
+            key, title = "weekly_scoped:" + parsing.slug(name), "Weekly (%s)" % name
+        else:
+            continue
+        if title in windows:
+            windows[title] = old_with_limit_flags(windows[title], entry)
+        else:
+            window = old_limit_window(entry, key, title, now)
+            if window is not None:
+                windows[title] = window
+    known = {key for key, _ in claude.BUCKETS} | claude._NOT_BUCKETS
+    for key, raw in payload.items():
+        if isinstance(key, str) and key not in known:
+            window = old_parse_bucket(key, claude.codename_title(key), raw, now)
+            if window is not None and window.title not in windows:
+                windows[window.title] = window
+    extra = payload.get("extra_usage")
+    if isinstance(extra, dict) and extra.get("is_enabled") is True:
+        window = parsing.make_window("extra_usage", "Extra usage",
+                                     parsing.number_value(extra.get("utilization")), None, now)
+        if window is not None:
+            windows[window.title] = window
+    order = [title for _, title in claude.BUCKETS]
+    return parsing.unique_keys(sorted(windows.values(), key=lambda w: (
+        order.index(w.title) if w.title in order else len(order))))
 
 
 def old_codex_windows(payload, now):
@@ -111,6 +151,7 @@ claude_limit = st.one_of(scalars, st.fixed_dictionaries({}, optional={
 claude_payloads = st.fixed_dictionaries({}, optional={
     **{key: claude_bucket for key, _ in claude.BUCKETS},
     "nimbus_quill": claude_bucket, "seven_day_tangelo": claude_bucket,
+    "five_hour_nimbus": claude_bucket, "": claude_bucket,
     "limits": st.one_of(scalars, st.lists(claude_limit, max_size=5)),
     "extra_usage": st.one_of(scalars, st.fixed_dictionaries({}, optional={
         "is_enabled": st.booleans(), "utilization": scalars, "monthly_limit": scalars,

@@ -535,3 +535,29 @@ def test_make_window_windows_with_one_reset_moment_share_it_and_its_text():
     zoned = week.astimezone(timezone(timedelta(hours=2)))
     shifted = module.make_window("seven_day", "Weekly", 10.0, zoned, later)
     assert shifted.reset_date is zoned and shifted.reset_date.tzinfo is zoned.tzinfo
+
+
+@settings(max_examples=1500, deadline=None, database=None)
+@given(fields=st.tuples(*(st.integers(min_value=0, max_value=bound)
+                          for bound in (9999, 19, 39, 29, 69, 69))),
+       fraction=st.sampled_from(["", ".0", ".000", ".123", ".5000", ".999999", ".1234567",
+                                 ".221094", ",123"]),
+       zone=st.one_of(st.sampled_from(["Z", "z", "+00:00", "-00:00", "+23:59", "-23:59",
+                                       "+24:00", "+05:75", "+0530", "+05", "UTC", "", " Z",
+                                       "Z\n"]),
+                      st.tuples(st.sampled_from("+-"), st.integers(0, 29),
+                                st.integers(0, 69)).map(lambda z: "%s%02d:%02d" % z)))
+def test_parse_timestamp_offset_form_equals_the_general_pattern(fields, fraction, zone):
+    text = "%04d-%02d-%02dT%02d:%02d:%02d" % fields + fraction + zone
+    match = module._ISO_RE.match(text)
+    general = module._from_iso_match(match) if match else None
+    parsed = module.parse_timestamp(text)
+    assert parsed == general
+    assert repr(parsed) == repr(general)  # the same zone object (UTC) too
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(text=st.from_regex(module._OFFSET_ISO_RE, fullmatch=True))
+def test_parse_timestamp_any_offset_form_text_equals_the_general_pattern(text):
+    general = module._from_iso_match(module._ISO_RE.match(text))
+    assert repr(module.parse_timestamp(text)) == repr(general)

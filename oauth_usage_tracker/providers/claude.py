@@ -47,6 +47,9 @@ BUCKETS: Tuple[Tuple[str, str], ...] = (
 
 
 _NOT_BUCKETS = frozenset({"extra_usage"})
+#: The keys parse_usage does not read as codename buckets, and each known title's place.
+_KNOWN_KEYS = frozenset(key for key, _ in BUCKETS) | _NOT_BUCKETS
+_TITLE_ORDER = {title: place for place, (_, title) in enumerate(BUCKETS)}
 
 
 def parse_bucket(key: str, title: str, raw: Any, now: datetime) -> Optional[UsageWindow]:
@@ -143,9 +146,8 @@ def parse_usage(payload: Any, now: datetime) -> List[UsageWindow]:
             window = _limit_window(entry, key, title, now)
             if window is not None:
                 windows[title] = window
-    known = {key for key, _ in BUCKETS} | _NOT_BUCKETS
     for key, raw in payload.items():
-        if isinstance(key, str) and key not in known:
+        if isinstance(key, str) and key not in _KNOWN_KEYS:
             window = parse_bucket(key, codename_title(key), raw, now)
             if window is not None and window.title not in windows:
                 windows[window.title] = window
@@ -155,9 +157,8 @@ def parse_usage(payload: Any, now: datetime) -> List[UsageWindow]:
                              None, now)
         if window is not None:
             windows[window.title] = window
-    order = [title for _, title in BUCKETS]
-    return unique_keys(sorted(windows.values(), key=lambda w: (
-        order.index(w.title) if w.title in order else len(order))))
+    last = len(BUCKETS)
+    return unique_keys(sorted(windows.values(), key=lambda w: _TITLE_ORDER.get(w.title, last)))
 
 
 def parse_details(payload: Any) -> AccountDetails:
