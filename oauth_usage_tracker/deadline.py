@@ -27,9 +27,9 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator, List, Optional, Sequence, Set, Tuple, Union, cast
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union, cast
 
-from requests.adapters import HTTPAdapter
+from requests.adapters import DEFAULT_POOLBLOCK, HTTPAdapter
 from requests.models import PreparedRequest, Response
 from requests.structures import CaseInsensitiveDict
 from requests.utils import get_encoding_from_headers
@@ -41,6 +41,7 @@ from urllib3.exceptions import (
     NameResolutionError,
     NewConnectionError,
 )
+from urllib3.poolmanager import PoolManager
 from urllib3.util.connection import allowed_gai_family
 
 logger = logging.getLogger(__name__)
@@ -424,23 +425,73 @@ class _HTTPSConnection(_Watched, HTTPSConnection):
 
 class _HTTPPool(HTTPConnectionPool):
     ConnectionCls = _HTTPConnection
+    #: The key its manager holds it under (set by _KeyedPoolManager).
+    manager_key: Any = None
 
 
 class _HTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _HTTPSConnection
+    manager_key: Any = None
 
 
 _POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
 
 
+class _KeyedPoolManager(PoolManager):
+    """A PoolManager that tells each pool it gives the key it holds it under, so that a pool
+    remembered by WatchedAdapter can be looked up by that key again (see there)."""
+
+    def connection_from_pool_key(self, pool_key: Any, request_context: Dict[str, Any]) -> Any:
+        """Return the pool PoolManager gives for the key, the key set on it."""
+        pool: Any = super().connection_from_pool_key(pool_key, request_context)
+        pool.manager_key = pool_key
+        return pool
+
+
+#: How many direct (URL, verify, cert) lookups an adapter remembers before starting afresh.
+_MAX_DIRECT_POOLS = 64
+
+
 class WatchedAdapter(HTTPAdapter):
     """An HTTPAdapter whose connections (direct or through an HTTP proxy) report their sockets to
-    the current request's Deadline."""
+    the current request's Deadline, and which remembers the pool each direct URL is sent on."""
 
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        """Make the direct pools with the watched connection classes."""
-        super().init_poolmanager(*args, **kwargs)
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = DEFAULT_POOLBLOCK,
+                         **pool_kwargs: Any) -> None:
+        """Make the direct pools with the watched connection classes, in the PoolManager
+        HTTPAdapter makes, as a _KeyedPoolManager."""
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        self.poolmanager = _KeyedPoolManager(num_pools=connections, maxsize=maxsize, block=block,
+                                             **pool_kwargs)
         self.poolmanager.pool_classes_by_scheme = dict(_POOLS)
+        #: (URL, verify, cert) -> (the pool manager, the pool it gave): see
+        #: get_connection_with_tls_context.
+        self._direct: Dict[Tuple[Any, ...], Tuple[Any, Any]] = {}
+
+    def get_connection_with_tls_context(self, request: PreparedRequest, verify: Any,
+                                        proxies: Optional[Mapping[str, str]] = None,
+                                        cert: Any = None) -> Any:
+        """Return the pool HTTPAdapter's method returns for the request, remembering it for a
+        request sent without a proxy: every account's request goes to one of a few URLs, and
+        working the pool out again (the URL parsed twice, the proxy selected, urllib3's pool key
+        made from some thirty fields) cost more than the rest of preparing the request. A
+        remembered pool is given again only when the adapter's manager still holds it under its
+        key: looked up there as PoolManager looks it up (which also marks it the most recently
+        used, as before). One the manager let go (evicted, or dropped when the adapter closed)
+        is worked out again as before, and a request with a proxy always is."""
+        if proxies or not isinstance(request.url, str):
+            return super().get_connection_with_tls_context(request, verify, proxies, cert)
+        key = (request.url, verify, cert)
+        known = self._direct.get(key)
+        if known is not None and known[0] is self.poolmanager:
+            pool = known[1]
+            if known[0].pools.get(pool.manager_key) is pool:
+                return pool
+        pool = super().get_connection_with_tls_context(request, verify, proxies, cert)
+        if len(self._direct) >= _MAX_DIRECT_POOLS:
+            self._direct.clear()
+        self._direct[key] = (self.poolmanager, pool)
+        return pool
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
         """Return the manager for an HTTP proxy, its pools with the watched connection classes

@@ -472,3 +472,90 @@ def test_watched_adapter_builds_the_response_requests_builds_but_keeps_no_cookie
         assert ours.raw.read() == b"{}"
         assert len(ours.cookies) == 0
         assert len(theirs.cookies) == sum(name == "Set-Cookie" for name, _ in ANSWERS[index][2])
+
+
+# --- WatchedAdapter.get_connection_with_tls_context -----------------------------------------------
+
+def _theirs(adapter, request, verify=True, proxies=None, cert=None):
+    """The pool requests' own HTTPAdapter method gives for the same adapter and request."""
+    from requests.adapters import HTTPAdapter
+    return HTTPAdapter.get_connection_with_tls_context(adapter, request, verify, proxies, cert)
+
+
+def test_watched_adapter_gives_each_direct_url_the_pool_requests_gives():
+    from oauth_usage_tracker.deadline import WatchedAdapter
+
+    adapter = WatchedAdapter(pool_connections=4)
+    urls = ["http://127.0.0.1:1/usage", "http://127.0.0.1:1/other", "https://example.test/a",
+            "http://[::1]:2/x"]
+    for _ in range(3):
+        for url in urls:
+            request = requests.Request("GET", url).prepare()
+            for verify, cert in ((True, None), (False, None), ("/ca.pem", ("c.pem", "k.pem"))):
+                ours = adapter.get_connection_with_tls_context(request, verify, {}, cert)
+                assert ours is _theirs(adapter, request, verify, {}, cert)
+                assert ours.pool is not None
+    adapter.close()
+
+
+def test_watched_adapter_pool_closed_with_the_adapter_or_evicted_is_worked_out_again():
+    from oauth_usage_tracker.deadline import WatchedAdapter
+
+    adapter = WatchedAdapter(pool_connections=1)
+    first = requests.Request("GET", "http://127.0.0.1:1/usage").prepare()
+    second = requests.Request("GET", "http://127.0.0.1:2/usage").prepare()
+    kept = adapter.get_connection_with_tls_context(first, True)
+    assert adapter.get_connection_with_tls_context(first, True) is kept
+    adapter.get_connection_with_tls_context(second, True)  # the manager lets the first go
+    again = adapter.get_connection_with_tls_context(first, True)
+    assert again is not kept
+    assert again is _theirs(adapter, first)
+    adapter.close()  # the manager lets every pool go
+    fresh = adapter.get_connection_with_tls_context(first, True)
+    assert fresh is not again and fresh is _theirs(adapter, first)
+    adapter.close()
+
+
+def test_watched_adapter_keeps_the_managers_recently_used_order():
+    """A remembered pool is looked up in the manager as requests' path looks it up, so the one
+    the manager lets go for a new pool is the least recently used, as before."""
+    from oauth_usage_tracker.deadline import WatchedAdapter
+
+    adapter = WatchedAdapter(pool_connections=2)
+    one, two, three = (requests.Request("GET", "http://127.0.0.1:%d/usage" % port).prepare()
+                       for port in (1, 2, 3))
+    first = adapter.get_connection_with_tls_context(one, True)
+    adapter.get_connection_with_tls_context(two, True)
+    assert adapter.get_connection_with_tls_context(one, True) is first  # now the most recent
+    adapter.get_connection_with_tls_context(three, True)  # lets `two` go, not `one`
+    assert adapter.get_connection_with_tls_context(one, True) is first
+    assert len(adapter.poolmanager.pools) == 2
+    adapter.close()
+
+
+def test_watched_adapter_manager_is_the_one_http_adapter_makes():
+    from requests.adapters import HTTPAdapter
+
+    from oauth_usage_tracker.deadline import WatchedAdapter
+
+    ours = WatchedAdapter(pool_connections=3, pool_maxsize=7, pool_block=True)
+    theirs = HTTPAdapter(pool_connections=3, pool_maxsize=7, pool_block=True)
+    assert isinstance(ours.poolmanager, type(theirs.poolmanager))
+    assert ours.poolmanager.connection_pool_kw == theirs.poolmanager.connection_pool_kw
+    assert ours.poolmanager.pools._maxsize == theirs.poolmanager.pools._maxsize == 3
+    assert (ours._pool_connections, ours._pool_maxsize, ours._pool_block) == (3, 7, True)
+
+
+def test_watched_adapter_request_through_a_proxy_gets_the_proxy_managers_pool():
+    from oauth_usage_tracker.deadline import WatchedAdapter
+
+    adapter = WatchedAdapter()
+    request = requests.Request("GET", "http://api.example.test/usage").prepare()
+    direct = adapter.get_connection_with_tls_context(request, True, {})
+    proxies = {"http": "http://127.0.0.1:3128"}
+    proxied = adapter.get_connection_with_tls_context(request, True, proxies)
+    assert proxied is _theirs(adapter, request, True, proxies)
+    assert proxied is not direct
+    assert (proxied.host, proxied.port) == ("127.0.0.1", 3128)
+    assert adapter.get_connection_with_tls_context(request, True, {}) is direct
+    adapter.close()
