@@ -467,6 +467,8 @@ class WatchedAdapter(HTTPAdapter):
         #: (URL, verify, cert) -> (the pool manager, the pool it gave): see
         #: get_connection_with_tls_context.
         self._direct: Dict[Tuple[Any, ...], Tuple[Any, Any]] = {}
+        #: URL -> the URL to send, for a request sent without a proxy: see request_url.
+        self._paths: Dict[str, str] = {}
 
     def get_connection_with_tls_context(self, request: PreparedRequest, verify: Any,
                                         proxies: Optional[Mapping[str, str]] = None,
@@ -492,6 +494,21 @@ class WatchedAdapter(HTTPAdapter):
             self._direct.clear()
         self._direct[key] = (self.poolmanager, pool)
         return pool
+
+    def request_url(self, request: PreparedRequest, proxies: Optional[Mapping[str, str]]
+                    ) -> str:
+        """Return the URL HTTPAdapter's method gives (the path, or the whole URL for an HTTP
+        proxy), remembered for a request sent without a proxy: then it depends on the URL
+        alone, which it parsed twice for every request."""
+        if proxies or not isinstance(request.url, str):
+            return super().request_url(request, proxies)
+        url = self._paths.get(request.url)
+        if url is None:
+            url = super().request_url(request, proxies)
+            if len(self._paths) >= _MAX_DIRECT_POOLS:
+                self._paths.clear()
+            self._paths[request.url] = url
+        return url
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
         """Return the manager for an HTTP proxy, its pools with the watched connection classes

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, NamedTuple, Optional
 
 import requests
 from requests.adapters import BaseAdapter
-from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import DecodeError, ProtocolError, ReadTimeoutError
 
 from .config import endpoint_host, is_loopback_host
@@ -133,12 +132,7 @@ class _Session(requests.Session):
         request = requests.PreparedRequest()
         request.prepare_method(method)
         request.url = route.url
-        # merge_setting(headers, self.headers): the session's, then ours over them, None dropped.
-        merged: CaseInsensitiveDict[Optional[Union[str, bytes]]] = CaseInsensitiveDict(
-            self.headers)
-        merged.update(headers)
-        request.prepare_headers({name: value for name, value in merged.items()
-                                 if value is not None})
+        request.prepare_headers(merged_headers(self.headers, headers))
         request.prepare_body(data or {}, None)
         request.prepare_auth(auth, route.url)
         # The proxies as a copy: the route's own stay as they were worked out.
@@ -149,6 +143,19 @@ class _Session(requests.Session):
     def get_redirect_target(self, resp: requests.Response) -> None:
         """Never a target: see the class docstring."""
         return None
+
+
+def merged_headers(session_headers: Mapping[str, Any], headers: Mapping[str, Any]
+                   ) -> Dict[str, Any]:
+    """Given the session's headers and a request's, return what `merge_setting(headers,
+    session_headers)` gives, as a plain dict: the session's, then the request's over them
+    (matched without regard to case, named as the later one names it, in the place the first
+    one took), None dropped. Built on a dict keyed by the lower-case name, as
+    CaseInsensitiveDict keeps them, without its per-item method calls (every request merges)."""
+    merged = {name.lower(): (name, value) for name, value in session_headers.items()}
+    for name, value in headers.items():
+        merged[name.lower()] = (name, value)
+    return {name: value for name, value in merged.values() if value is not None}
 
 
 def make_session(pool_size: int) -> requests.Session:

@@ -559,3 +559,49 @@ def test_watched_adapter_request_through_a_proxy_gets_the_proxy_managers_pool():
     assert (proxied.host, proxied.port) == ("127.0.0.1", 3128)
     assert adapter.get_connection_with_tls_context(request, True, {}) is direct
     adapter.close()
+
+
+def test_watched_adapter_request_url_is_what_http_adapter_gives():
+    from requests.adapters import HTTPAdapter
+
+    from oauth_usage_tracker.deadline import WatchedAdapter
+
+    adapter = WatchedAdapter()
+    for url in ["http://127.0.0.1:1/usage", "https://API.Example.test:443/usage/../a b?x=1#f",
+                "http://u:p@example.test//double/slash?q=1", "https://example.test"]:
+        request = requests.Request("GET", url).prepare()
+        for proxies in ({}, None, {"http": "http://127.0.0.1:3128"},
+                        {"https": "socks5://127.0.0.1:1080"}, {"all": "http://p.test:8080"}):
+            for _ in range(2):  # the second time from what it remembered
+                assert adapter.request_url(request, proxies) == \
+                    HTTPAdapter.request_url(adapter, request, proxies)
+    adapter.close()
+
+
+# --- merged_headers against requests' merge_setting ----------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from requests.sessions import merge_setting  # noqa: E402
+from requests.structures import CaseInsensitiveDict  # noqa: E402
+
+_names = st.sampled_from(["Accept", "accept", "ACCEPT", "User-Agent", "user-agent",
+                          "Accept-Encoding", "Connection", "X-A", "x-a", "Authorization"])
+_values = st.one_of(st.none(), st.sampled_from(["*/*", "identity", "gzip", "", "a b"]))
+_headers = st.lists(st.tuples(_names, _values), max_size=6)
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(session=_headers, request=_headers)
+def test_merged_headers_is_what_merge_setting_gives(session, request):
+    """The merge open() made with CaseInsensitiveDict (and Session.request with merge_setting):
+    the same names, in the same order, with the same values."""
+    session_headers = CaseInsensitiveDict(dict(session))
+    request_headers = dict(request)
+    old = CaseInsensitiveDict(session_headers)
+    old.update(request_headers)
+    expected = [(name, value) for name, value in old.items() if value is not None]
+    merged = module.merged_headers(session_headers, request_headers)
+    assert list(merged.items()) == expected
+    assert list(merged.items()) == list(merge_setting(
+        request_headers, session_headers, dict_class=CaseInsensitiveDict).items())
