@@ -578,6 +578,24 @@ def test_watched_adapter_request_url_is_what_http_adapter_gives():
     adapter.close()
 
 
+def test_watched_adapter_remembers_a_bounded_number_of_urls():
+    """Past its bound the adapter starts afresh: what it gives stays requests' answer, and it
+    never holds more than the bound (a proxy's management URLs differ per proxy)."""
+    from requests.adapters import HTTPAdapter
+
+    from oauth_usage_tracker.deadline import _MAX_DIRECT_POOLS, WatchedAdapter
+
+    adapter = WatchedAdapter()
+    for number in range(_MAX_DIRECT_POOLS + 6):
+        request = requests.Request("GET", "http://127.0.0.1:1/usage/%d" % number).prepare()
+        assert adapter.get_connection_with_tls_context(request, True, {}) is \
+            _theirs(adapter, request, True, {})
+        assert adapter.request_url(request, {}) == HTTPAdapter.request_url(adapter, request, {})
+        assert len(adapter._direct) <= _MAX_DIRECT_POOLS
+        assert len(adapter._paths) <= _MAX_DIRECT_POOLS
+    adapter.close()
+
+
 # --- merged_headers against requests' merge_setting ----------------------------------------------
 
 from hypothesis import given, settings  # noqa: E402
