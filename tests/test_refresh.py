@@ -487,7 +487,6 @@ def test_serialize_like_keeps_style():
         (json.dumps(data, indent=4) + "\n").encode()
 
 
-
 def test_refresh_tokens_through_symlink_rewrites_the_target_and_keeps_the_link(tmp_path):
     from datetime import datetime, timezone
     from oauth_usage_tracker import credentials as store

@@ -80,7 +80,6 @@ def _words(key: str) -> str:
     return " ".join(word.capitalize() for word in re.split(r"[_\W]+", key) if word) or key
 
 
-
 def _limit_window(entry: Dict[str, Any], key: str, title: str,
                   now: datetime) -> Optional[UsageWindow]:
     """One `limits[]` entry as a window; `percent` is already a percentage."""

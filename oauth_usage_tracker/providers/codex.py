@@ -66,7 +66,6 @@ def _rate_limit_windows(rate_limit: Any, now: datetime, key_prefix: str = "",
     return windows
 
 
-
 def parse_usage(payload: Any, now: datetime) -> List[UsageWindow]:
     """Given a decoded wham/usage body and now, return its windows: `rate_limit.primary_window`
     and `secondary_window`, titled by their length, then each `additional_rate_limits[]` entry's
