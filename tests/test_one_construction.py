@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from oauth_usage_tracker import parsing
+from oauth_usage_tracker.errors import ProviderError
 from oauth_usage_tracker.models import AccountUsage, AuthAccount, Provider
 from oauth_usage_tracker.providers import answer, claude, codex
 from oauth_usage_tracker.response import HttpResponse
@@ -198,9 +199,13 @@ def test_usage_from_answer_recorded_payload_same_result_as_details_applied(name)
     body = (PAYLOADS / name).read_bytes()
     now = datetime(2026, 10, 1, 12, tzinfo=UTC)
     response = HttpResponse(200, {"Content-Type": "application/json"}, body)
-    if not module.parse_usage(json.loads(body), now):
-        pytest.skip("no windows: an error either way")
     moment = mock.Mock(now=mock.Mock(return_value=now))
+    if not module.parse_usage(json.loads(body), now):  # no windows: the same error as before
+        with mock.patch.object(answer, "datetime", moment), \
+                pytest.raises(ProviderError, match=answer.NO_WINDOWS):
+            answer.usage_from_answer(account_for(provider), response, "x", module.parse_usage,
+                                     module.parse_details)
+        return
     with mock.patch.object(answer, "datetime", moment):
         new = answer.usage_from_answer(account_for(provider), response, "x", module.parse_usage,
                                        module.parse_details)
