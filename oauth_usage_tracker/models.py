@@ -187,6 +187,8 @@ class Discovery:
                          auth_dir=self.auth_dir or other.auth_dir)
 
 
-#: What `from oauth_usage_tracker.models import *` gives: every public name, as before the
-#: answer's classes were deferred, those included (the import makes them).
-__all__ = sorted({name for name in globals() if not name.startswith("_")} | set(_DEFERRED))
+#: What `from oauth_usage_tracker.models import *` gives: every public name but the modules and
+#: the __future__ feature, the answer's classes included (the import makes them).
+__all__ = sorted({name for name, value in globals().items()
+                  if not name.startswith("_") and name != "annotations"
+                  and not isinstance(value, type(sys))} | set(_DEFERRED))
