@@ -25,7 +25,6 @@ from typing import (
     Callable,
     Dict,
     Iterable,
-    Iterator,
     Mapping,
     Optional,
     Tuple,
@@ -151,24 +150,25 @@ class StateStore:
     def _visit_open(self, handle: BinaryIO,
                     visit: Callable[[str, bytes, Optional[int]], None],
                     wanted: Callable[[str], bool] = lambda name: True,
-                    held: Optional[Callable[[], Iterable[bytes]]] = None) -> bool:
+                    check: bool = False) -> bool:
         """_each_member for the state file open as `handle`, offsets passed on.
 
-        With `held` (which gives the lines visited, as the caller holds them), every line
-        visited is also checked to be one JSON member, so that a corrupt line makes the whole
-        file corrupt (load() finds it by parsing each). A file whose seal (SEAL_ATTRIBUTE)
-        matches its lines is not parsed for that: the save that sealed it wrote it whole, of
-        lines it had made or checked. A file without a seal has each line parsed as it is read;
-        one whose seal does not match (edited in place) has the held lines parsed at the end."""
-        seal = files.read_attribute(handle.fileno(), SEAL_ATTRIBUTE) if held else None
+        With `check`, every line is also checked to be one JSON member, so that a corrupt line
+        makes the whole file corrupt (load() finds it by parsing each). A file whose seal
+        (SEAL_ATTRIBUTE) matches its lines is not parsed for that: the save that sealed it wrote
+        it whole, of lines it had made or checked. A file without a seal has each line parsed
+        as it is read; one whose seal does not match (edited in place) is read again from the
+        start, every line parsed (a name that comes twice included)."""
+        seal = files.read_attribute(handle.fileno(), SEAL_ATTRIBUTE) if check else None
         digest = hashlib.sha256() if seal is not None else None
         try:
             for name, member, offset in iter_members(handle, MAX_STATE_BYTES, wanted, digest):
-                if held is not None and digest is None and offset is not None:
+                if check and digest is None and offset is not None:
                     parse_member(member)
                 visit(name, member, offset)
-            if held is not None and digest is not None and digest.digest() != seal:
-                for member in held():
+            if digest is not None and digest.digest() != seal:
+                handle.seek(0)
+                for _, member, _ in iter_members(handle, MAX_STATE_BYTES, lambda name: True):
                     parse_member(member)
         except OSError as error:
             logger.warning("Ignoring the state file %s (%s); it will be rewritten", self.path,
@@ -219,14 +219,7 @@ class StateStore:
             key, entry = name_to_key(name), entry_from_json(parse_member(member))
             if key is not None and entry is not None:
                 parsed[key] = entry
-
-        def held() -> Iterator[bytes]:
-            # Every line again, from the start: `spans` keeps one line per name, and an earlier
-            # line of a name that comes twice must be checked too.
-            handle.seek(0)
-            return (member for _, member, _ in iter_members(handle, MAX_STATE_BYTES,
-                                                             lambda name: True))
-        if not self._visit_open(handle, visit, held=held):
+        if not self._visit_open(handle, visit, check=True):
             handle.close()
             return StoredEntries()
         if not spans:
