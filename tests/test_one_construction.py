@@ -191,6 +191,18 @@ def account_for(provider):
                        path="/nonexistent")
 
 
+def new_and_old(module, provider, response, now):
+    """usage_from_answer's result at `now`, and what the replaced code gave for the answer."""
+    moment = mock.Mock(now=mock.Mock(return_value=now))
+    with mock.patch.object(answer, "datetime", moment):
+        new = answer.usage_from_answer(account_for(provider), response, "x", module.parse_usage,
+                                       module.parse_details)
+    old = old_usage_from_answer(account_for(provider), response, "x",
+                                old_claude_windows if module is claude else old_codex_windows,
+                                module.parse_details, now)
+    return new, old
+
+
 @pytest.mark.parametrize("name", sorted(path.name for path in PAYLOADS.glob("c*.json")
                                         if "token" not in path.name))
 def test_usage_from_answer_recorded_payload_same_result_as_details_applied(name):
@@ -206,13 +218,7 @@ def test_usage_from_answer_recorded_payload_same_result_as_details_applied(name)
             answer.usage_from_answer(account_for(provider), response, "x", module.parse_usage,
                                      module.parse_details)
         return
-    with mock.patch.object(answer, "datetime", moment):
-        new = answer.usage_from_answer(account_for(provider), response, "x", module.parse_usage,
-                                       module.parse_details)
-    old = old_usage_from_answer(account_for(provider), response, "x",
-                                old_claude_windows if module is claude else old_codex_windows,
-                                module.parse_details, now)
-    same(new, old)
+    same(*new_and_old(module, provider, response, now))
 
 
 @PROPERTY
@@ -224,11 +230,4 @@ def test_usage_from_answer_any_answer_same_result_as_details_applied(payload, no
     if not module.parse_usage(payload, now):
         return
     response = HttpResponse(200, {}, json.dumps(payload).encode())
-    moment = mock.Mock(now=mock.Mock(return_value=now))
-    with mock.patch.object(answer, "datetime", moment):
-        new = answer.usage_from_answer(account_for(provider), response, "x", module.parse_usage,
-                                       module.parse_details)
-    old = old_usage_from_answer(account_for(provider), response, "x",
-                                old_claude_windows if module is claude else old_codex_windows,
-                                module.parse_details, now)
-    same(new, old)
+    same(*new_and_old(module, provider, response, now))

@@ -390,21 +390,30 @@ def test_open_entries_of_an_unsealed_file_parse_every_line_at_once(tmp_path, mon
     assert popped(entries, "codex-c.json") == [loaded[("codex", "codex-c.json")]]
 
 
-@pytest.mark.parametrize("sealed", [True, False])
-def test_open_entries_and_save_of_a_file_with_a_corrupt_line_ignore_it_whole(tmp_path, caplog,
-                                                                             sealed):
-    # In place, as an editor may write it: a seal the save set stays, and no longer matches.
+def edited_in_place(tmp_path, sealed, edit, *names):
+    """A store whose file a save wrote for `names`, then `edit`ed (a function of its lines) in
+    place, as an editor may write it: the seal the save set stays (removed unless `sealed`)."""
     store = module.StateStore(str(tmp_path / "state"))
-    saved(store, "codex-a.json", "codex-b.json", "codex-c.json")
+    saved(store, *names)
     path = tmp_path / "state" / "state.json"
     seal_of(path)
     if not sealed:
         os.removexattr(path, module.SEAL_ATTRIBUTE)
     lines = path.read_bytes().splitlines()
-    lines[2] = b'"codex/codex-b.json":{"windows":[{"key":}'
+    edit(lines)
     with open(path, "r+b") as handle:
         handle.write(b"\n".join(lines) + b"\n")
         handle.truncate()
+    return store
+
+
+@pytest.mark.parametrize("sealed", [True, False])
+def test_open_entries_and_save_of_a_file_with_a_corrupt_line_ignore_it_whole(tmp_path, caplog,
+                                                                             sealed):
+    # In place: a seal the save set stays, and no longer matches.
+    def edit(lines):
+        lines[2] = b'"codex/codex-b.json":{"windows":[{"key":}'
+    store = edited_in_place(tmp_path, sealed, edit, "codex-a.json", "codex-b.json", "codex-c.json")
     with caplog.at_level(logging.WARNING):
         assert popped(store.open_entries(), "codex-a.json", "codex-b.json") == [None, None]
     assert "corrupt state file" in caplog.text
@@ -420,17 +429,9 @@ def test_a_corrupt_line_of_a_name_that_comes_twice_makes_the_whole_file_ignored(
                                                                                sealed):
     # An edit in place puts a broken line before a good one of the same name: the reader keeps
     # one line per name, yet the broken one is checked too, with the seal kept or not.
-    store = module.StateStore(str(tmp_path / "state"))
-    saved(store, "codex-a.json", "codex-b.json")
-    path = tmp_path / "state" / "state.json"
-    seal_of(path)
-    if not sealed:
-        os.removexattr(path, module.SEAL_ATTRIBUTE)
-    lines = path.read_bytes().splitlines()
-    lines.insert(1, b'"codex/codex-a.json":{"fetched_at": BROKEN},')
-    with open(path, "r+b") as handle:
-        handle.write(b"\n".join(lines) + b"\n")
-        handle.truncate()
+    def edit(lines):
+        lines.insert(1, b'"codex/codex-a.json":{"fetched_at": BROKEN},')
+    store = edited_in_place(tmp_path, sealed, edit, "codex-a.json", "codex-b.json")
     with caplog.at_level(logging.WARNING):
         assert popped(store.open_entries(), "codex-a.json", "codex-b.json") == [None, None]
     assert "corrupt state file" in caplog.text
