@@ -20,16 +20,16 @@ if TYPE_CHECKING:  # made once an answer arrives (usage.py): looked up through m
 # Epoch numbers above this are milliseconds (10**10 s is the year 2286).
 _MILLISECONDS_ABOVE = 10 ** 10
 
-# What format_timestamp writes, and so most of what the state file holds: read by the C parser
-# rather than the general pattern below (the same datetime, or None where datetime() refuses
-# the fields). Hours up to 23 only: newer Pythons' fromisoformat take 24:00 as the next midnight.
-_CANONICAL_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-9]{2}:[0-9]{2}Z")
-# RFC 3339 with a fraction of 3 or 6 digits and `Z` or an offset, as the usage endpoints write
-# their reset moments: also read by the C parser (a `Z` given as `+00:00`, which every
-# supported Python's fromisoformat takes), the same moment the general pattern below gives.
-# Offsets whose fields datetime would refuse, other fraction lengths, spaces and the rest still
-# go through the general pattern.
-_OFFSET_ISO_RE = re.compile(
+# What format_timestamp writes (and so most of what the state file holds) and what the usage
+# endpoints write for their reset moments: RFC 3339 with `Z` or an offset, a fraction of 3 or 6
+# digits or none. Read by the C parser (a `Z` given as `+00:00`, which every supported Python's
+# fromisoformat takes) rather than the general pattern below: the same moment, or None where
+# datetime() refuses the fields. Hours up to 23 only: newer Pythons' fromisoformat take 24:00 as
+# the next midnight. Other fraction lengths, spaces and the rest go through the general pattern.
+_FAST_ISO_RE = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-9]{2}:[0-9]{2}"
+    r"(?:\.[0-9]{3}(?:[0-9]{3})?)?(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])")
+_ISO_RE = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-9]{2}:[0-9]{2}"
     r"(?:\.[0-9]{3}(?:[0-9]{3})?)?(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])")
 _ISO_RE = re.compile(
@@ -70,16 +70,11 @@ def parse_timestamp(value: Any) -> Optional[datetime]:
     or unix seconds / milliseconds (number or numeric string), return an aware UTC datetime.
     Anything unparseable or out of range gives None."""
     if isinstance(value, str):
-        if _CANONICAL_RE.fullmatch(value):
+        if _FAST_ISO_RE.fullmatch(value):
             try:
-                return datetime.fromisoformat(value[:19] + "+00:00")
-            except ValueError:
-                return None
-        if _OFFSET_ISO_RE.fullmatch(value):
-            try:
-                return datetime.fromisoformat(
-                    value[:-1] + "+00:00" if value[-1] == "Z" else value
-                ).astimezone(timezone.utc)
+                if value[-1] == "Z":
+                    return datetime.fromisoformat(value[:-1] + "+00:00")
+                return datetime.fromisoformat(value).astimezone(timezone.utc)
             except (ValueError, OverflowError):
                 return None
         match = _ISO_RE.match(value)
