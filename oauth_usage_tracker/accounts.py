@@ -127,8 +127,7 @@ def _read_account(name: str, auth: AuthDirectory) -> Union[AuthAccount, Skipped,
         return unreadable(name, "not a regular file")
     path = os.path.join(auth.path, name)
     try:
-        with auth.again() as handle:
-            data = read_json_once(path, auth=handle)
+        data = read_json_once(path, auth=auth)
     except UnparsedFile:
         raise
     except CredentialError as error:

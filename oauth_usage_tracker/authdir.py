@@ -63,6 +63,7 @@ _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _O_NOCTTY = getattr(os, "O_NOCTTY", 0)
+NOT_REGULAR = "The credential file is not a regular file"
 _OUTSIDE = ("The credential file is now a symlink that does not point to a regular file in the "
             "auth directory")
 #: What AuthDirectory.read asks for at a time once a file has grown past the size it had.
@@ -130,11 +131,11 @@ class AuthDirectory:
         target in a sub-directory, this object moves to that sub-directory, each component
         opened without following a symlink. Raise UnsafeFile for anything else: the name may
         have been swapped since discovery checked it."""
-        info = self._lstat(name)
+        info = self.lstat(name)
         if stat.S_ISREG(info.st_mode):
             return name
         if not stat.S_ISLNK(info.st_mode):
-            raise UnsafeFile("The credential file is not a regular file")
+            raise UnsafeFile(NOT_REGULAR)
         try:
             target = os.readlink(name, dir_fd=self.fd)
         except OSError:  # no longer a symlink: swapped between the lstat and now
@@ -155,7 +156,7 @@ class AuthDirectory:
         if fd != self.fd:
             os.close(self.fd)
             self.fd, self.path = fd, os.path.join(self.path, *parts[:-1])
-        if not stat.S_ISREG(self._lstat(parts[-1]).st_mode):
+        if not stat.S_ISREG(self.lstat(parts[-1]).st_mode):
             raise UnsafeFile(_OUTSIDE)
         return parts[-1]
 
@@ -175,7 +176,9 @@ class AuthDirectory:
             raise UnsafeFile(_OUTSIDE)
         return parts
 
-    def _lstat(self, name: str) -> os.stat_result:
+    def lstat(self, name: str) -> os.stat_result:
+        """Given a name, return its lstat (a symlink's own). Raise UnsafeFile when there is none
+        (the name may have been removed or swapped since discovery saw it)."""
         try:
             return os.stat(name, dir_fd=self.fd, follow_symlinks=False)
         except OSError as error:
@@ -187,19 +190,22 @@ class AuthDirectory:
         return open_regular_at(self.fd, name, flags, single_link)
 
     def read(self, fd: int, limit: int, size: int) -> bytes:
-        """Given an open file, a byte limit and the size its fstat gave, return up to `limit` + 1
-        of its bytes from the start. The first read asks for that size and one byte more, so
-        that a file that has not grown is read whole and its end seen in two small reads (a
-        buffer of the limit's size, 1 MiB for a credential file, was mapped and unmapped for
-        every file read); a file that grew meanwhile is read on, READ_CHUNK bytes at a time."""
+        """Given an open regular file, a byte limit and the size its fstat gave, return up to
+        `limit` + 1 of its bytes from the start. The first read asks for that size and one byte
+        more, so that a file that has not grown is read whole in one small read: a regular file
+        reads short only at its end, so a read that returns less than it asked for has seen the
+        end (a buffer of the limit's size, 1 MiB for a credential file, was mapped and unmapped
+        for every file read, and a second read looked for the end). A file that grew meanwhile
+        is read on, READ_CHUNK bytes at a time."""
         chunks, got = [], 0
         while got <= limit:
-            want = size + 1 - got if got <= size else READ_CHUNK
-            chunk = os.pread(fd, min(limit + 1 - got, want), got)
-            if not chunk:
+            want = min(limit + 1 - got, size + 1 - got if got <= size else READ_CHUNK)
+            chunk = os.pread(fd, want, got)
+            if chunk:
+                chunks.append(chunk)
+                got += len(chunk)
+            if len(chunk) < want:
                 break
-            chunks.append(chunk)
-            got += len(chunk)
         return b"".join(chunks)
 
     def lock(self, name: str, mode: int, owner: Tuple[int, int], timeout: float) -> int:

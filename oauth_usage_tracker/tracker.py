@@ -33,6 +33,7 @@ from . import http, models, outcome
 from .account_fetch import Fetcher, fetch_account
 from .accounts import select_accounts
 from .config import DEFAULT_TIMEOUT, DEFAULT_WORKERS, Settings
+from .credentials import directories_held
 from .errors import RefreshSuperseded
 from .lanes import Lanes, interleaved
 from .models import AuthAccount, Provider, Skipped
@@ -503,9 +504,12 @@ class OAuthUsageTracker:
         finishes the batch) on this pool thread. Counted here rather than by a done callback:
         a callback attached after its future had finished would run on the thread attaching
         it, and refresh(), which returns at once, would then publish and save (and wait for
-        the state file's lock) itself."""
+        the state file's lock) itself. The auth directories its credential reads open stay
+        open while it drains (credentials.directories_held), and are closed before the batch
+        may be finished."""
         try:
-            self._drain(batch)
+            with directories_held():
+                self._drain(batch)
         finally:
             self._drained(batch, None)
 

@@ -197,5 +197,25 @@ def test_a_credential_file_is_read_without_a_buffer_the_size_of_the_limit(tmp_pa
     monkeypatch.setattr(authdir.os, "pread", pread)
     data = module.read_capped(str(path), module.MAX_FILE_BYTES)
     assert json.loads(data) == claude_credentials()
-    # The file's size and one byte more, then one byte to see its end.
-    assert asked == [len(data) + 1, 1]
+    # The file's size and one byte more: the short read is its end, seen without a second read.
+    assert asked == [len(data) + 1]
+
+
+def test_a_short_read_ends_the_read_even_when_the_file_shrank_meanwhile(tmp_path, monkeypatch):
+    # Told a size larger than the file now has (cut by a writer since its fstat): one read, the
+    # bytes that are there.
+    (tmp_path / "x.json").write_bytes(b"{}")
+    asked = []
+    real_pread = os.pread
+
+    def pread(fd, length, offset):
+        asked.append((length, offset))
+        return real_pread(fd, length, offset)
+    monkeypatch.setattr(authdir.os, "pread", pread)
+    with authdir.AuthDirectory(str(tmp_path)) as auth:
+        fd, _ = auth.open_regular("x.json")
+        try:
+            assert auth.read(fd, 100, 50) == b"{}"
+        finally:
+            os.close(fd)
+    assert asked == [(51, 0)]
