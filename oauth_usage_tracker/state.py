@@ -37,6 +37,7 @@ from .authdir import LOCK_SUFFIX, locked_directory
 from .models import LOCAL_SOURCE, AuthAccount
 from .parsing import format_timestamp
 from .state_file import (
+    HELD_STATE_BYTES,
     MAX_STATE_BYTES,
     SEAL_ATTRIBUTE,
     STATE_FILE,
@@ -211,10 +212,15 @@ class StateStore:
             return StoredEntries()
         spans: Dict[str, int] = {}
         parsed: Dict[Key, AccountState] = {}
+        held: Dict[str, bytes] = {}
+        small = os.fstat(handle.fileno()).st_size <= HELD_STATE_BYTES
 
         def visit(name: str, member: bytes, offset: Optional[int]) -> None:
             if offset is not None:  # checked by _visit_open: a corrupt line, a corrupt file
-                spans[name] = pack_span(offset, len(member))
+                if small:
+                    held[name] = member
+                else:
+                    spans[name] = pack_span(offset, len(member))
                 return
             key, entry = name_to_key(name), entry_from_json(parse_member(member))
             if key is not None and entry is not None:
@@ -224,7 +230,7 @@ class StateStore:
             return StoredEntries()
         if not spans:
             handle.close()
-            return StoredEntries(parsed=parsed)
+            return StoredEntries(parsed=parsed, path=self.path, held=held)
         return StoredEntries(handle, spans, parsed, self.path)
 
     def save(self, changes: Union[Iterable[Tuple[Key, AccountState]], "Spool"]) -> None:

@@ -39,6 +39,11 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "state.json"
 VERSION = 1
 MAX_STATE_BYTES = 16 * 1024 * 1024
+#: A state file up to this size keeps its lines from the read at open (StoredEntries), instead of
+#: where each one is: they were in memory then anyway, and an account's turn then reads no file
+#: (a system call per account, in the worker, is a moment the interpreter lock can go to another
+#: thread). About 400 accounts; a larger file is read line by line as its accounts come.
+HELD_STATE_BYTES = 512 * 1024
 
 Key = Tuple[str, str]  # (provider value, credential file id)
 
@@ -79,10 +84,13 @@ class StoredEntries:
     Entries laid over with `update` (saved by nobody yet) win over the file's. Thread-safe."""
 
     def __init__(self, handle: Optional[BinaryIO] = None, spans: Optional[Dict[str, int]] = None,
-                 parsed: Optional[Dict[Key, AccountState]] = None, path: str = ""):
+                 parsed: Optional[Dict[Key, AccountState]] = None, path: str = "",
+                 held: Optional[Dict[str, bytes]] = None):
         self._handle = handle
         self._spans = spans or {}
         self._parsed = parsed or {}
+        #: Lines kept as they were read at open (a small file's: see HELD_STATE_BYTES), by name.
+        self._held = held or {}
         self._path = path
         self._lock = threading.Lock()
 
@@ -93,23 +101,28 @@ class StoredEntries:
 
     def pop(self, key: Key) -> Optional[Stored]:
         """Return the stored state of `key` (None: none, or its line no longer reads as its
-        entry) and forget it: each account asks once. A line is read and checked now (one JSON
-        member, of this account), and given as a StoredEntry: its parts are parsed as the
-        account's turn needs them."""
+        entry) and forget it: each account asks once. A line is read (unless it was kept from
+        the open) and checked now (one JSON member, of this account), and given as a
+        StoredEntry: its parts are parsed as the account's turn needs them."""
+        name = key_to_name(key)
         with self._lock:
             entry = self._parsed.pop(key, None)
-            span = self._spans.pop(key_to_name(key), None)
+            member = self._held.pop(name, None)
+            span = self._spans.pop(name, None)
             handle = self._handle
-        if entry is not None or span is None or handle is None:
+        if entry is not None:
             return entry
         try:
-            member = read_packed(handle.fileno(), span)
+            if member is None:
+                if span is None or handle is None:
+                    return None
+                member = read_packed(handle.fileno(), span)
             raw = parse_member(member)
-            if _member_name(member) != key_to_name(key):
+            if _member_name(member) != name:
                 raise ValueError("another account's line")
         except (OSError, ValueError, RecursionError):
             logger.warning("Ignoring the stored state of %s: the state file %s changed while it "
-                           "was read", key_to_name(key), self._path)
+                           "was read", name, self._path)
             return None
         return stored_entry(raw)
 
@@ -117,7 +130,7 @@ class StoredEntries:
         """Forget every entry and close the file (pop() returns None from now on)."""
         with self._lock:
             handle, self._handle = self._handle, None
-            self._spans, self._parsed = {}, {}
+            self._spans, self._parsed, self._held = {}, {}, {}
         if handle is not None:
             handle.close()
 

@@ -259,8 +259,9 @@ def test_open_entries_keeps_reading_the_file_it_checked_when_another_save_replac
     lambda data: data.replace(b'"codex/codex-a.json":{', b'"codex/codex-a.json":[', 1),  # no JSON
     lambda data: data.replace(b'"codex/codex-a.json"', b'"codex/codex-z.json"', 1),  # renamed
 ])
-def test_open_entries_of_a_file_edited_in_place_meanwhile_warn_and_give_no_entry(tmp_path,
-                                                                                caplog, edit):
+def test_open_entries_of_a_file_edited_in_place_meanwhile_warn_and_give_no_entry(
+        tmp_path, caplog, edit, monkeypatch):
+    monkeypatch.setattr(module, "HELD_STATE_BYTES", 0)  # read line by line, as a large file is
     store = module.StateStore(str(tmp_path / "state"))
     saved(store, "codex-a.json", "codex-b.json")
     entries = store.open_entries()
@@ -272,6 +273,39 @@ def test_open_entries_of_a_file_edited_in_place_meanwhile_warn_and_give_no_entry
     with caplog.at_level(logging.WARNING):
         assert popped(entries, "codex-a.json") == [None]
     assert "changed while it was read" in caplog.text and "codex/codex-a.json" in caplog.text
+
+
+@pytest.mark.parametrize("held_bytes", [0, 1024 * 1024])
+def test_open_entries_of_a_small_file_keep_its_lines_and_read_none_again(tmp_path, caplog,
+                                                                         monkeypatch, held_bytes):
+    # A file up to HELD_STATE_BYTES keeps the lines read at open: no read per account, and an
+    # edit in place afterwards changes nothing (the lines given are the ones checked). A larger
+    # one is read by offset, one pread per account, and sees the edit.
+    monkeypatch.setattr(module, "HELD_STATE_BYTES", held_bytes)
+    store = module.StateStore(str(tmp_path / "state"))
+    saved(store, "codex-a.json", "codex-b.json")
+    before = store.load()
+    reads = []
+    real_pread = os.pread
+
+    def pread(fd, length, offset):
+        reads.append(length)
+        return real_pread(fd, length, offset)
+    monkeypatch.setattr(state_file.os, "pread", pread)
+    entries = store.open_entries()
+    path = tmp_path / "state" / "state.json"
+    data = path.read_bytes()
+    with open(path, "r+b") as handle:  # in place: the same inode the entries read from
+        handle.write(data.replace(b'"codex/codex-a.json":{', b'"codex/codex-a.json":[', 1))
+    with caplog.at_level(logging.WARNING):
+        got = popped(entries, "codex-a.json", "codex-b.json", "codex-a.json")
+    assert got[2] is None  # each account asks once
+    if held_bytes:
+        assert got[:2] == [before[("codex", "codex-a.json")], before[("codex", "codex-b.json")]]
+        assert reads == [] and caplog.text == ""
+    else:
+        assert got[:2] == [None, before[("codex", "codex-b.json")]]
+        assert len(reads) == 2 and "changed while it was read" in caplog.text
 
 
 def test_open_entries_of_a_corrupt_line_ignore_the_whole_file_as_load_does(tmp_path, caplog):
