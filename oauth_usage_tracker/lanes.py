@@ -69,10 +69,13 @@ class Lanes:
         self._gates: Dict[str, Optional[Any]] = {}
         self._running: Dict[str, int] = {}
         for index, account in enumerate(accounts):
-            self._waiting.setdefault(account.source, deque()).append((index, account))
-            self._limits.setdefault(account.source, slots(account))
-            self._gates.setdefault(account.source, _gate(account))
-            self._running.setdefault(account.source, 0)
+            queue = self._waiting.get(account.source)
+            if queue is None:  # a source's first account: its limit and gate, once
+                queue = self._waiting[account.source] = deque()
+                self._limits[account.source] = slots(account)
+                self._gates[account.source] = _gate(account)
+                self._running[account.source] = 0
+            queue.append((index, account))
         self._sources = list(self._waiting)
         self._turn = 0
 
