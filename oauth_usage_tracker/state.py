@@ -240,7 +240,8 @@ class StateStore:
 
         The file is read and written one account at a time: only the entries this save does
         not replace are held (and parsed, to check them), as the bytes they were stored as; a
-        spool's lines are copied into the new file one at a time, never all held."""
+        spool's lines are copied into the new file one at a time (from its memory, or from its
+        file read in blocks), never all held."""
         if isinstance(changes, Spool):
             names = changes.names()
             if names:

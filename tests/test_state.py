@@ -1033,7 +1033,15 @@ def test_spool_holds_entries_in_memory_where_it_cannot_make_its_file(tmp_path, c
     assert caplog.records == []
 
 
+def spool_without_memory(monkeypatch):
+    """Spools made from now on write each line to their file as it comes, as they all did
+    before they held their lines in memory up to a bound."""
+    monkeypatch.setattr(state_file, "SPOOL_MEMORY", 0)
+    monkeypatch.setattr(state_file, "SPOOL_PIECE", 0)
+
+
 def test_spool_holds_an_entry_it_cannot_write_and_reads_back_the_others(tmp_path, monkeypatch):
+    spool_without_memory(monkeypatch)
     spool = module.Spool(str(tmp_path / "state"))
     spool.add(("codex", "codex-a.json"), entry_at(0))
     real = state_file._write_at
@@ -1063,14 +1071,15 @@ def test_spool_closed_before_its_save_logs_and_writes_nothing(tmp_path, caplog):
     with pytest.raises(KeyError):
         spool.member("codex/codex-a.json")
     # A save that began before the close: its lines can no longer be read.
-    spool._spans, spool._fd = {"codex/codex-a.json": 10}, None
+    spool._members, spool._fd = {"codex/codex-a.json": 10}, None
     with caplog.at_level(logging.WARNING):
         store._write(names, spool.member)
     assert "Cannot write the state file" in caplog.text
     assert (tmp_path / "state" / "state.json").read_bytes() == before
 
 
-def test_spool_shorter_than_what_was_written_is_an_error(tmp_path, caplog):
+def test_spool_shorter_than_what_was_written_is_an_error(tmp_path, caplog, monkeypatch):
+    spool_without_memory(monkeypatch)
     store = module.StateStore(str(tmp_path / "state"))
     spool = module.Spool(store.directory)
     spool.add(("codex", "codex-a.json"), entry_at(0))

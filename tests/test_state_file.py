@@ -1,0 +1,240 @@
+"""The spool of a refresh's new entries (state_file.Spool): its lines held in memory up to a
+bound, then written to its unnamed file in pieces and read back in blocks (issue 19: fewer
+system calls per account), with the state file it saves the same wherever its lines are."""
+import errno
+import logging
+import os
+import random
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from oauth_usage_tracker import state
+from oauth_usage_tracker import state_file as module
+from oauth_usage_tracker.models import UsageWindow
+
+NOW = datetime(2026, 11, 24, 14, 0, tzinfo=timezone.utc)
+
+
+def entry(n, hours=0):
+    """A new entry of about a kilobyte (three windows, as a Claude account's), `n` in it."""
+    moment = NOW + timedelta(hours=hours)
+    windows = [UsageWindow("five_hour", "5-hour", float(n % 100), moment + timedelta(hours=3)),
+               UsageWindow("seven_day", "7-day", 12.5, moment + timedelta(days=3)),
+               UsageWindow("seven_day_opus", "7-day Opus", 3.0, moment + timedelta(days=4))]
+    return state.next_state(None, moment, windows=windows)
+
+
+def key(n, provider="claude"):
+    return (provider, "%s-%05d@example.com.json" % (provider, n))
+
+
+def as_finished(keys, seed=19):
+    """`keys` in the order a refresh's workers finish them: the order they were taken, each a
+    few dozen places early or late at most (32 workers)."""
+    rng = random.Random(seed)
+    return [k for _, k in sorted((n + rng.uniform(0, 32), k) for n, k in enumerate(keys))]
+
+
+def filled(directory, keys, hours=0):
+    spool = module.Spool(str(directory))
+    for n, k in enumerate(keys):
+        spool.add(k, entry(n, hours))
+    return spool
+
+
+def saved_bytes(directory, changes):
+    store = state.StateStore(str(directory))
+    store.save(changes)
+    with open(store.path, "rb") as handle:
+        return handle.read(), os.getxattr(store.path, module.SEAL_ATTRIBUTE)
+
+
+def where(spool):
+    """How many of the spool's lines are in memory, and how many in its file."""
+    places = list(spool._members.values())
+    return (sum(isinstance(place, bytes) for place in places),
+            sum(isinstance(place, int) for place in places))
+
+
+class SystemCalls:
+    """Counts the reads and writes at an offset (os.pread, os.pwrite): the spool's file's."""
+
+    def __init__(self, monkeypatch):
+        self.counts = {"pread": 0, "pwrite": 0}
+        for name, call in (("pread", os.pread), ("pwrite", os.pwrite)):
+            monkeypatch.setattr(os, name, self._counted(name, call))
+
+    def _counted(self, name, call):
+        def counted(*args):
+            self.counts[name] += 1
+            return call(*args)
+        return counted
+
+
+def test_spool_below_the_bound_holds_its_lines_in_memory_and_makes_no_file(tmp_path,
+                                                                          monkeypatch):
+    finished = as_finished([key(n, "codex") for n in range(100)] + [key(n) for n in range(100)])
+    calls = SystemCalls(monkeypatch)
+    spool = filled(tmp_path / "state", finished)
+    try:
+        assert spool._fd is None and where(spool) == (200, 0)
+        assert not (tmp_path / "state").exists()  # no file, not even its directory
+        assert spool.entries([key(3), key(999)]) == {key(3): entry(finished.index(key(3)))}
+        memory = saved_bytes(tmp_path / "a", spool)
+    finally:
+        spool.close()
+    assert calls.counts == {"pread": 0, "pwrite": 0}
+    assert memory == saved_bytes(tmp_path / "b", [(k, entry(n)) for n, k in enumerate(finished)])
+
+
+def test_spool_past_the_bound_saves_the_bytes_an_all_memory_and_an_all_file_spool_save(
+        tmp_path, monkeypatch):
+    keys = as_finished([key(n) for n in range(190)] + [key(n, "codex") for n in range(190)])
+    crossing = filled(tmp_path / "crossing", keys)
+    monkeypatch.setattr(module, "SPOOL_MEMORY", 0)
+    monkeypatch.setattr(module, "SPOOL_PIECE", 0)  # every line its own write, as before
+    in_file = filled(tmp_path / "file", keys)
+    monkeypatch.setattr(module, "SPOOL_MEMORY", 1 << 30)
+    in_memory = filled(tmp_path / "memory", keys)
+    try:
+        in_crossing = where(crossing)
+        assert in_crossing[0] and in_crossing[1] and sum(in_crossing) == 380  # both sides
+        assert where(in_file) == (0, 380) and where(in_memory) == (380, 0)
+        results = [saved_bytes(tmp_path / name, spool) for name, spool in
+                   (("a", crossing), ("b", in_file), ("c", in_memory))]
+        assert list(crossing) == list(in_file) == list(in_memory)
+    finally:
+        for spool in (crossing, in_file, in_memory):
+            spool.close()
+    direct = saved_bytes(tmp_path / "d", [(k, entry(n)) for n, k in enumerate(keys)])
+    assert results == [direct] * 3
+
+
+def test_spool_a_later_entry_replaces_the_earlier_on_either_side_of_the_bound(tmp_path):
+    keys = [key(n) for n in range(380)]
+    spool = filled(tmp_path / "state", keys)
+    try:
+        first, last = module.key_to_name(keys[0]), module.key_to_name(keys[-1])
+        assert isinstance(spool._members[first], int)     # in the file
+        assert isinstance(spool._members[last], bytes)    # not written yet
+        pending = spool._pending_size
+        spool.add(keys[0], entry(0, hours=5))    # in the file: the new line waits in memory
+        spool.add(keys[-1], entry(379, hours=5))  # in memory: replaced there
+        assert spool._pending_size == pending + len(spool.member(first))
+        for n in range(380, 460):  # enough for another write: both new lines go to the file
+            spool.add(key(n), entry(n))
+        assert len(spool) == 460
+        found = spool.entries([keys[0], keys[1], keys[-1]])
+        assert found == {keys[0]: entry(0, hours=5), keys[1]: entry(1),
+                         keys[-1]: entry(379, hours=5)}
+        result = saved_bytes(tmp_path / "a", spool)
+    finally:
+        spool.close()
+    changes = {k: entry(n) for n, k in enumerate(keys + [key(n) for n in range(380, 460)])}
+    changes[keys[0]], changes[keys[-1]] = entry(0, hours=5), entry(379, hours=5)
+    assert result == saved_bytes(tmp_path / "b", list(changes.items()))
+
+
+def test_spool_entries_reads_lines_on_both_sides_of_the_bound_and_none_once_closed(tmp_path):
+    keys = [key(n) for n in range(300)]
+    spool = filled(tmp_path / "state", keys)
+    in_memory, in_file = where(spool)
+    assert in_memory and in_file
+    wanted = keys[::7] + [key(999)]
+    assert spool.entries(wanted) == {k: entry(keys.index(k)) for k in keys[::7]}
+    spool.close()
+    assert spool.entries(wanted) is None and len(spool) == 0
+
+
+def test_spool_a_full_disk_at_a_write_holds_those_lines_and_writes_later_ones(tmp_path,
+                                                                            monkeypatch, caplog):
+    real = os.pwrite
+    writes = []
+
+    def full_once(fd, data, offset):
+        writes.append(len(data))
+        if len(writes) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data, offset)
+    monkeypatch.setattr(os, "pwrite", full_once)
+    keys = [key(n) for n in range(600)]
+    with caplog.at_level(logging.DEBUG, logger="oauth_usage_tracker"):
+        spool = filled(tmp_path / "state", keys)
+    try:
+        assert len(writes) > 3  # the failed write's lines are held, the next ones written
+        in_memory, in_file = where(spool)
+        assert in_memory > 64 and in_file > len(keys) // 2  # a 64 KiB write's lines held
+        assert ["Cannot spool state entries (%s); holding them"
+                % OSError(errno.ENOSPC, "No space left on device")] == [
+            r.getMessage() for r in caplog.records]
+        assert spool.entries(keys) == {k: entry(n) for n, k in enumerate(keys)}
+        result = saved_bytes(tmp_path / "a", spool)
+    finally:
+        spool.close()
+    assert result == saved_bytes(tmp_path / "b", [(k, entry(n)) for n, k in enumerate(keys)])
+
+
+def test_spool_where_no_file_can_be_made_holds_every_line_past_the_bound(tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    keys = [key(n) for n in range(400)]
+    with caplog.at_level(logging.DEBUG, logger="oauth_usage_tracker"):
+        spool = filled(blocker / "state", keys)
+    try:
+        assert where(spool) == (400, 0)
+        assert len([r for r in caplog.records if "Cannot spool" in r.getMessage()]) == 1
+        result = saved_bytes(tmp_path / "a", spool)
+    finally:
+        spool.close()
+    assert result == saved_bytes(tmp_path / "b", [(k, entry(n)) for n, k in enumerate(keys)])
+
+
+@pytest.mark.parametrize("accounts", [200, 2000])
+def test_spool_past_the_bound_writes_and_reads_in_pieces_not_a_call_per_entry(tmp_path,
+                                                                             monkeypatch,
+                                                                             accounts):
+    """The system calls of a spool whose every line went to its file (200 accounts, the
+    bound set to nothing) or that crossed the bound (2,000), and of its save: a few per
+    64 KiB, where there were two per account."""
+    if accounts == 200:
+        monkeypatch.setattr(module, "SPOOL_MEMORY", 0)
+    half = accounts // 2
+    keys = as_finished([key(n, "codex") for n in range(half)] +
+                       [key(n) for n in range(accounts - half)])
+    calls = SystemCalls(monkeypatch)
+    spool = filled(tmp_path / "state", keys)
+    try:
+        size = spool._size
+        assert where(spool)[1] > accounts // 2  # most lines are in the file
+        written = calls.counts["pwrite"]
+        saved_bytes(tmp_path / "state", spool)
+    finally:
+        spool.close()
+    pieces = -(-size // module.SPOOL_BLOCK)
+    assert written <= pieces + 1
+    assert calls.counts["pwrite"] == written  # the save writes its file with write()
+    # Each block once, or twice where the two providers' lines meet (the save reads one
+    # provider's lines, then the other's).
+    assert calls.counts["pread"] <= pieces + 2
+    assert written + calls.counts["pread"] < accounts / 10
+
+
+@pytest.mark.parametrize("block", [1000, 4096, 64 * 1024])
+def test_spool_reads_every_line_back_whatever_the_order_and_the_block_size(tmp_path, monkeypatch,
+                                                                          block):
+    """Lines asked for in no particular order, blocks smaller than a line (one line from two or
+    three blocks) or holding dozens: each line is the one written."""
+    monkeypatch.setattr(module, "SPOOL_MEMORY", 0)
+    monkeypatch.setattr(module, "SPOOL_BLOCK", block)
+    keys = [key(n) for n in range(150)]
+    spool = filled(tmp_path / "state", keys)
+    try:
+        shuffled = keys[:]
+        random.Random(7).shuffle(shuffled)
+        for k in shuffled:
+            assert spool.member(module.key_to_name(k)) == module.member_bytes(
+                module.key_to_name(k), state.entry_to_json(entry(keys.index(k))))
+        assert len(spool._blocks) <= module.SPOOL_BLOCKS
+    finally:
+        spool.close()
