@@ -51,10 +51,11 @@ def saved_bytes(directory, changes):
 
 
 def where(spool):
-    """How many of the spool's lines are in memory, and how many in its file."""
-    places = list(spool._members.values())
-    return (sum(isinstance(place, bytes) for place in places),
-            sum(isinstance(place, int) for place in places))
+    """How many of the spool's lines are in memory (its buffer, or held), and how many in its
+    file."""
+    in_file = sum(isinstance(place, int) and (place >> 32) < spool._size
+                  for place in spool._members.values())
+    return len(spool._members) - in_file, in_file
 
 
 class SystemCalls:
@@ -62,8 +63,8 @@ class SystemCalls:
 
     def __init__(self, monkeypatch):
         self.counts = {"pread": 0, "pwrite": 0}
-        for name, call in (("pread", os.pread), ("pwrite", os.pwrite)):
-            monkeypatch.setattr(os, name, self._counted(name, call))
+        for name in self.counts:
+            monkeypatch.setattr(os, name, self._counted(name, getattr(os, name)))
 
     def _counted(self, name, call):
         def counted(*args):
@@ -92,10 +93,9 @@ def test_spool_past_the_bound_saves_the_bytes_an_all_memory_and_an_all_file_spoo
         tmp_path, monkeypatch):
     keys = as_finished([key(n) for n in range(190)] + [key(n, "codex") for n in range(190)])
     crossing = filled(tmp_path / "crossing", keys)
-    monkeypatch.setattr(module, "SPOOL_MEMORY", 0)
-    monkeypatch.setattr(module, "SPOOL_PIECE", 0)  # every line its own write, as before
+    monkeypatch.setattr(module, "SPOOL_MEMORY", 0)  # every line its own write, as before
     in_file = filled(tmp_path / "file", keys)
-    monkeypatch.setattr(module, "SPOOL_MEMORY", 1 << 30)
+    monkeypatch.setattr(module, "SPOOL_MEMORY", 4 << 20)
     in_memory = filled(tmp_path / "memory", keys)
     try:
         in_crossing = where(crossing)
@@ -116,22 +116,24 @@ def test_spool_a_later_entry_replaces_the_earlier_on_either_side_of_the_bound(tm
     spool = filled(tmp_path / "state", keys)
     try:
         first, last = module.key_to_name(keys[0]), module.key_to_name(keys[-1])
-        assert isinstance(spool._members[first], int)     # in the file
-        assert isinstance(spool._members[last], bytes)    # not written yet
-        pending = spool._pending_size
-        spool.add(keys[0], entry(0, hours=5))    # in the file: the new line waits in memory
-        spool.add(keys[-1], entry(379, hours=5))  # in memory: replaced there
-        assert spool._pending_size == pending + len(spool.member(first))
-        for n in range(380, 460):  # enough for another write: both new lines go to the file
+        assert spool._members[first] >> 32 < spool._size     # in the file
+        assert spool._members[last] >> 32 >= spool._size     # in the buffer
+        used = spool._used
+        spool.add(keys[0], entry(0, hours=5))    # in the file: the new line goes to the buffer
+        spool.add(keys[-1], entry(379, hours=5))  # in the buffer: the new line after it
+        assert spool._used == used + len(spool.member(first)) + len(spool.member(last))
+        assert spool._members[first] >> 32 >= spool._size
+        for n in range(380, 700):  # enough for another write: both new lines go to the file
             spool.add(key(n), entry(n))
-        assert len(spool) == 460
+        assert spool._members[last] >> 32 < spool._size
+        assert len(spool) == 700
         found = spool.entries([keys[0], keys[1], keys[-1]])
         assert found == {keys[0]: entry(0, hours=5), keys[1]: entry(1),
                          keys[-1]: entry(379, hours=5)}
         result = saved_bytes(tmp_path / "a", spool)
     finally:
         spool.close()
-    changes = {k: entry(n) for n, k in enumerate(keys + [key(n) for n in range(380, 460)])}
+    changes = {k: entry(n) for n, k in enumerate(keys + [key(n) for n in range(380, 700)])}
     changes[keys[0]], changes[keys[-1]] = entry(0, hours=5), entry(379, hours=5)
     assert result == saved_bytes(tmp_path / "b", list(changes.items()))
 
@@ -145,6 +147,9 @@ def test_spool_entries_reads_lines_on_both_sides_of_the_bound_and_none_once_clos
     assert spool.entries(wanted) == {k: entry(keys.index(k)) for k in keys[::7]}
     spool.close()
     assert spool.entries(wanted) is None and len(spool) == 0
+    spool.add(key(0), entry(0))  # after close: held, no buffer made again
+    assert spool._buffer is None and spool.member(module.key_to_name(key(0))) == \
+        module.member_bytes(module.key_to_name(key(0)), state.entry_to_json(entry(0)))
 
 
 def test_spool_a_full_disk_at_a_write_holds_those_lines_and_writes_later_ones(tmp_path,
@@ -152,19 +157,25 @@ def test_spool_a_full_disk_at_a_write_holds_those_lines_and_writes_later_ones(tm
     real = os.pwrite
     writes = []
 
-    def full_once(fd, data, offset):
-        writes.append(len(data))
+    def full_once(fd, lines, offset):
+        writes.append(len(lines))
         if len(writes) == 2:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(fd, data, offset)
+        return real(fd, lines, offset)
     monkeypatch.setattr(os, "pwrite", full_once)
-    keys = [key(n) for n in range(600)]
+    keys = [key(n) for n in range(1000)]
     with caplog.at_level(logging.DEBUG, logger="oauth_usage_tracker"):
-        spool = filled(tmp_path / "state", keys)
+        spool = module.Spool(str(tmp_path / "state"))
+        for n, k in enumerate(keys):
+            spool.add(k, entry(n, hours=5) if n == 301 else entry(n))
+            if n == 301:  # replaced in the buffer whose write fails
+                spool.add(keys[300], entry(300))
+                spool.add(k, entry(n))
     try:
-        assert len(writes) > 3  # the failed write's lines are held, the next ones written
+        assert len(writes) == 3  # the failed write's lines are held, the next ones written
         in_memory, in_file = where(spool)
-        assert in_memory > 64 and in_file > len(keys) // 2  # a 64 KiB write's lines held
+        assert in_file > 500 and sum(isinstance(place, bytes) for place in
+                                     spool._members.values()) > 250  # a buffer's lines
         assert ["Cannot spool state entries (%s); holding them"
                 % OSError(errno.ENOSPC, "No space left on device")] == [
             r.getMessage() for r in caplog.records]
@@ -194,11 +205,11 @@ def test_spool_where_no_file_can_be_made_holds_every_line_past_the_bound(tmp_pat
 def test_spool_past_the_bound_writes_and_reads_in_pieces_not_a_call_per_entry(tmp_path,
                                                                              monkeypatch,
                                                                              accounts):
-    """The system calls of a spool whose every line went to its file (200 accounts, the
-    bound set to nothing) or that crossed the bound (2,000), and of its save: a few per
-    64 KiB, where there were two per account."""
+    """The system calls of a spool that filled its buffer a few times (200 accounts, a 64 KiB
+    buffer; 2,000 accounts), and of its save: one write per buffer, one read per 64 KiB, where
+    there were two system calls per account."""
     if accounts == 200:
-        monkeypatch.setattr(module, "SPOOL_MEMORY", 0)
+        monkeypatch.setattr(module, "SPOOL_MEMORY", 64 * 1024)
     half = accounts // 2
     keys = as_finished([key(n, "codex") for n in range(half)] +
                        [key(n) for n in range(accounts - half)])
@@ -211,12 +222,11 @@ def test_spool_past_the_bound_writes_and_reads_in_pieces_not_a_call_per_entry(tm
         saved_bytes(tmp_path / "state", spool)
     finally:
         spool.close()
-    pieces = -(-size // module.SPOOL_BLOCK)
-    assert written <= pieces + 1
+    assert written == -(-size // module.SPOOL_MEMORY)  # each full buffer, in one write
     assert calls.counts["pwrite"] == written  # the save writes its file with write()
     # Each block once, or twice where the two providers' lines meet (the save reads one
     # provider's lines, then the other's).
-    assert calls.counts["pread"] <= pieces + 2
+    assert calls.counts["pread"] <= -(-size // module.SPOOL_BLOCK) + 2
     assert written + calls.counts["pread"] < accounts / 10
 
 
@@ -236,5 +246,26 @@ def test_spool_reads_every_line_back_whatever_the_order_and_the_block_size(tmp_p
             assert spool.member(module.key_to_name(k)) == module.member_bytes(
                 module.key_to_name(k), state.entry_to_json(entry(keys.index(k))))
         assert len(spool._blocks) <= module.SPOOL_BLOCKS
+    finally:
+        spool.close()
+
+
+def test_spool_a_short_write_has_its_rest_written(tmp_path, monkeypatch):
+    """A write that the system takes only part of (a signal, a file system's limit) goes on
+    from where it stopped, in as many writes as it takes."""
+    monkeypatch.setattr(module, "SPOOL_MEMORY", 16 * 1024)
+    real = os.pwrite
+    written = []
+
+    def short(fd, data, offset):
+        written.append(min(len(data), 1000))
+        return real(fd, bytes(data[:1000]), offset)
+    monkeypatch.setattr(os, "pwrite", short)
+    keys = [key(n) for n in range(100)]
+    spool = filled(tmp_path / "state", keys)
+    monkeypatch.setattr(os, "pwrite", real)
+    try:
+        assert where(spool)[1] > 60 and len(written) > 60  # 16 KiB in pieces of 1,000 bytes
+        assert spool.entries(keys) == {k: entry(n) for n, k in enumerate(keys)}
     finally:
         spool.close()
