@@ -277,6 +277,19 @@ def _attach(sock: Optional[socket.socket]) -> None:
         deadline.attach(sock)
 
 
+class _Socket(socket.socket):
+    """A socket that sets its timeout only when it changes. urllib3 sets a connection's timeout
+    on its socket twice for every request (before sending it and before reading the answer),
+    and the socket module makes a system call (ioctl FIONBIO) each time, even for the timeout
+    it already has: two system calls per request, each a moment another worker can take the
+    interpreter lock, for nothing. A changed timeout is set as before."""
+
+    def settimeout(self, value: Optional[float]) -> None:
+        """Set the timeout (see socket.settimeout), unless it is already `value`."""
+        if value != self.gettimeout():
+            super().settimeout(value)
+
+
 def _connect(deadline: Deadline, address: Tuple[str, int], timeout: Optional[float],
              source_address: Optional[Tuple[str, int]],
              socket_options: Optional[Sequence[Tuple[int, int, Union[int, bytes]]]]
@@ -311,7 +324,7 @@ def _connect(deadline: Deadline, address: Tuple[str, int], timeout: Optional[flo
         left = deadline.remaining()
         if left <= 0:
             raise TimeoutError("connecting ran out of time")
-        sock = socket.socket(family, kind, protocol)
+        sock = _Socket(family, kind, protocol)
         try:
             for option in socket_options or ():
                 sock.setsockopt(*option)

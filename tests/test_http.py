@@ -458,7 +458,9 @@ def test_watched_adapter_builds_the_response_requests_builds_but_keeps_no_cookie
 
     request = requests.Request("GET", "%s/%d" % (answering_server, index)).prepare()
     with PoolManager() as manager:
-        raw = manager.request("GET", request.url, preload_content=False, redirect=False)
+        # retries=False: urllib3's default retries would wait out the 429's Retry-After, 3 times.
+        raw = manager.request("GET", request.url, preload_content=False, redirect=False,
+                              retries=False)
         adapter = WatchedAdapter()
         ours = adapter.build_response(request, raw)
         theirs = HTTPAdapter.build_response(adapter, request, raw)
@@ -623,3 +625,87 @@ def test_merged_headers_is_what_merge_setting_gives(session, request):
     assert list(merged.items()) == expected
     assert list(merged.items()) == list(merge_setting(
         request_headers, session_headers, dict_class=CaseInsensitiveDict).items())
+
+
+# --- the socket's timeout ---------------------------------------------------------------------
+
+@pytest.fixture
+def keep_alive_server():
+    """A loopback HTTP/1.1 server that keeps connections open and answers each GET with `{}`;
+    yields its URL and the list of connections it accepted."""
+    import http.server
+    import threading
+    accepted = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self):
+            accepted.append(self.client_address)
+            super().setup()
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield "http://127.0.0.1:%d/" % server.server_address[1], accepted
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_a_kept_alive_connection_sets_its_sockets_timeout_only_when_it_changes(
+        keep_alive_server, monkeypatch):
+    """urllib3 sets the connection's timeout on its socket before each request and before each
+    answer: the same value reaches the system only when it changed (a system call each)."""
+    import socket
+    url, accepted = keep_alive_server
+    reached = []
+    real = socket.socket.settimeout
+
+    def settimeout(sock, value):
+        reached.append(value)
+        real(sock, value)
+    monkeypatch.setattr(socket.socket, "settimeout", settimeout)
+    session = module.make_session(1)
+    try:
+        for _ in range(3):
+            assert module.send(session, "GET", url, what="Test", timeout=7.0,
+                               max_body=1024).body == b"{}"
+        # At the connect: what is left of the deadline, then the timeout; then nothing more.
+        assert len(accepted) == 1 and len(reached) == 2
+        assert reached[0] <= 7.0 and reached[1] == 7.0
+        assert module.send(session, "GET", url, what="Test", timeout=3.0,
+                           max_body=1024).body == b"{}"
+        assert len(accepted) == 1 and reached[2:] == [3.0]  # a new timeout is set, once
+    finally:
+        session.close()
+
+
+def test_the_socket_sets_a_changed_timeout_as_the_socket_module_does():
+    import os
+
+    from oauth_usage_tracker.deadline import _Socket
+    with _Socket() as sock:
+        # A timeout makes the descriptor non-blocking underneath (the socket module waits in
+        # poll), None makes it blocking again.
+        sock.settimeout(2)
+        sock.settimeout(2.0)
+        assert sock.gettimeout() == 2.0 and not os.get_blocking(sock.fileno())
+        sock.settimeout(None)
+        assert sock.gettimeout() is None and os.get_blocking(sock.fileno())
+        sock.settimeout(0.5)
+        assert sock.gettimeout() == 0.5 and not os.get_blocking(sock.fileno())
+        for wrong, error in ((-1, ValueError), (float("nan"), ValueError), ("1", TypeError)):
+            with pytest.raises(error):
+                sock.settimeout(wrong)
+        assert sock.gettimeout() == 0.5
