@@ -41,9 +41,11 @@ from .state_file import (
     MAX_STATE_BYTES,
     SEAL_ATTRIBUTE,
     STATE_FILE,
+    FileSeen,
     Key,
     Spool,
     StoredEntries,
+    file_stamp,
     iter_members,
     key_to_name,
     layout_lines,
@@ -181,8 +183,15 @@ class StateStore:
         return True
 
     def make_directory(self) -> None:
-        """Create the state directory (0700) unless it exists. Raise OSError."""
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        """Create the state directory (0700) unless it exists. Raise OSError. One mkdir when the
+        directory exists (as os.makedirs ends, without looking at its parent first)."""
+        try:
+            os.mkdir(self.directory, 0o700)
+        except FileExistsError:
+            if not os.path.isdir(self.directory):
+                raise
+        except FileNotFoundError:  # a parent is missing too
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
 
     def load(self) -> Dict[Key, AccountState]:
         """Return every stored account state; a missing, unreadable or corrupt file gives {}
@@ -213,7 +222,8 @@ class StateStore:
         spans: Dict[str, int] = {}
         parsed: Dict[Key, AccountState] = {}
         held: Dict[str, bytes] = {}
-        small = os.fstat(handle.fileno()).st_size <= HELD_STATE_BYTES
+        info = os.fstat(handle.fileno())
+        small = info.st_size <= HELD_STATE_BYTES
 
         def visit(name: str, member: bytes, offset: Optional[int]) -> None:
             if offset is not None:  # checked by _visit_open: a corrupt line, a corrupt file
@@ -230,10 +240,12 @@ class StateStore:
             return StoredEntries()
         if not spans:
             handle.close()
-            return StoredEntries(parsed=parsed, path=self.path, held=held)
+            seen = FileSeen(file_stamp(info), frozenset(held)) if not parsed else None
+            return StoredEntries(parsed=parsed, path=self.path, held=held, seen=seen)
         return StoredEntries(handle, spans, parsed, self.path)
 
-    def save(self, changes: Union[Iterable[Tuple[Key, AccountState]], "Spool"]) -> None:
+    def save(self, changes: Union[Iterable[Tuple[Key, AccountState]], "Spool"],
+             seen: Optional[FileSeen] = None) -> None:
         """Given (key, state) pairs, or a Spool of them, store them: under the lock, re-read the
         file, replace those entries, write atomically. Other processes' entries are kept.
         Failures are logged, never raised: state is an optimisation, not a reason to fail a run.
@@ -241,18 +253,23 @@ class StateStore:
         The file is read and written one account at a time: only the entries this save does
         not replace are held (and parsed, to check them), as the bytes they were stored as; a
         spool's lines are copied into the new file one at a time (from its memory, or from its
-        file read in blocks), never all held."""
+        file read in blocks), never all held.
+
+        `seen`, the file as the refresh's StoredEntries read it: when the file under the lock is
+        still that file, unchanged (its stamp), and this save replaces every name it held, none
+        of it is kept, and it is not read again."""
         if isinstance(changes, Spool):
             names = changes.names()
             if names:
-                self._write(names, changes.member)
+                self._write(names, changes.member, seen)
             return
         changed = {key_to_name(key): entry for key, entry in changes}
         if changed:
             self._write(changed.keys(),
-                        lambda name: member_bytes(name, entry_to_json(changed[name])))
+                        lambda name: member_bytes(name, entry_to_json(changed[name])), seen)
 
-    def _write(self, names: AbstractSet[str], member_of: Callable[[str], bytes]) -> None:
+    def _write(self, names: AbstractSet[str], member_of: Callable[[str], bytes],
+               seen: Optional[FileSeen] = None) -> None:
         """save() of the entries `names`, each one's line given by member_of(name)."""
         try:
             self.make_directory()
@@ -265,7 +282,8 @@ class StateStore:
                 def visit(name: str, member: bytes) -> None:
                     parse_member(member)
                     kept[name] = member
-                if not self._each_member(visit, lambda name: name not in names, dir_fd):
+                if not _replaces_all(seen, names, dir_fd) and \
+                        not self._each_member(visit, lambda name: name not in names, dir_fd):
                     kept.clear()
                 digest = hashlib.sha256()
                 files.atomic_write(STATE_FILE, layout_lines(names, member_of, kept, digest),
@@ -296,6 +314,19 @@ class StateStore:
                            files.why(error))
         # Without the lock, decide against what can be read: better than a blank memory.
         return decided[0] if decided else change(_read_object(path))[0]
+
+
+def _replaces_all(seen: Optional[FileSeen], names: AbstractSet[str], dir_fd: int) -> bool:
+    """Given the file as a reader saw it, the names a save writes and the state directory's
+    descriptor (its lock held), return True when the state file there is still the one seen,
+    unchanged, and every name it held is among `names`: nothing of it would be kept."""
+    if seen is None or not all(name in names for name in seen.names):
+        return False
+    try:
+        info = os.stat(STATE_FILE, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return False
+    return file_stamp(info) == seen.stamp
 
 
 def _read_object(path: str, dir_fd: Optional[int] = None) -> Dict[str, Any]:

@@ -19,10 +19,12 @@ from typing import (
     BinaryIO,
     Callable,
     Dict,
+    FrozenSet,
     Iterable,
     Iterator,
     List,
     Mapping,
+    NamedTuple,
     Optional,
     Tuple,
     Union,
@@ -77,6 +79,22 @@ def read_packed(fd: int, span: int) -> bytes:
     return data
 
 
+def file_stamp(info: os.stat_result) -> Tuple[int, int, int, int, int]:
+    """A file's identity and the moments it last changed, from its stat: equal stamps, the same
+    file unchanged (a save replaces the file, a new inode; an edit in place changes its size
+    or its modification and change times)."""
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+class FileSeen(NamedTuple):
+    """The state file as StoredEntries read it: its stamp (file_stamp) and every name it held.
+    A save that replaces all those names in that same file, unchanged, keeps nothing of it, so
+    it need not read it again (StateStore.save)."""
+
+    stamp: Tuple[int, int, int, int, int]
+    names: FrozenSet[str]
+
+
 class StoredEntries:
     """The stored account states a refresh starts from, read one at a time, as each account's
     turn comes (`pop`), from the state file kept open by `StateStore.open_entries`.
@@ -90,7 +108,9 @@ class StoredEntries:
 
     def __init__(self, handle: Optional[BinaryIO] = None, spans: Optional[Dict[str, int]] = None,
                  parsed: Optional[Dict[Key, AccountState]] = None, path: str = "",
-                 held: Optional[Dict[str, bytes]] = None):
+                 held: Optional[Dict[str, bytes]] = None, seen: Optional[FileSeen] = None):
+        #: The file as it was read (None: not known; a larger file's names are not kept).
+        self.seen = seen
         self._handle = handle
         self._spans = spans or {}
         self._parsed = parsed or {}

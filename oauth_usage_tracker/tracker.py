@@ -38,7 +38,7 @@ from .errors import RefreshSuperseded
 from .lanes import Lanes, interleaved
 from .models import AuthAccount, Provider, Skipped
 from .state import StateStore, default_state_dir, state_key
-from .state_file import Spool, StoredEntries
+from .state_file import FileSeen, Spool, StoredEntries
 from .stored import AccountState, Stored
 
 if TYPE_CHECKING:
@@ -553,6 +553,7 @@ class OAuthUsageTracker:
         # The futures (kept for cancelling) hold the batch: let go of what it holds now.
         usages, batch.usages = batch.usages, []
         spool, batch.spool = batch.spool, None
+        seen = batch.stored.seen  # the state file as the batch read it: see StateStore.save
         batch.stored.close()
         if self.state is not None and spool is not None and len(spool):
             with self._lock:
@@ -571,14 +572,14 @@ class OAuthUsageTracker:
             self._announce(batch.generation, done, batch.handle.skipped)
             self._publish(batch.generation, done, False, batch.handle)
         if spool is not None:
-            self._save(spool)
+            self._save(spool, seen)
 
-    def _save(self, spool: Spool) -> None:
+    def _save(self, spool: Spool, seen: Optional[FileSeen] = None) -> None:
         """Store a finished batch's spool (a superseded batch's too), then drop it from
         `_unsaved` and let it go."""
         try:
             if self.state is not None and len(spool):
-                self.state.save(spool)
+                self.state.save(spool, seen)
         finally:
             with self._lock:
                 if spool in self._unsaved:

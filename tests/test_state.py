@@ -827,7 +827,7 @@ class BlockedSave:
         self.entered, self.release = threading.Event(), threading.Event()
         self.saved = []
 
-    def __call__(self, changes):
+    def __call__(self, changes, seen=None):
         changes = list(changes)
         self.entered.set()
         assert self.release.wait(10), "the test never released the save"
@@ -1119,3 +1119,128 @@ def test_tracker_refresh_reads_the_file_again_when_an_unsaved_spool_is_saved_mea
         finally:
             stored.close()
     assert fetcher.calls == 0
+
+
+# --- a save that replaces every line of the file it started from ------------------------------
+
+def later(*names, hours=1):
+    """New entries for `names`, an hour after the saved ones."""
+    return [(("codex", name), module.next_state(None, NOW + timedelta(hours=hours),
+                                                windows=[WINDOW])) for name in names]
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """How many times a save read the state file (StateStore._each_member)."""
+    count = []
+    real = module.StateStore._each_member
+
+    def each_member(self, *args, **kwargs):
+        count.append(1)
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(module.StateStore, "_each_member", each_member)
+    return count
+
+
+def test_a_save_replacing_every_line_of_the_unchanged_file_does_not_read_it(tmp_path, reads):
+    store = module.StateStore(str(tmp_path / "state"))
+    saved(store, "codex-a.json", "codex-b.json")
+    entries = store.open_entries()
+    seen = entries.seen
+    entries.close()
+    assert seen.names == {"codex/codex-a.json", "codex/codex-b.json"}
+    del reads[:]
+    store.save(later("codex-a.json", "codex-b.json", "codex-c.json"), seen)
+    assert reads == []
+    shortcut = (tmp_path / "state" / "state.json").read_bytes()
+    # The same bytes as a save that reads the file first.
+    other = module.StateStore(str(tmp_path / "other"))
+    saved(other, "codex-a.json", "codex-b.json")
+    del reads[:]
+    other.save(later("codex-a.json", "codex-b.json", "codex-c.json"))
+    assert reads == [1]
+    assert (tmp_path / "other" / "state.json").read_bytes() == shortcut
+    assert set(store.load()) == {("codex", "codex-a.json"), ("codex", "codex-b.json"),
+                                 ("codex", "codex-c.json")}
+
+
+@pytest.mark.parametrize("meanwhile", ["another save", "an edit in place", "a symlink"])
+def test_a_file_changed_since_it_was_read_is_read_again_and_its_lines_kept(
+        tmp_path, reads, meanwhile):
+    store = module.StateStore(str(tmp_path / "state"))
+    saved(store, "codex-a.json")
+    entries = store.open_entries()
+    seen = entries.seen
+    entries.close()
+    path = tmp_path / "state" / "state.json"
+    if meanwhile == "another save":  # another process: a new file, with one more account
+        saved(module.StateStore(str(tmp_path / "state")), "codex-a.json", "codex-z.json")
+    elif meanwhile == "an edit in place":  # the same inode, one more line
+        saved(module.StateStore(str(tmp_path / "copy")), "codex-a.json", "codex-z.json")
+        data = (tmp_path / "copy" / "state.json").read_bytes()
+        with open(path, "r+b") as handle:
+            handle.write(data)
+    else:  # the name now a symlink to a file of the same stamp's size: refused, not followed
+        os.rename(path, tmp_path / "state" / "moved.json")
+        os.symlink("moved.json", path)
+    del reads[:]
+    store.save(later("codex-a.json"), seen)
+    assert reads == [1]
+    stored = store.load()
+    if meanwhile == "a symlink":
+        assert not path.is_symlink() and set(stored) == {("codex", "codex-a.json")}
+    else:
+        assert set(stored) == {("codex", "codex-a.json"), ("codex", "codex-z.json")}
+    assert stored[("codex", "codex-a.json")].fetched_at == NOW + timedelta(hours=1)
+
+
+def test_a_save_that_leaves_a_line_of_the_file_reads_it_and_keeps_it(tmp_path, reads):
+    store = module.StateStore(str(tmp_path / "state"))
+    saved(store, "codex-a.json", "codex-b.json")
+    entries = store.open_entries()
+    seen = entries.seen
+    entries.close()
+    del reads[:]
+    store.save(later("codex-a.json"), seen)
+    assert reads == [1]
+    assert set(store.load()) == {("codex", "codex-a.json"), ("codex", "codex-b.json")}
+
+
+def test_a_file_too_large_to_keep_has_no_names_seen(tmp_path, monkeypatch):
+    monkeypatch.setattr(module, "HELD_STATE_BYTES", 0)
+    store = module.StateStore(str(tmp_path / "state"))
+    saved(store, "codex-a.json")
+    entries = store.open_entries()
+    try:
+        assert entries.seen is None
+    finally:
+        entries.close()
+
+
+def test_a_refresh_of_every_stored_account_saves_without_reading_the_file_again(tmp_path,
+                                                                                 reads):
+    # Two runs, as cron makes them (the first one's save is over when the second starts).
+    fetcher = ScriptedFetcher([WINDOW], [WINDOW])
+    for _ in range(2):
+        with tracker_with(fetcher, tmp_path) as tracker:
+            tracker.refresh_and_wait([], [account()])
+    assert reads == [1]  # the first save found no file it had seen
+    assert ("claude", "claude-a@example.com.json") in \
+        module.StateStore(str(tmp_path / "state")).load()
+
+
+def test_make_directory_makes_missing_parents_and_refuses_a_file(tmp_path):
+    store = module.StateStore(str(tmp_path / "a" / "b" / "state"))
+    store.make_directory()
+    store.make_directory()
+    assert (tmp_path / "a" / "b" / "state").is_dir()
+    assert os.stat(tmp_path / "a" / "b" / "state").st_mode & 0o777 == 0o700 & ~_umask()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(FileExistsError):
+        module.StateStore(str(tmp_path / "file")).make_directory()
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
