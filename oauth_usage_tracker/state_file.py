@@ -9,11 +9,11 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import mmap
 import os
 import sys
 import threading
 from typing import (
+    TYPE_CHECKING,
     AbstractSet,
     Any,
     BinaryIO,
@@ -24,7 +24,6 @@ from typing import (
     Iterator,
     List,
     Mapping,
-    NamedTuple,
     Optional,
     Tuple,
     Union,
@@ -39,6 +38,9 @@ from .stored import (
     entry_to_json,
     stored_entry,
 )
+
+if TYPE_CHECKING:  # imported by the first buffer (see SPOOL_FIRST_LINES)
+    import mmap
 
 logger = logging.getLogger(__name__)
 
@@ -86,13 +88,16 @@ def file_stamp(info: os.stat_result) -> Tuple[int, int, int, int, int]:
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
-class FileSeen(NamedTuple):
+class FileSeen:
     """The state file as StoredEntries read it: its stamp (file_stamp) and every name it held.
     A save that replaces all those names in that same file, unchanged, keeps nothing of it, so
     it need not read it again (StateStore.save)."""
 
-    stamp: Tuple[int, int, int, int, int]
-    names: FrozenSet[str]
+    __slots__ = ("stamp", "names")
+
+    def __init__(self, stamp: Tuple[int, int, int, int, int], names: FrozenSet[str]) -> None:
+        self.stamp = stamp
+        self.names = names
 
 
 class StoredEntries:
@@ -175,6 +180,10 @@ SPOOL_MEMORY = 256 * 1024
 #: 1,000-account refresh, 201 for 10,000 accounts (177 with four blocks, 128 KiB more).
 SPOOL_BLOCK = 64 * 1024
 SPOOL_BLOCKS = 2
+#: A spool's first lines are held as they are, without a buffer: a refresh of a few accounts (a
+#: shell prompt's, a status line's) never maps one, nor imports mmap for it (a shared library
+#: loaded, about a third of a millisecond of a one-account run's start-up).
+SPOOL_FIRST_LINES = 8
 
 
 class Spool:
@@ -189,6 +198,8 @@ class Spool:
     such file can be made (another system, a directory that cannot be created or written) or a
     write fails (a full disk), those lines are held in memory instead. Thread-safe; close()
     lets the lines, the buffer and the file go.
+
+    The first SPOOL_FIRST_LINES lines are held as bytes objects, without a buffer.
 
     The buffer is an anonymous memory map, not a bytes object or a list of them: its pages are
     taken as lines fill them and given back to the system by close(), whichever thread made or
@@ -206,11 +217,11 @@ class Spool:
         self._size = 0
         #: Every entry's line by name: its place (pack_span) in the file and the buffer, one
         #: after the other (the buffer's first byte is the file's byte `_size`), else its bytes
-        #: (held: its write failed, or no file can be made).
+        #: (held: one of the first lines, its write failed, or no file can be made).
         self._members: Dict[str, Union[int, bytes]] = {}
         #: The buffer (made by the first line), how many of its bytes are lines, and the names
         #: whose lines went to it since it was last written (some replaced since, perhaps).
-        self._buffer: Optional[mmap.mmap] = None
+        self._buffer: Optional["mmap.mmap"] = None
         self._used = 0
         self._buffered: List[str] = []
         #: The blocks of the file read last, oldest first: (offset, bytes).
@@ -222,7 +233,10 @@ class Spool:
         name = key_to_name(key)
         member = member_bytes(name, entry_to_json(entry))
         with self._lock:
-            if self._closed:  # no buffer, no file any more: held, as a line no file could take
+            if self._closed or (self._buffer is None and self._fd is None
+                                and len(self._members) < SPOOL_FIRST_LINES):
+                # No buffer, no file any more (closed): held, as a line no file could take; or
+                # one of the first lines: held as it is.
                 self._members[name] = member
                 return
             if self._used + len(member) > SPOOL_MEMORY:
@@ -232,6 +246,7 @@ class Spool:
                 self._write_locked([name], member)
                 return
             if self._buffer is None:
+                import mmap  # the first buffer: see SPOOL_FIRST_LINES
                 self._buffer = mmap.mmap(-1, SPOOL_MEMORY, flags=mmap.MAP_PRIVATE)
             self._buffer[self._used:self._used + len(member)] = member
             self._used += len(member)

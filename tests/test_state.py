@@ -1037,6 +1037,7 @@ def spool_without_memory(monkeypatch):
     """Spools made from now on write each line to their file as it comes, as they all did
     before they held their lines in memory up to a bound."""
     monkeypatch.setattr(state_file, "SPOOL_MEMORY", 0)
+    monkeypatch.setattr(state_file, "SPOOL_FIRST_LINES", 0)
 
 
 def test_spool_holds_an_entry_it_cannot_write_and_reads_back_the_others(tmp_path, monkeypatch):

@@ -43,6 +43,13 @@ def filled(directory, keys, hours=0):
     return spool
 
 
+@pytest.fixture(autouse=True)
+def no_first_lines(monkeypatch):
+    """Every line goes to the buffer (and the file past it), as these tests count: the first
+    lines held as they are (SPOOL_FIRST_LINES) have tests of their own, which set it back."""
+    monkeypatch.setattr(module, "SPOOL_FIRST_LINES", 0)
+
+
 def saved_bytes(directory, changes):
     store = state.StateStore(str(directory))
     store.save(changes)
@@ -269,3 +276,45 @@ def test_spool_a_short_write_has_its_rest_written(tmp_path, monkeypatch):
         assert spool.entries(keys) == {k: entry(n) for n, k in enumerate(keys)}
     finally:
         spool.close()
+
+
+def test_spool_of_a_few_lines_holds_them_without_a_buffer_or_mmap(tmp_path, monkeypatch):
+    monkeypatch.setattr(module, "SPOOL_FIRST_LINES", 8)
+    keys = [key(n) for n in range(8)]
+    few = filled(tmp_path / "few", keys)
+    more = filled(tmp_path / "more", keys + [key(8), key(3)])  # the 9th starts the buffer
+    try:
+        assert few._buffer is None and few._fd is None and where(few) == (8, 0)
+        assert all(isinstance(line, bytes) for line in few._members.values())
+        assert more._buffer is not None and more._used and where(more) == (9, 0)
+        assert sum(isinstance(line, bytes) for line in more._members.values()) == 7  # 3 replaced
+        assert few.entries([key(2)]) == {key(2): entry(2)}
+        assert more.entries([key(3)]) == {key(3): entry(9)}
+        assert saved_bytes(tmp_path / "a", few) == \
+            saved_bytes(tmp_path / "b", [(k, entry(n)) for n, k in enumerate(keys)])
+        assert saved_bytes(tmp_path / "c", more) == saved_bytes(
+            tmp_path / "d", [(k, entry(n)) for n, k in enumerate(keys + [key(8), key(3)])])
+    finally:
+        few.close()
+        more.close()
+
+
+def test_a_few_lines_spooled_and_saved_never_import_mmap(tmp_path):
+    import subprocess
+    import sys
+    code = """
+import sys
+from oauth_usage_tracker import state, state_file
+from oauth_usage_tracker.stored import AccountState
+spool = state_file.Spool(sys.argv[1])
+for n in range(state_file.SPOOL_FIRST_LINES):
+    spool.add(("claude", "claude-%d.json" % n), AccountState())
+state.StateStore(sys.argv[1]).save(spool)
+spool.close()
+assert state.StateStore(sys.argv[1]).load(), "nothing saved"
+print("mmap" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "state")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

@@ -15,6 +15,7 @@ def test_spool_on_a_full_disk_holds_what_it_cannot_write_and_saves_every_entry(
     if disk is None:
         pytest.skip("covered by test_state_file's injected ENOSPC")
     monkeypatch.setattr(state_file, "SPOOL_MEMORY", 8 * 1024)
+    monkeypatch.setattr(state_file, "SPOOL_FIRST_LINES", 0)
     directory = disk / "state"
     directory.mkdir()
     fill(disk, 4 * PAGE)
