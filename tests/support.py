@@ -260,3 +260,15 @@ def signal_and_reap(process, number, timeout=30):
         out, err = process.communicate()
     return out, err, time.monotonic() - sent
 
+
+def preads(monkeypatch, os_module, record=lambda length, offset: length):
+    """Count the os.pread calls made through `os_module` (a module's `os`: the same os, so every
+    pread is seen): return the list that gets record(length, offset) of each."""
+    seen = []
+    real = os.pread
+
+    def pread(fd, length, offset):
+        seen.append(record(length, offset))
+        return real(fd, length, offset)
+    monkeypatch.setattr(os_module, "pread", pread)
+    return seen

@@ -8,7 +8,7 @@ from oauth_usage_tracker import authdir
 from oauth_usage_tracker import credentials as module
 from oauth_usage_tracker.errors import CredentialError
 
-from support import CLAUDE_REFRESH, claude_credentials, write_compact
+from support import CLAUDE_REFRESH, claude_credentials, preads, write_compact
 
 USER_KEYS = dict(label="work account", priority=7, headers={"X-Team": "blue", "X-N": 2},
                  excluded_models=["claude-opus-4", "claude-haiku"], disable_cooling=True,
@@ -188,13 +188,7 @@ def test_a_read_through_the_directory_gives_the_file_capped_whatever_size_it_was
 def test_a_credential_file_is_read_without_a_buffer_the_size_of_the_limit(tmp_path, monkeypatch):
     path = tmp_path / "claude-a.json"
     write_compact(path, claude_credentials())
-    asked = []
-    real_pread = os.pread
-
-    def pread(fd, length, offset):
-        asked.append(length)
-        return real_pread(fd, length, offset)
-    monkeypatch.setattr(authdir.os, "pread", pread)
+    asked = preads(monkeypatch, authdir.os)
     data = module.read_capped(str(path), module.MAX_FILE_BYTES)
     assert json.loads(data) == claude_credentials()
     # The file's size and one byte more: the short read is its end, seen without a second read.
@@ -205,13 +199,7 @@ def test_a_short_read_ends_the_read_even_when_the_file_shrank_meanwhile(tmp_path
     # Told a size larger than the file now has (cut by a writer since its fstat): one read, the
     # bytes that are there.
     (tmp_path / "x.json").write_bytes(b"{}")
-    asked = []
-    real_pread = os.pread
-
-    def pread(fd, length, offset):
-        asked.append((length, offset))
-        return real_pread(fd, length, offset)
-    monkeypatch.setattr(authdir.os, "pread", pread)
+    asked = preads(monkeypatch, authdir.os, lambda length, offset: (length, offset))
     with authdir.AuthDirectory(str(tmp_path)) as auth:
         fd, _ = auth.open_regular("x.json")
         try:

@@ -1,4 +1,5 @@
 """http: the session factory, capped bodies, and requests' exceptions turned into sentences."""
+import contextlib
 from datetime import datetime, timezone
 
 import pytest
@@ -416,16 +417,24 @@ ANSWERS = [
 ]
 
 
-@pytest.fixture
-def answering_server():
-    """A loopback server answering each GET with the status, reason and headers of
-    ANSWERS[int(path[1:])] and a short body."""
+@contextlib.contextmanager
+def loopback_server(answer, keep_alive=False):
+    """A loopback HTTP server whose handler answers each GET with answer(path) -> (status,
+    reason, headers) and the body `{}`, over HTTP/1.1 kept alive when `keep_alive`; yields its
+    URL and the list of connections it accepted."""
     import http.server
     import threading
+    accepted = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
+        def setup(self):
+            accepted.append(self.client_address)
+            super().setup()
+
         def do_GET(self):
-            status, reason, headers = ANSWERS[int(self.path[1:])]
+            status, reason, headers = answer(self.path)
             self.send_response(status, reason)
             for name, value in headers:
                 self.send_header(name, value)
@@ -437,12 +446,23 @@ def answering_server():
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield "http://127.0.0.1:%d" % server.server_address[1]
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    try:
+        yield "http://127.0.0.1:%d" % server.server_address[1], accepted
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.fixture
+def answering_server():
+    """A loopback server answering each GET with the status, reason and headers of
+    ANSWERS[int(path[1:])] and a short body."""
+    with loopback_server(lambda path: ANSWERS[int(path[1:])]) as (url, _):
+        yield url
 
 
 @pytest.mark.parametrize("index", range(len(ANSWERS)))
@@ -633,34 +653,8 @@ def test_merged_headers_is_what_merge_setting_gives(session, request):
 def keep_alive_server():
     """A loopback HTTP/1.1 server that keeps connections open and answers each GET with `{}`;
     yields its URL and the list of connections it accepted."""
-    import http.server
-    import threading
-    accepted = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def setup(self):
-            accepted.append(self.client_address)
-            super().setup()
-
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield "http://127.0.0.1:%d/" % server.server_address[1], accepted
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with loopback_server(lambda path: (200, "OK", []), keep_alive=True) as (url, accepted):
+        yield url + "/", accepted
 
 
 def test_a_kept_alive_connection_sets_its_sockets_timeout_only_when_it_changes(

@@ -19,7 +19,7 @@ from oauth_usage_tracker.models import AccountState, AccountUsage, AuthAccount, 
     UsageWindow
 from oauth_usage_tracker.report import Report
 from oauth_usage_tracker.tracker import OAuthUsageTracker
-from support import assert_no_secrets
+from support import assert_no_secrets, preads
 
 NOW = datetime(2026, 11, 24, 14, 0, tzinfo=timezone.utc)
 WINDOW = UsageWindow("five_hour", "5-hour", 40.0, NOW + timedelta(hours=3))
@@ -285,13 +285,7 @@ def test_open_entries_of_a_small_file_keep_its_lines_and_read_none_again(tmp_pat
     store = module.StateStore(str(tmp_path / "state"))
     saved(store, "codex-a.json", "codex-b.json")
     before = store.load()
-    reads = []
-    real_pread = os.pread
-
-    def pread(fd, length, offset):
-        reads.append(length)
-        return real_pread(fd, length, offset)
-    monkeypatch.setattr(state_file.os, "pread", pread)
+    reads = preads(monkeypatch, state_file.os)
     entries = store.open_entries()
     path = tmp_path / "state" / "state.json"
     data = path.read_bytes()
@@ -1143,12 +1137,17 @@ def reads(monkeypatch):
     return count
 
 
+def seen_after_saving(store, *names):
+    """Save entries for `names`, then return the file as StoredEntries saw it."""
+    saved(store, *names)
+    entries = store.open_entries()
+    entries.close()
+    return entries.seen
+
+
 def test_a_save_replacing_every_line_of_the_unchanged_file_does_not_read_it(tmp_path, reads):
     store = module.StateStore(str(tmp_path / "state"))
-    saved(store, "codex-a.json", "codex-b.json")
-    entries = store.open_entries()
-    seen = entries.seen
-    entries.close()
+    seen = seen_after_saving(store, "codex-a.json", "codex-b.json")
     assert seen.names == {"codex/codex-a.json", "codex/codex-b.json"}
     del reads[:]
     store.save(later("codex-a.json", "codex-b.json", "codex-c.json"), seen)
@@ -1169,10 +1168,7 @@ def test_a_save_replacing_every_line_of_the_unchanged_file_does_not_read_it(tmp_
 def test_a_file_changed_since_it_was_read_is_read_again_and_its_lines_kept(
         tmp_path, reads, meanwhile):
     store = module.StateStore(str(tmp_path / "state"))
-    saved(store, "codex-a.json")
-    entries = store.open_entries()
-    seen = entries.seen
-    entries.close()
+    seen = seen_after_saving(store, "codex-a.json")
     path = tmp_path / "state" / "state.json"
     if meanwhile == "another save":  # another process: a new file, with one more account
         saved(module.StateStore(str(tmp_path / "state")), "codex-a.json", "codex-z.json")
@@ -1197,10 +1193,7 @@ def test_a_file_changed_since_it_was_read_is_read_again_and_its_lines_kept(
 
 def test_a_save_that_leaves_a_line_of_the_file_reads_it_and_keeps_it(tmp_path, reads):
     store = module.StateStore(str(tmp_path / "state"))
-    saved(store, "codex-a.json", "codex-b.json")
-    entries = store.open_entries()
-    seen = entries.seen
-    entries.close()
+    seen = seen_after_saving(store, "codex-a.json", "codex-b.json")
     del reads[:]
     store.save(later("codex-a.json"), seen)
     assert reads == [1]
