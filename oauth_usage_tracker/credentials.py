@@ -80,21 +80,32 @@ def read_capped(path: str, limit: int, directory: Optional[DirectoryId] = None) 
         if len(held) >= HELD_DIRECTORIES:
             held.pop(next(iter(held))).close()
         held[key] = auth
-    return read_in(auth, name, limit)
+    try:
+        return read_in(auth, name, limit)
+    except CredentialError:
+        # The name is gone, swapped, or the directory with it: let the held one go, and say
+        # what a read of its own says (the directory replaced, or gone, or the file's fault).
+        held.pop(key).close()
+    with AuthDirectory(parent, directory, "reading the credential file") as again:
+        return read_in(again, name, limit)
 
 
 @contextlib.contextmanager
 def directories_held() -> Iterator[None]:
     """For the body, on this thread: the auth directory each credential read opens (checked
-    against the identity discovery recorded, as every read checks it) stays open, and the next
-    reads of files in it go through that descriptor; all are closed at the end. A worker that
-    reads hundreds of files of one directory opens it once, not once per file: three system
-    calls fewer per account, each a moment the interpreter lock could go to another thread.
+    against the identity discovery recorded, as a read of its own checks it) stays open, and
+    the next reads of files in it go through that descriptor; all are closed at the end. A
+    worker that reads hundreds of files of one directory opens it once, not once per file:
+    three system calls fewer per account, each a moment the interpreter lock could go to another
+    thread.
 
-    The descriptor pins the directory that was checked: a directory put at the path later
-    is never read through it (as before, where it was checked at each read: refused then, and
-    the directory that was checked read now). Nested scopes share the outer one's
-    directories."""
+    The descriptor pins the directory that was checked when it was opened: a directory put at
+    the path later is never read through it, and the files of the one checked are read on
+    (before, each read checked the path again, and refused a replaced directory from then on).
+    A read that fails through a held directory (a name gone or swapped, the directory removed)
+    lets it go and is made again as a read of its own makes it, which checks the path: the
+    sentence is the one it always was (a replaced directory, one that cannot be opened, the
+    file's own fault). Nested scopes share the outer one's directories."""
     if getattr(_held, "directories", None) is not None:
         yield
         return

@@ -23,6 +23,7 @@ import itertools
 import logging
 import os
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -277,17 +278,29 @@ def _attach(sock: Optional[socket.socket]) -> None:
         deadline.attach(sock)
 
 
-class _Socket(socket.socket):
+class _SameTimeout:
     """A socket that sets its timeout only when it changes. urllib3 sets a connection's timeout
     on its socket twice for every request (before sending it and before reading the answer),
     and the socket module makes a system call (ioctl FIONBIO) each time, even for the timeout
     it already has: two system calls per request, each a moment another worker can take the
     interpreter lock, for nothing. A changed timeout is set as before."""
 
+    __slots__ = ()
+
     def settimeout(self, value: Optional[float]) -> None:
         """Set the timeout (see socket.settimeout), unless it is already `value`."""
-        if value != self.gettimeout():
-            super().settimeout(value)
+        if value != self.gettimeout():  # type: ignore[attr-defined]
+            super().settimeout(value)  # type: ignore[misc]
+
+
+class _Socket(_SameTimeout, socket.socket):
+    """A connection's socket, as _connect makes it (see _SameTimeout)."""
+
+
+class _SSLSocket(_SameTimeout, ssl.SSLSocket):
+    """A connection's TLS socket (see _SameTimeout): urllib3 wraps _Socket in a plain
+    ssl.SSLSocket, which _HTTPSConnection.connect makes one of these (the same object, its
+    class only)."""
 
 
 def _connect(deadline: Deadline, address: Tuple[str, int], timeout: Optional[float],
@@ -433,7 +446,13 @@ class _HTTPConnection(_Watched, HTTPConnection):
 
 
 class _HTTPSConnection(_Watched, HTTPSConnection):
-    pass
+    def connect(self) -> None:
+        """Connect as urllib3 does; a TLS socket of the standard library's own class then sets
+        its timeout only when it changes (_SSLSocket). Through an HTTPS proxy (TLS in TLS)
+        urllib3's own transport is left as it is."""
+        super().connect()
+        if type(self.sock) is ssl.SSLSocket:
+            self.sock.__class__ = _SSLSocket
 
 
 class _HTTPPool(HTTPConnectionPool):

@@ -187,11 +187,11 @@ class StateStore:
         directory exists (as os.makedirs ends, without looking at its parent first)."""
         try:
             os.mkdir(self.directory, 0o700)
-        except FileExistsError:
-            if not os.path.isdir(self.directory):
-                raise
         except FileNotFoundError:  # a parent is missing too
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        except OSError:  # EEXIST, or what a file server may say of one (EACCES, EROFS)
+            if not os.path.isdir(self.directory):
+                raise
 
     def load(self) -> Dict[Key, AccountState]:
         """Return every stored account state; a missing, unreadable or corrupt file gives {}
@@ -210,7 +210,9 @@ class StateStore:
         asked for: what load() gives, without every entry parsed and held at once. The file is
         checked whole now (a missing, unreadable or corrupt file gives no entries, with a
         warning for the last two, as load() does) and stays open until the StoredEntries is
-        closed. A file in an older layout (one line) is parsed now, as load() does."""
+        closed, unless it is small (HELD_STATE_BYTES): its lines are then kept from this read,
+        and it is closed at once. A file in an older layout (one line) is parsed now, as load()
+        does."""
         try:
             handle = files.open_regular(self.path, follow=False)
         except FileNotFoundError:

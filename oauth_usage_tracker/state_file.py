@@ -1,9 +1,9 @@
 """The state file's layout and the readers and writers that keep it off the heap: one JSON
 object (`{"accounts": {...}, "version": 1}`, what older versions read) with one account per
-line, read by offset (`StoredEntries`: one int per account until its turn), new entries kept
-as they come (`Spool`: in memory up to a bound, then in an unnamed file), written back in pieces
-with a seal that spares the next reader a check of every line. No policy: state.py decides what
-to keep."""
+line, read by offset (`StoredEntries`: one int per account until its turn; a small file's
+lines kept from the read at open), new entries kept as they come (`Spool`: in memory up to a
+bound, then in an unnamed file), written back in pieces with a seal that spares the next reader
+a check of every line. No policy: state.py decides what to keep."""
 from __future__ import annotations
 
 import errno
@@ -102,13 +102,15 @@ class FileSeen:
 
 class StoredEntries:
     """The stored account states a refresh starts from, read one at a time, as each account's
-    turn comes (`pop`), from the state file kept open by `StateStore.open_entries`.
+    turn comes (`pop`), from the state file kept open by `StateStore.open_entries`, or from the
+    lines of a small one (HELD_STATE_BYTES) kept from the read at open.
 
     Thousands of accounts' entries are never parsed and held at once: only where each one's line
     starts and how long it is (one int per account). The open descriptor keeps reading the file
     that was checked: a save by another process replaces the file (a new inode, `os.replace`)
     and leaves this one as it was. A file edited in place meanwhile (truncated, rewritten by
-    hand) can only cost the accounts whose lines changed their stored state, with a warning.
+    hand) can only cost the accounts whose lines changed their stored state, with a warning (a
+    small file's lines are the ones checked at open: an edit afterwards changes nothing).
     Entries laid over with `update` (saved by nobody yet) win over the file's. Thread-safe."""
 
     def __init__(self, handle: Optional[BinaryIO] = None, spans: Optional[Dict[str, int]] = None,
@@ -241,16 +243,31 @@ class Spool:
                 return
             if self._used + len(member) > SPOOL_MEMORY:
                 self._flush_locked()
-            self._members[name] = pack_span(self._size + self._used, len(member))
             if len(member) > SPOOL_MEMORY:  # larger than the buffer: written on its own
+                self._members[name] = pack_span(self._size, len(member))
                 self._write_locked([name], member)
                 return
-            if self._buffer is None:
-                import mmap  # the first buffer: see SPOOL_FIRST_LINES
-                self._buffer = mmap.mmap(-1, SPOOL_MEMORY, flags=mmap.MAP_PRIVATE)
+            if self._buffer is None and not self._make_buffer_locked():
+                self._members[name] = member  # no buffer to be had: held as it is
+                return
+            assert self._buffer is not None
+            # Its place only once the buffer holds it: a line whose place was recorded first
+            # would name whatever line went there next.
             self._buffer[self._used:self._used + len(member)] = member
+            self._members[name] = pack_span(self._size + self._used, len(member))
             self._used += len(member)
             self._buffered.append(name)
+
+    def _make_buffer_locked(self) -> bool:
+        """Make the buffer (an anonymous memory map); return False when none can be made (no
+        memory, an address-space limit, too many maps): the lines are then held."""
+        import mmap  # the first buffer: see SPOOL_FIRST_LINES
+        try:
+            self._buffer = mmap.mmap(-1, SPOOL_MEMORY, flags=mmap.MAP_PRIVATE)
+        except OSError as error:
+            logger.debug("Cannot map a buffer for state entries (%s); holding them", error)
+            return False
+        return True
 
     def _flush_locked(self) -> None:
         """Write the buffer's lines to the file (or hold them), and empty the buffer."""
@@ -315,7 +332,8 @@ class Spool:
 
     def member(self, name: str) -> bytes:
         """The state file's line (without its comma) for the entry named `name`. Raise KeyError
-        for another name, OSError if the spool cannot be read (or was closed)."""
+        for a name it does not keep (any name, once closed), OSError if its file cannot be
+        read."""
         with self._lock:
             return self._member_locked(name)
 

@@ -2,6 +2,7 @@
 auth directory, checked once, never moved, closed at the end (the per-read rules are in
 test_auth_dir_identity and test_credentials)."""
 import os
+import shutil
 import threading
 from datetime import datetime, timezone
 
@@ -10,6 +11,7 @@ import pytest
 from oauth_usage_tracker import authdir, credentials
 from oauth_usage_tracker.accounts import discover_accounts
 from oauth_usage_tracker.authdir import DirectoryReplaced, UnsafeFile
+from oauth_usage_tracker.errors import CredentialError
 from oauth_usage_tracker.models import AccountUsage, Provider, UsageWindow
 from oauth_usage_tracker.tracker import OAuthUsageTracker
 
@@ -196,3 +198,31 @@ def test_a_refresh_opens_the_auth_directory_once_per_worker_and_leaves_nothing_o
         assert str(auth) not in {target for _, target in open_fds() - before}
     assert 1 <= len(directory_opens) <= 3
     assert set(directory_opens) == {str(auth)}
+
+
+@pytest.mark.parametrize("then", ["removed", "removed and made again"])
+def test_a_held_directory_removed_meanwhile_gives_the_sentence_a_read_of_its_own_gives(
+        tmp_path, then):
+    auth = AuthDir(tmp_path / "auth")
+    auth.claude(email="alice@example.com", name="claude-a.json")
+    auth.claude(email="bob@example.com", name="claude-b.json")
+    accounts = discovered(auth)
+
+    def outside_a_scope():
+        with pytest.raises(CredentialError) as caught:
+            read(accounts["bob@example.com"])
+        return type(caught.value), str(caught.value)
+    before = open_fds()
+    with credentials.directories_held():
+        assert read(accounts["alice@example.com"])["email"] == "alice@example.com"
+        shutil.rmtree(auth.path)
+        if then == "removed and made again":  # the same names, another directory
+            AuthDir(tmp_path / "auth").claude(email="bob@example.com", name="claude-b.json")
+        with pytest.raises(CredentialError) as caught:
+            read(accounts["bob@example.com"])
+        assert (type(caught.value), str(caught.value)) == outside_a_scope()
+        assert len(open_fds() - before) == 0  # the held directory was let go
+    if then == "removed":
+        assert str(caught.value) == "Cannot open the auth directory (No such file or directory)"
+    else:
+        assert isinstance(caught.value, DirectoryReplaced)

@@ -1191,6 +1191,25 @@ def test_a_file_changed_since_it_was_read_is_read_again_and_its_lines_kept(
     assert stored[("codex", "codex-a.json")].fetched_at == NOW + timedelta(hours=1)
 
 
+def test_an_edit_in_place_of_the_same_size_is_seen_by_its_times(tmp_path, reads):
+    # Another account's name written over one of the same length: only the file's times say
+    # it changed (set a second on here: a coarse clock could give the edit the same moment).
+    store = module.StateStore(str(tmp_path / "state"))
+    seen = seen_after_saving(store, "codex-a.json", "codex-b.json")
+    path = tmp_path / "state" / "state.json"
+    info = os.stat(path)
+    data = path.read_bytes()
+    with open(path, "r+b") as handle:
+        handle.write(data.replace(b'"codex/codex-b.json"', b'"codex/codex-z.json"', 1))
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns + 10**9))
+    assert os.stat(path).st_size == info.st_size
+    del reads[:]
+    store.save(later("codex-a.json", "codex-b.json"), seen)
+    assert reads == [1]
+    assert set(store.load()) == {("codex", "codex-a.json"), ("codex", "codex-b.json"),
+                                 ("codex", "codex-z.json")}
+
+
 def test_a_save_that_leaves_a_line_of_the_file_reads_it_and_keeps_it(tmp_path, reads):
     store = module.StateStore(str(tmp_path / "state"))
     seen = seen_after_saving(store, "codex-a.json", "codex-b.json")

@@ -318,3 +318,35 @@ print("mmap" in sys.modules)
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_spool_whose_buffer_cannot_be_mapped_holds_its_lines(tmp_path, monkeypatch, caplog):
+    # No memory map to be had (no memory, an address-space limit) for the first buffer: that
+    # line is held as it is, the next gets the buffer, and every line is saved as it was.
+    import logging
+    import mmap
+    real = mmap.mmap
+    refused = []
+
+    def mapped(*args, **kwargs):
+        if not refused:
+            refused.append(1)
+            raise OSError(12, "Cannot allocate memory")
+        return real(*args, **kwargs)
+    monkeypatch.setattr(mmap, "mmap", mapped)
+    keys = [key(n) for n in range(6)]
+    with caplog.at_level(logging.DEBUG, logger="oauth_usage_tracker"):
+        spool = filled(tmp_path / "state", keys)
+    try:
+        assert refused and isinstance(spool._members[state_file_name(keys[0])], bytes)
+        assert spool._buffer is not None and where(spool) == (6, 0)
+        assert [spool.entries([k])[k] for k in keys] == [entry(n) for n in range(6)]
+        assert saved_bytes(tmp_path / "a", spool) == \
+            saved_bytes(tmp_path / "b", [(k, entry(n)) for n, k in enumerate(keys)])
+    finally:
+        spool.close()
+    assert "Cannot map a buffer for state entries" in caplog.text
+
+
+def state_file_name(k):
+    return module.key_to_name(k)

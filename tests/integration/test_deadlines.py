@@ -240,3 +240,68 @@ def test_deadline_covers_tls_handshake_and_headers(handshake, certificate):
         session.close()
     assert str(caught.value) == "Codex usage request timed out after 1.5 s"
     assert elapsed < 3.5, elapsed
+
+
+def test_a_kept_alive_tls_connection_sets_its_sockets_timeout_only_when_it_changes(
+        certificate, monkeypatch):
+    """The TLS socket urllib3 wraps around the connection's own sets its timeout only when it
+    changes, as the plain one does (deadline._SSLSocket): nothing per request once connected."""
+    import socket
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    import ssl
+    import threading
+
+    from oauth_usage_tracker import deadline
+    accepted = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self):
+            accepted.append(self.client_address)
+            super().setup()
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*certificate)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    reached = []
+    real = socket.socket.settimeout
+
+    def settimeout(sock, value):
+        reached.append((type(sock).__name__, value))
+        real(sock, value)
+    monkeypatch.setattr(socket.socket, "settimeout", settimeout)
+    session = http.make_session(1)
+    session.verify = certificate[0]
+    url = "https://127.0.0.1:%d/" % server.server_address[1]
+    try:
+        assert http.send(session, "GET", url, what="Test", timeout=7.0, max_body=64).body == b"{}"
+        connected = len(reached)
+        for _ in range(2):
+            assert http.send(session, "GET", url, what="Test", timeout=7.0,
+                             max_body=64).body == b"{}"
+        assert len(accepted) == 1 and len(reached) == connected  # nothing more per request
+        assert http.send(session, "GET", url, what="Test", timeout=3.0, max_body=64).body == b"{}"
+        assert reached[connected:] == [("_SSLSocket", 3.0)]  # a new timeout is set, once
+        (pool,) = [known[1] for known in session.get_adapter(url)._direct.values()]
+        conn = pool.pool.get()
+        assert isinstance(conn.sock, deadline._SSLSocket) and conn.sock.gettimeout() == 3.0
+        pool.pool.put(conn)
+    finally:
+        session.close()
+        server.shutdown()
+        server.server_close()
+        thread.join()
