@@ -242,7 +242,6 @@ def test_demo_cast_names_the_accounts_that_fail_on_purpose(tmp_path):
 
 
 def test_options_from_args_are_frozen_and_read_every_flag_the_run_uses():
-    import dataclasses
     args = module.build_parser().parse_args([
         "--provider", "codex", "--json", "--output", "r.json", "--prometheus", "m.prom",
         "--metrics-name", "n", "--layout", "lines", "--sort", "reset", "--fail-below", "5",
@@ -257,7 +256,7 @@ def test_options_from_args_are_frozen_and_read_every_flag_the_run_uses():
         keep_state=False, on_event=(("notify-send", "a b"),), events_log="e.log",
         event_below=15.0, failing_after=100.0)
     assert options.wants_events
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):  # frozen
         options.json = False  # type: ignore[misc]
     defaults = Options.from_args(module.build_parser().parse_args([]))
     assert defaults == Options() and not defaults.wants_events
