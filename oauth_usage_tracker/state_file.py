@@ -247,27 +247,26 @@ class Spool:
                 self._members[name] = pack_span(self._size, len(member))
                 self._write_locked([name], member)
                 return
-            if self._buffer is None and not self._make_buffer_locked():
+            buffer = self._buffer if self._buffer is not None else self._make_buffer_locked()
+            if buffer is None:
                 self._members[name] = member  # no buffer to be had: held as it is
                 return
-            assert self._buffer is not None
             # Its place only once the buffer holds it: a line whose place was recorded first
             # would name whatever line went there next.
-            self._buffer[self._used:self._used + len(member)] = member
+            buffer[self._used:self._used + len(member)] = member
             self._members[name] = pack_span(self._size + self._used, len(member))
             self._used += len(member)
             self._buffered.append(name)
 
-    def _make_buffer_locked(self) -> bool:
-        """Make the buffer (an anonymous memory map); return False when none can be made (no
-        memory, an address-space limit, too many maps): the lines are then held."""
+    def _make_buffer_locked(self) -> Optional["mmap.mmap"]:
+        """Make the buffer (an anonymous memory map) and return it; None when none can be made
+        (no memory, an address-space limit, too many maps): the lines are then held."""
         import mmap  # the first buffer: see SPOOL_FIRST_LINES
         try:
             self._buffer = mmap.mmap(-1, SPOOL_MEMORY, flags=mmap.MAP_PRIVATE)
         except OSError as error:
             logger.debug("Cannot map a buffer for state entries (%s); holding them", error)
-            return False
-        return True
+        return self._buffer
 
     def _flush_locked(self) -> None:
         """Write the buffer's lines to the file (or hold them), and empty the buffer."""
