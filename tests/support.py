@@ -1,4 +1,5 @@
 """Helpers shared by the tests: fake tokens, sample payloads, CLIProxyAPI-shaped files."""
+import contextlib
 import json
 import os
 import warnings
@@ -272,3 +273,50 @@ def preads(monkeypatch, os_module, record=lambda length, offset: length):
         return real(fd, length, offset)
     monkeypatch.setattr(os_module, "pread", pread)
     return seen
+
+
+@contextlib.contextmanager
+def loopback_server(answer, keep_alive=False, certificate=None):
+    """A loopback HTTP server whose handler answers each GET with answer(path) -> (status,
+    reason, headers) and the body `{}`, over HTTP/1.1 kept alive when `keep_alive`, over TLS
+    with `certificate` ((cert file, key file)) when given; yields its URL and the list of
+    connections it accepted."""
+    import http.server
+    import ssl
+    import threading
+    accepted = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
+        def setup(self):
+            accepted.append(self.client_address)
+            super().setup()
+
+        def do_GET(self):
+            status, reason, headers = answer(self.path)
+            self.send_response(status, reason)
+            for name, value in headers:
+                self.send_header(name, value)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    if certificate is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*certificate)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    scheme = "https" if certificate is not None else "http"
+    try:
+        yield "%s://127.0.0.1:%d" % (scheme, server.server_address[1]), accepted
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

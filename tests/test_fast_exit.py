@@ -3,6 +3,7 @@
 the run's; and it leaves the exit to the interpreter whenever that finalisation may still matter.
 A library caller of cli.main() is never ended. In process with os._exit recorded, then through a
 real interpreter whose teardown would show."""
+import contextlib
 import json
 import os
 import subprocess
@@ -78,30 +79,30 @@ def test_a_failing_flush_is_left_to_the_interpreters_exit(exits, monkeypatch, er
     assert ("exit", 0) not in exits
 
 
-def test_a_running_non_daemon_thread_is_left_to_the_interpreter(exits, monkeypatch):
-    recorded_streams(monkeypatch, exits)
+@contextlib.contextmanager
+def running_thread(daemon):
+    """A thread (daemon or not) that runs until the body ends."""
     release = threading.Event()
-    worker = threading.Thread(target=release.wait, daemon=False)
-    worker.start()
+    thread = threading.Thread(target=release.wait, daemon=daemon)
+    thread.start()
     try:
-        module.end_process(0)
+        yield thread
     finally:
         release.set()
-        worker.join()
+        thread.join()
+
+
+def test_a_running_non_daemon_thread_is_left_to_the_interpreter(exits, monkeypatch):
+    recorded_streams(monkeypatch, exits)
+    with running_thread(daemon=False):
+        module.end_process(0)
     assert exits == []  # not even the atexit handlers: the interpreter runs them after the join
 
 
 def test_a_running_daemon_thread_does_not_hold_the_exit(exits, monkeypatch):
     recorded_streams(monkeypatch, exits)
-    release = threading.Event()
-    watchdog = threading.Thread(target=release.wait, daemon=True)
-    watchdog.start()
-    try:
-        with pytest.raises(Ended):
-            module.end_process(1)
-    finally:
-        release.set()
-        watchdog.join()
+    with running_thread(daemon=True), pytest.raises(Ended):
+        module.end_process(1)
     assert exits[-1] == ("exit", 1)
 
 

@@ -1,5 +1,4 @@
 """http: the session factory, capped bodies, and requests' exceptions turned into sentences."""
-import contextlib
 from datetime import datetime, timezone
 
 import pytest
@@ -7,6 +6,7 @@ import requests
 
 from oauth_usage_tracker import http as module
 from oauth_usage_tracker.errors import ProviderError
+from support import loopback_server
 
 URL = "https://api.example.test/usage"
 NOW = datetime(2026, 10, 1, 12, 0, 0, tzinfo=timezone.utc)
@@ -415,46 +415,6 @@ ANSWERS = [
     (429, "Too Many Requests", [("Retry-After", "30"), ("Content-Type", "text/plain")]),
     (500, "Internal Server Error", []),
 ]
-
-
-@contextlib.contextmanager
-def loopback_server(answer, keep_alive=False):
-    """A loopback HTTP server whose handler answers each GET with answer(path) -> (status,
-    reason, headers) and the body `{}`, over HTTP/1.1 kept alive when `keep_alive`; yields its
-    URL and the list of connections it accepted."""
-    import http.server
-    import threading
-    accepted = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
-
-        def setup(self):
-            accepted.append(self.client_address)
-            super().setup()
-
-        def do_GET(self):
-            status, reason, headers = answer(self.path)
-            self.send_response(status, reason)
-            for name, value in headers:
-                self.send_header(name, value)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield "http://127.0.0.1:%d" % server.server_address[1], accepted
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 @pytest.fixture

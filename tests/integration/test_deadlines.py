@@ -14,7 +14,8 @@ import time
 import pytest
 
 from oauth_usage_tracker import http
-from support import CLAUDE_REFRESH, assert_no_secrets, signal_and_reap, wait_for
+from support import (CLAUDE_REFRESH, assert_no_secrets, loopback_server, signal_and_reap,
+                     wait_for)
 
 import hostile_server as hs
 from hostile_server import CLAUDE_PATH, CODEX_PATH, TOKEN_PATH
@@ -247,36 +248,8 @@ def test_a_kept_alive_tls_connection_sets_its_sockets_timeout_only_when_it_chang
     """The TLS socket urllib3 wraps around the connection's own sets its timeout only when it
     changes, as the plain one does (deadline._SSLSocket): nothing per request once connected."""
     import socket
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-    import ssl
-    import threading
 
     from oauth_usage_tracker import deadline
-    accepted = []
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def setup(self):
-            accepted.append(self.client_address)
-            super().setup()
-
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(*certificate)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     reached = []
     real = socket.socket.settimeout
 
@@ -286,22 +259,23 @@ def test_a_kept_alive_tls_connection_sets_its_sockets_timeout_only_when_it_chang
     monkeypatch.setattr(socket.socket, "settimeout", settimeout)
     session = http.make_session(1)
     session.verify = certificate[0]
-    url = "https://127.0.0.1:%d/" % server.server_address[1]
-    try:
-        assert http.send(session, "GET", url, what="Test", timeout=7.0, max_body=64).body == b"{}"
-        connected = len(reached)
-        for _ in range(2):
+    with loopback_server(lambda path: (200, "OK", []), keep_alive=True,
+                         certificate=certificate) as (base, accepted):
+        url = base + "/"
+        try:
             assert http.send(session, "GET", url, what="Test", timeout=7.0,
                              max_body=64).body == b"{}"
-        assert len(accepted) == 1 and len(reached) == connected  # nothing more per request
-        assert http.send(session, "GET", url, what="Test", timeout=3.0, max_body=64).body == b"{}"
-        assert reached[connected:] == [("_SSLSocket", 3.0)]  # a new timeout is set, once
-        (pool,) = [known[1] for known in session.get_adapter(url)._direct.values()]
-        conn = pool.pool.get()
-        assert isinstance(conn.sock, deadline._SSLSocket) and conn.sock.gettimeout() == 3.0
-        pool.pool.put(conn)
-    finally:
-        session.close()
-        server.shutdown()
-        server.server_close()
-        thread.join()
+            connected = len(reached)
+            for _ in range(2):
+                assert http.send(session, "GET", url, what="Test", timeout=7.0,
+                                 max_body=64).body == b"{}"
+            assert len(accepted) == 1 and len(reached) == connected  # nothing more per request
+            assert http.send(session, "GET", url, what="Test", timeout=3.0,
+                             max_body=64).body == b"{}"
+            assert reached[connected:] == [("_SSLSocket", 3.0)]  # a new timeout is set, once
+            (pool,) = [known[1] for known in session.get_adapter(url)._direct.values()]
+            conn = pool.pool.get()
+            assert isinstance(conn.sock, deadline._SSLSocket) and conn.sock.gettimeout() == 3.0
+            pool.pool.put(conn)
+        finally:
+            session.close()
